@@ -1,0 +1,1 @@
+"""Trainyard: training as a service."""

@@ -1,0 +1,75 @@
+"""Settings: one object, read from the environment (prefix ``TRAINYARD_``).
+
+With nothing set, Trainyard runs embedded: SQLite under ``TRAINYARD_HOME`` and
+kombu's filesystem transport as the broker, so one laptop needs no services.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Limits(BaseSettings):
+    """Caps enforced before anything is queued or stored (each refusal names the cap)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_LIMIT_")
+
+    max_parameters: int = 5_000_000
+    max_layers: int = 32
+    max_width: int = 4096
+    max_epochs: int = 1000
+    max_work: int = 200_000_000  # epochs x training rows
+    max_batch_size: int = 65_536
+    max_rows_synthetic: int = 1_000_000
+    max_dataset_bytes: int = 64 * 1024 * 1024
+    max_dataset_rows: int = 1_000_000
+    max_dataset_columns: int = 10_000
+    max_request_bytes: int = 80 * 1024 * 1024
+    max_concurrent_jobs: int = 64  # per tenant, queued + running
+    max_experiment_children: int = 200
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_")
+
+    home: Path = Field(default=Path(".trainyard"), description="State directory (embedded mode).")
+    database_url: str | None = None
+    broker_url: str | None = None
+    default_queue: str = "cpu"
+    max_attempts: int = 3
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 2.0
+    reaper_interval_seconds: float = 5.0
+    requeue_after_seconds: float = 60.0
+    job_time_limit_seconds: float = 6 * 3600.0
+    torch_threads: int = 0  # 0: let torch decide
+    limits: Limits = Field(default_factory=Limits)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+pysqlite:///{(self.home / 'trainyard.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.home / "broker").resolve()
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

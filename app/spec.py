@@ -1,0 +1,601 @@
+"""THE job spec: the one contract shared by the API (validation, OpenAPI) and the worker.
+
+A spec names the four key components of deep learning: the data, the model, the
+loss and the optimization algorithm (with its schedule and regularization).
+Every field has a default that trains something sensible. Checks that need to
+know the data (task, feature count, parameter budget) live in
+``app.validation``; everything checkable from the spec alone lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+Norm = Literal["none", "batch", "layer", "group", "instance"]
+Task = Literal["classification", "regression"]
+
+
+def _kind_or(default: str) -> Discriminator:
+    """Discriminate on ``kind``; a block without one gets the component's default kind."""
+
+    def pick(value: Any) -> str:
+        kind = value.get("kind", default) if isinstance(value, dict) else value.kind
+        return str(kind)
+
+    return Discriminator(pick)
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently train something else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class BuiltinSource(Strict):
+    """A scikit-learn bundled dataset (no download)."""
+
+    builtin: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"] = Field(
+        description="digits: 1797 8x8 images (10 classes, viewed as 1x8x8); iris, wine, "
+        "breast_cancer: tabular classification; diabetes: regression.",
+        examples=["digits"],
+    )
+
+
+class GeneratorBase(Strict):
+    n_samples: int = Field(1000, ge=20, le=1_000_000, description="Rows to generate.")
+    seed: int = Field(0, ge=0, description="Generator seed (data is a pure function of it).")
+
+
+class MoonsSource(GeneratorBase):
+    """Two interleaving half circles (binary classification)."""
+
+    synthetic: Literal["moons"] = Field(examples=["moons"])
+    noise: float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+
+
+class CirclesSource(GeneratorBase):
+    """A small circle inside a large one (binary classification)."""
+
+    synthetic: Literal["circles"] = Field(examples=["circles"])
+    noise: float = Field(0.1, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+    factor: float = Field(0.5, gt=0.0, lt=1.0, description="Inner/outer radius ratio.")
+
+
+class BlobsSource(GeneratorBase):
+    """Isotropic Gaussian blobs (multi-class classification)."""
+
+    synthetic: Literal["blobs"] = Field(examples=["blobs"])
+    n_features: int = Field(2, ge=1, le=10_000)
+    centers: int = Field(3, ge=2, le=1000, description="Number of blobs = classes.")
+    cluster_std: float = Field(1.0, gt=0.0, le=100.0)
+
+
+class SpiralsSource(GeneratorBase):
+    """Interleaved spiral arms in 2-D, one class per arm (not linearly separable)."""
+
+    synthetic: Literal["spirals"] = Field(examples=["spirals"])
+    n_classes: int = Field(2, ge=2, le=20, description="Number of arms = classes.")
+    turns: float = Field(1.5, gt=0.0, le=10.0, description="Revolutions per arm.")
+    noise: float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+
+
+class MakeClassificationSource(GeneratorBase):
+    """scikit-learn's make_classification: informative, redundant and noise features."""
+
+    synthetic: Literal["make_classification"] = Field(examples=["make_classification"])
+    n_features: int = Field(20, ge=2, le=10_000)
+    n_informative: int = Field(5, ge=1, le=10_000)
+    n_redundant: int = Field(2, ge=0, le=10_000)
+    n_classes: int = Field(2, ge=2, le=1000)
+    class_sep: float = Field(1.0, gt=0.0, le=100.0)
+    flip_y: float = Field(0.01, ge=0.0, le=1.0, description="Fraction of labels flipped.")
+
+    @model_validator(mode="after")
+    def _features_add_up(self) -> MakeClassificationSource:
+        if self.n_informative + self.n_redundant > self.n_features:
+            raise ValueError("n_informative + n_redundant must be <= n_features")
+        if self.n_classes > 2**self.n_informative:
+            raise ValueError("n_classes must be <= 2**n_informative")
+        return self
+
+
+class MakeRegressionSource(GeneratorBase):
+    """scikit-learn's make_regression: a random linear model plus Gaussian noise."""
+
+    synthetic: Literal["make_regression"] = Field(examples=["make_regression"])
+    n_features: int = Field(10, ge=1, le=10_000)
+    n_informative: int = Field(5, ge=1, le=10_000)
+    noise: float = Field(10.0, ge=0.0, le=1e6, description="Std of the output noise.")
+
+
+class FunctionSource(GeneratorBase):
+    """y = f(x) + noise on 1-D x: the universal-approximation demo."""
+
+    synthetic: Literal["function"] = Field(examples=["function"])
+    fn: Literal["sin", "cos", "abs", "square", "step", "sawtooth"] = Field("sin")
+    x_min: float = Field(-math.pi, ge=-1e4, le=1e4)
+    x_max: float = Field(math.pi, ge=-1e4, le=1e4)
+    noise: float = Field(0.05, ge=0.0, le=100.0, description="Std of the output noise.")
+
+    @model_validator(mode="after")
+    def _range(self) -> FunctionSource:
+        if self.x_max <= self.x_min:
+            raise ValueError("x_max must be greater than x_min")
+        return self
+
+
+SyntheticSource = Annotated[
+    MoonsSource
+    | CirclesSource
+    | BlobsSource
+    | SpiralsSource
+    | MakeClassificationSource
+    | MakeRegressionSource
+    | FunctionSource,
+    Field(discriminator="synthetic"),
+]
+
+
+class DatasetSource(Strict):
+    """A dataset uploaded through POST /v1/datasets."""
+
+    dataset: str = Field(min_length=1, max_length=64, examples=["ds_3f2a9c1e5b7d4a10"])
+
+
+def _source_kind(value: Any) -> str | None:
+    keys = value.keys() if isinstance(value, dict) else vars(value).keys()
+    for kind in ("builtin", "synthetic", "dataset"):
+        if kind in keys:
+            return kind
+    return None
+
+
+Source = Annotated[
+    Annotated[BuiltinSource, Tag("builtin")]
+    | Annotated[SyntheticSource, Tag("synthetic")]
+    | Annotated[DatasetSource, Tag("dataset")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="source needs one of the keys 'builtin', 'synthetic' or 'dataset'",
+    ),
+]
+
+
+class Split(Strict):
+    """Train/validation/test split. Test rows are never used for any selection."""
+
+    val: float = Field(0.15, ge=0.0, le=0.5, description="Fraction of rows for validation.")
+    test: float = Field(0.15, gt=0.0, le=0.5, description="Fraction of rows held out for test.")
+    stratify: bool = Field(True, description="Keep class proportions in every split.")
+    seed: int = Field(0, ge=0)
+
+
+class Data(Strict):
+    source: Source = Field(
+        default_factory=lambda: BuiltinSource(builtin="digits"),
+        examples=[{"builtin": "digits"}, {"synthetic": "moons", "noise": 0.2}],
+    )
+    split: Split = Field(default_factory=Split)
+    standardize: bool = Field(
+        True, description="Scale features with mean/std fitted on the training rows only."
+    )
+    standardize_target: bool = Field(
+        True,
+        description="Regression: fit the net on standardized targets (train statistics); "
+        "rmse/mae/r2 are always reported in the original units.",
+    )
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=3,
+        description="How a conv model views each row: [channels, length] (1-D) or "
+        "[channels, height, width] (2-D). digits defaults to [1, 8, 8].",
+        examples=[[1, 8, 8]],
+    )
+
+    @model_validator(mode="after")
+    def _shape_positive(self) -> Data:
+        if self.input_shape is not None and min(self.input_shape) < 1:
+            raise ValueError("input_shape entries must be >= 1")
+        return self
+
+
+# -------------------------------------------------------------------------- model
+
+
+class MLP(Strict):
+    """Stacked affine maps each followed by a nonlinearity. hidden=[] is a linear model."""
+
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 256],
+        description="Hidden layer widths; [] gives linear/logistic regression.",
+        examples=[[256, 256]],
+    )
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Drop probability after each layer.")
+    norm: Norm = Field(
+        "none",
+        description="Per hidden layer: batch (BatchNorm1d), layer (LayerNorm), group "
+        "(GroupNorm over groups of features), instance (per-sample statistics over the "
+        "feature vector, no affine; for a vector this equals an affine-free layer norm).",
+    )
+    groups: int = Field(2, ge=1, description="Groups for norm=group; must divide each width.")
+    residual: bool = Field(
+        False, description="Skip connections around hidden layers of equal width."
+    )
+    init: Literal["default", "kaiming", "xavier"] = "default"
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> MLP:
+        if self.norm == "group":
+            for i, width in enumerate(self.hidden):
+                if width % self.groups:
+                    raise ValueError(f"groups={self.groups} does not divide hidden[{i}]={width}")
+        return self
+
+
+class CNN(Strict):
+    """Conv stages (1-D or 2-D by data.input_shape) and a global-pooling head.
+
+    With residual=true each stage adds basic blocks (conv-norm-act-conv-norm plus
+    the identity): a small ResNet.
+    """
+
+    kind: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [32, 64], min_length=1, description="Channels per stage."
+    )
+    kernel_size: int = Field(3, ge=1, le=15)
+    pool: Literal["max", "avg", "none"] = Field("max", description="2x downsampling per stage.")
+    activation: Activation = "relu"
+    norm: Norm = "batch"
+    groups: int = Field(4, ge=1, description="Groups for norm=group; must divide each stage.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual: bool = False
+    blocks_per_stage: int = Field(1, ge=1, le=8, description="Basic blocks per stage (residual).")
+    init: Literal["default", "kaiming", "xavier"] = "default"
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> CNN:
+        if self.norm == "group":
+            for i, width in enumerate(self.channels):
+                if width % self.groups:
+                    raise ValueError(f"groups={self.groups} does not divide channels[{i}]={width}")
+        return self
+
+
+Model = Annotated[
+    Annotated[MLP, Tag("mlp")]
+    | Annotated[CNN, Tag("cnn")],
+    _kind_or("mlp"),
+]
+
+
+# --------------------------------------------------------------------------- loss
+
+
+class CrossEntropy(Strict):
+    """Softmax cross-entropy, computed through log-softmax (no overflow)."""
+
+    kind: Literal["cross_entropy"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="One positive weight per class."
+    )
+
+
+class NLL(Strict):
+    """Negative log-likelihood of log-softmax outputs (= cross-entropy without smoothing)."""
+
+    kind: Literal["nll"] = "nll"
+    class_weights: list[Annotated[float, Field(gt=0)]] | None = None
+
+
+class BCE(Strict):
+    """Binary cross-entropy on one logit (sigmoid inside the loss, stable)."""
+
+    kind: Literal["bce"] = "bce"
+    pos_weight: float = Field(1.0, gt=0.0, description="Weight of positive examples.")
+
+
+class MSE(Strict):
+    kind: Literal["mse"] = "mse"
+
+
+class MAE(Strict):
+    kind: Literal["mae"] = "mae"
+
+
+class Huber(Strict):
+    kind: Literal["huber"] = "huber"
+    delta: float = Field(1.0, gt=0.0, description="Quadratic below delta, linear above.")
+
+
+Loss = Annotated[
+    Annotated[CrossEntropy, Tag("cross_entropy")]
+    | Annotated[NLL, Tag("nll")]
+    | Annotated[BCE, Tag("bce")]
+    | Annotated[MSE, Tag("mse")]
+    | Annotated[MAE, Tag("mae")]
+    | Annotated[Huber, Tag("huber")],
+    _kind_or("cross_entropy"),
+]
+CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "nll", "bce"})
+
+# ---------------------------------------------------------------------- optimizer
+
+LR = Annotated[float, Field(gt=0.0, le=1e4, description="Learning rate (step size).")]
+WeightDecay = Annotated[float, Field(ge=0.0, le=10.0)]
+Eps = Annotated[float, Field(gt=0.0, le=1.0, description="Added to denominators (stability).")]
+
+
+class OptimizerBase(Strict):
+    decay_all_parameters: bool = Field(
+        False,
+        description="false: weight decay touches weight matrices/kernels only, not biases "
+        "or norm parameters; true: every parameter.",
+    )
+
+
+class SGD(OptimizerBase):
+    """Gradient descent; momentum adds inertia, nesterov=true is NAG (look-ahead gradient)."""
+
+    kind: Literal["sgd"] = "sgd"
+    lr: LR = 0.01
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    dampening: float = Field(0.0, ge=0.0, le=1.0)
+    nesterov: bool = False
+    weight_decay: WeightDecay = 0.0
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> SGD:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening = 0")
+        return self
+
+
+class Adagrad(OptimizerBase):
+    """Per-parameter step shrinking with the sum of squared gradients."""
+
+    kind: Literal["adagrad"] = "adagrad"
+    lr: LR = 0.01
+    lr_decay: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: WeightDecay = 0.0
+    initial_accumulator_value: float = Field(0.0, ge=0.0)
+    eps: Eps = 1e-10
+
+
+class Adadelta(OptimizerBase):
+    """Adagrad with an exponential moving average instead of an ever-growing sum."""
+
+    kind: Literal["adadelta"] = "adadelta"
+    lr: LR = 1.0
+    rho: float = Field(0.9, ge=0.0, le=1.0)
+    eps: Eps = 1e-6
+    weight_decay: WeightDecay = 0.0
+
+
+class RMSprop(OptimizerBase):
+    """EMA of squared gradients divides the step (Hinton's lecture 6e)."""
+
+    kind: Literal["rmsprop"] = "rmsprop"
+    lr: LR = 0.01
+    alpha: float = Field(0.99, ge=0.0, lt=1.0, description="Smoothing constant of the EMA.")
+    eps: Eps = 1e-8
+    weight_decay: WeightDecay = 0.0
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    centered: bool = False
+
+
+class Adam(OptimizerBase):
+    """Momentum plus an EMA of squared gradients, bias-corrected. weight_decay is L2 (coupled)."""
+
+    kind: Literal["adam"] = "adam"
+    lr: LR = 1e-3
+    betas: tuple[
+        Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]
+    ] = (0.9, 0.999)
+    eps: Eps = 1e-8
+    weight_decay: WeightDecay = 0.0
+    amsgrad: bool = False
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay."""
+
+    kind: Literal["adamw"] = "adamw"  # type: ignore[assignment]
+    weight_decay: WeightDecay = 0.01
+
+
+Optimizer = Annotated[
+    Annotated[SGD, Tag("sgd")]
+    | Annotated[Adagrad, Tag("adagrad")]
+    | Annotated[Adadelta, Tag("adadelta")]
+    | Annotated[RMSprop, Tag("rmsprop")]
+    | Annotated[Adam, Tag("adam")]
+    | Annotated[AdamW, Tag("adamw")],
+    _kind_or("adam"),
+]
+
+# ----------------------------------------------------------------------- schedule
+
+
+class ScheduleBase(Strict):
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, le=1000.0, description="Linear warm-up from 0 to the base lr (per step)."
+    )
+
+
+class Constant(ScheduleBase):
+    kind: Literal["constant"] = "constant"
+
+
+class Step(ScheduleBase):
+    """lr x gamma every step_size epochs."""
+
+    kind: Literal["step"] = "step"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class MultiStep(ScheduleBase):
+    """lr x gamma at each milestone epoch."""
+
+    kind: Literal["multistep"] = "multistep"
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class Exponential(ScheduleBase):
+    """lr x gamma every epoch."""
+
+    kind: Literal["exponential"] = "exponential"
+    gamma: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class Cosine(ScheduleBase):
+    """Cosine annealing from the base lr to min_lr over the run (per step)."""
+
+    kind: Literal["cosine"] = "cosine"
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class OneCycle(ScheduleBase):
+    """Up from max_lr/div_factor to max_lr, then cosine down to max_lr/final_div_factor."""
+
+    kind: Literal["one_cycle"] = "one_cycle"
+    max_lr: float | None = Field(None, gt=0.0, description="Defaults to the optimizer's lr.")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    div_factor: float = Field(25.0, ge=1.0)
+    final_div_factor: float = Field(1e4, ge=1.0)
+
+
+class ReduceOnPlateau(ScheduleBase):
+    """lr x factor when the monitored metric stalls for patience epochs."""
+
+    kind: Literal["reduce_on_plateau"] = "reduce_on_plateau"
+    monitor: str = Field("val_loss", examples=["val_loss", "val_accuracy"])
+    mode: Literal["auto", "min", "max"] = "auto"
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(3, ge=0)
+    threshold: float = Field(1e-4, ge=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+Schedule = Annotated[
+    Annotated[Constant, Tag("constant")]
+    | Annotated[Step, Tag("step")]
+    | Annotated[MultiStep, Tag("multistep")]
+    | Annotated[Exponential, Tag("exponential")]
+    | Annotated[Cosine, Tag("cosine")]
+    | Annotated[OneCycle, Tag("one_cycle")]
+    | Annotated[ReduceOnPlateau, Tag("reduce_on_plateau")],
+    _kind_or("constant"),
+]
+
+# ----------------------------------------------------------------- regularization
+
+
+class EarlyStopping(Strict):
+    """Stop when the monitored metric has not improved for patience epochs."""
+
+    monitor: str = Field("val_loss", examples=["val_loss", "val_accuracy", "val_rmse"])
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="auto: max for accuracy/f1/r2, min otherwise."
+    )
+    patience: int = Field(5, ge=0, le=10_000)
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = Field(True, description="End with the weights of the best epoch.")
+
+
+class Mix(Strict):
+    alpha: float = Field(0.2, gt=0.0, le=100.0, description="Beta(alpha, alpha) mixing ratio.")
+
+
+class Augment(Strict):
+    """Image/sequence augmentation (needs data.input_shape or image data)."""
+
+    shift: int = Field(0, ge=0, le=64, description="Random shift up to this many positions "
+                       "per axis (zero-padded crop).")
+    flip: bool = Field(False, description="Random flip of the last axis with probability 0.5.")
+
+
+class Regularization(Strict):
+    early_stopping: EarlyStopping | None = None
+    l1: float = Field(0.0, ge=0.0, le=10.0, description="Adds l1 * sum|w| to the loss.")
+    l2: float = Field(0.0, ge=0.0, le=10.0, description="Adds l2 * sum w^2 to the loss.")
+    input_noise: float = Field(0.0, ge=0.0, le=10.0, description="Std of Gaussian input noise.")
+    weight_noise: float = Field(
+        0.0, ge=0.0, le=1.0, description="Std of Gaussian noise on weights during each step."
+    )
+    mixup: Mix | None = None
+    cutmix: Mix | None = None
+    augment: Augment | None = None
+
+    @model_validator(mode="after")
+    def _one_mixing(self) -> Regularization:
+        if self.mixup is not None and self.cutmix is not None:
+            raise ValueError("choose one of mixup and cutmix")
+        return self
+
+
+# ----------------------------------------------------------------------- training
+
+
+class Training(Strict):
+    epochs: int = Field(30, ge=1, description="Passes over the training rows.")
+    batch_size: int | Literal["full"] = Field(
+        64,
+        description='1: stochastic GD, k: mini-batch GD, "full": batch GD (every row, '
+        "one step per epoch).",
+        examples=[64, 1, "full"],
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast forward.")
+    grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the global grad norm.")
+    checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
+
+    @model_validator(mode="after")
+    def _batch(self) -> Training:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or 'full'")
+        return self
+
+
+class JobSpec(Strict):
+    """A training job: data, model, loss, optimization algorithm."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "digits-mlp-adam",
+                    "data": {"source": {"builtin": "digits"}},
+                    "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},
+                    "loss": {"kind": "cross_entropy", "label_smoothing": 0.05},
+                    "optimizer": {"kind": "adam", "lr": 0.001},
+                    "training": {"epochs": 30, "batch_size": 64},
+                }
+            ]
+        },
+    )
+
+    name: str = Field("job", min_length=1, max_length=200, examples=["digits-mlp-adam"])
+    data: Data = Field(default_factory=Data)
+    model: Model = Field(default_factory=MLP)
+    loss: Loss = Field(default_factory=CrossEntropy)
+    optimizer: Optimizer = Field(default_factory=Adam)
+    schedule: Schedule = Field(default_factory=Constant)
+    regularization: Regularization = Field(default_factory=Regularization)
+    training: Training = Field(default_factory=Training)

@@ -1,0 +1,215 @@
+"""Data: load a source, split it, standardize on train only, place it on the device once.
+
+The whole dataset lives as tensors on the training device; batches are index
+slices of a per-epoch permutation (see ``loop.py``), never a DataLoader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn import datasets as skd
+from sklearn.model_selection import train_test_split
+
+from app import spec as s
+from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
+
+# Uploaded datasets are resolved by the caller (the worker reads them from SQL).
+ArrayLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+class DataError(ValueError):
+    """The data cannot be used as the spec asks (a message a person can act on)."""
+
+
+@dataclass
+class Arrays:
+    x: np.ndarray  # (rows, features) float32
+    y: np.ndarray  # (rows,) int64 labels or float32 targets
+    info: DataInfo
+
+
+def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    bunch = getattr(skd, f"load_{name}")()
+    return bunch.data, bunch.target
+
+
+def _spirals(src: s.SpiralsSource) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(src.seed)
+    y = np.arange(src.n_samples) % src.n_classes
+    t = rng.uniform(0.05, 1.0, src.n_samples)
+    angle = 2 * math.pi * (src.turns * t + y / src.n_classes)
+    x = np.stack([t * np.cos(angle), t * np.sin(angle)], axis=1) * 3.0
+    return x + rng.normal(0, src.noise * 0.3, x.shape), y
+
+
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sin": np.sin,
+    "cos": np.cos,
+    "abs": np.abs,
+    "square": np.square,
+    "step": lambda x: (x > 0).astype(np.float64),
+    "sawtooth": lambda x: x - np.floor(x),
+}
+
+
+def _function(src: s.FunctionSource) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(src.seed)
+    x = rng.uniform(src.x_min, src.x_max, src.n_samples)
+    y = FUNCTIONS[src.fn](x) + rng.normal(0, src.noise, src.n_samples)
+    return x[:, None], y
+
+
+def generate(src: s.GeneratorBase) -> tuple[np.ndarray, np.ndarray]:
+    """Rows from a synthetic generator; a pure function of its parameters and seed."""
+    n, seed = src.n_samples, src.seed
+    match src:
+        case s.MoonsSource():
+            return skd.make_moons(n, noise=src.noise, random_state=seed)
+        case s.CirclesSource():
+            return skd.make_circles(n, noise=src.noise, factor=src.factor, random_state=seed)
+        case s.BlobsSource():
+            return skd.make_blobs(
+                n, n_features=src.n_features, centers=src.centers,
+                cluster_std=src.cluster_std, random_state=seed,
+            )
+        case s.SpiralsSource():
+            return _spirals(src)
+        case s.MakeClassificationSource():
+            return skd.make_classification(
+                n, n_features=src.n_features, n_informative=src.n_informative,
+                n_redundant=src.n_redundant, n_classes=src.n_classes,
+                class_sep=src.class_sep, flip_y=src.flip_y, random_state=seed,
+            )
+        case s.MakeRegressionSource():
+            return skd.make_regression(
+                n, n_features=src.n_features, n_informative=min(src.n_informative,
+                src.n_features), noise=src.noise, random_state=seed,
+            )
+        case s.FunctionSource():
+            return _function(src)
+    raise DataError(f"unknown generator {src!r}")
+
+
+def arrays_info(x: np.ndarray, y: np.ndarray, task: s.Task) -> DataInfo:
+    n_classes = int(y.max()) + 1 if task == "classification" else 0
+    return DataInfo(task, x.shape[0], x.shape[1], n_classes)
+
+
+def load_arrays(source: s.BuiltinSource | s.GeneratorBase | s.DatasetSource,
+                uploaded: ArrayLoader | None = None, task: s.Task | None = None) -> Arrays:
+    """Load any source as (x float32, y) with its DataInfo."""
+    if isinstance(source, s.BuiltinSource):
+        x, y = load_builtin(source.builtin)
+        info = BUILTIN_INFO[source.builtin]
+    elif isinstance(source, s.DatasetSource):
+        if uploaded is None or task is None:
+            raise DataError(f"dataset {source.dataset} cannot be resolved here")
+        x, y = uploaded(source.dataset)
+        info = arrays_info(x, y, task)
+    else:
+        from app.training.shapes import synthetic_info
+
+        x, y = generate(source)
+        info = synthetic_info(source)
+    y_cast = y.astype(np.int64) if info.task == "classification" else y.astype(np.float32)
+    return Arrays(np.asarray(x, dtype=np.float32), y_cast, info)
+
+
+@dataclass
+class SplitIndices:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_indices(y: np.ndarray, split: s.Split, info: DataInfo) -> SplitIndices:
+    """Train/val/test row indices with the exact counts of ``shapes.train_rows``."""
+    n = len(y)
+    idx = np.arange(n)
+    strat = split.stratify and info.task == "classification"
+    n_test = math.ceil(n * split.test)
+    n_train = train_rows(info, split)
+    try:
+        rest, test = train_test_split(idx, test_size=n_test, random_state=split.seed,
+                                      stratify=y if strat else None)
+        if n_train == len(rest):
+            return SplitIndices(np.sort(rest), np.array([], dtype=np.int64), np.sort(test))
+        train, val = train_test_split(rest, train_size=n_train, random_state=split.seed + 1,
+                                      stratify=y[rest] if strat else None)
+    except ValueError as exc:  # e.g. a class with a single row cannot be stratified
+        raise DataError(f"cannot split the data as asked: {exc}") from exc
+    return SplitIndices(np.sort(train), np.sort(val), np.sort(test))
+
+
+@dataclass
+class Standardizer:
+    """Affine scaling fitted on the training rows only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardizer:
+        std = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(std > 1e-12, std, 1.0))
+
+    @classmethod
+    def identity(cls, width: int) -> Standardizer:
+        return cls(np.zeros(width, dtype=np.float32), np.ones(width, dtype=np.float32))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+
+@dataclass
+class Prepared:
+    """A job's data, resident on the training device."""
+
+    info: DataInfo
+    input_shape: tuple[int, ...]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    features: Standardizer
+    target: Standardizer  # regression targets; identity for classification
+
+    @property
+    def has_val(self) -> bool:
+        return self.x_val.shape[0] > 0
+
+
+def _check_shape(data: s.Data, info: DataInfo) -> tuple[int, ...]:
+    shape = effective_input_shape(data, info)
+    if math.prod(shape) != info.n_features:
+        raise DataError(f"data.input_shape {list(shape)} holds {math.prod(shape)} values but "
+                        f"each row has {info.n_features} features")
+    return shape
+
+
+def prepare(data: s.Data, arrays: Arrays, device: torch.device) -> Prepared:
+    """Split, standardize on train only, and move every split to ``device`` once."""
+    info, x, y = arrays.info, arrays.x, arrays.y
+    shape = _check_shape(data, info)
+    idx = split_indices(y, data.split, info)
+    width = x.shape[1]
+    features = Standardizer.fit(x[idx.train]) if data.standardize else Standardizer.identity(width)
+    regression = info.task == "regression" and data.standardize_target
+    target = Standardizer.fit(y[idx.train, None]) if regression else Standardizer.identity(1)
+
+    def to_device(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ys = y[rows]
+        if info.task == "regression":
+            ys = target.apply(ys[:, None])[:, 0]
+        return (torch.from_numpy(features.apply(x[rows])).to(device),
+                torch.from_numpy(ys).to(device))
+
+    (xt, yt), (xv, yv), (xs, ys) = (to_device(i) for i in (idx.train, idx.val, idx.test))
+    return Prepared(info, shape, xt, yt, xv, yv, xs, ys, features, target)

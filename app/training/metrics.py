@@ -1,0 +1,69 @@
+"""Evaluation metrics, computed on the device and brought to the host in one sync."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from app.training.data import Prepared
+
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating (bounds activation memory)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object]) -> torch.Tensor:
+    """Model outputs for every row, in eval mode (dropout off, running BN statistics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast():  # type: ignore[attr-defined]
+            outs = [model(x[i : i + EVAL_CHUNK]) for i in range(0, x.shape[0], EVAL_CHUNK)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs).float() if outs else torch.empty(0, 1, device=x.device)
+
+
+def classification_metrics(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+                           binary_logit: bool) -> dict[str, torch.Tensor]:
+    pred = (out.squeeze(1) > 0).long() if binary_logit else out.argmax(dim=1)
+    return {"loss": loss, "accuracy": (pred == y).float().mean()}
+
+
+def regression_metrics(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+                       data: Prepared) -> dict[str, torch.Tensor]:
+    """rmse, mae and r2 in the target's original units."""
+    scale = float(data.target.std[0])
+    err = (out.squeeze(1) - y) * scale
+    y_orig = y * scale
+    ss_tot = ((y_orig - y_orig.mean()) ** 2).sum().clamp_min(1e-12)
+    return {"loss": loss, "rmse": err.pow(2).mean().sqrt(), "mae": err.abs().mean(),
+            "r2": 1 - err.pow(2).sum() / ss_tot}
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Prepared,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             autocast: Callable[[], object], binary_logit: bool) -> dict[str, torch.Tensor]:
+    """Loss and the task's metrics as device tensors (the caller syncs once)."""
+    out = predict(model, x, autocast)
+    loss = loss_fn(out, y)
+    if data.info.task == "classification":
+        return classification_metrics(out, y, loss, binary_logit)
+    return regression_metrics(out, y, loss, data)
+
+
+def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Rows are true classes, columns predicted classes."""
+    flat = y * n_classes + pred
+    return torch.bincount(flat, minlength=n_classes * n_classes).view(n_classes, n_classes)
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Unweighted mean of per-class F1 (classes absent from both truth and prediction skipped)."""
+    cm = confusion.double()
+    tp = cm.diag()
+    denom = cm.sum(0) + cm.sum(1)
+    present = denom > 0
+    f1 = 2 * tp[present] / denom[present]
+    return float(f1.mean()) if present.any() else 0.0

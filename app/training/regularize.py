@@ -1,0 +1,136 @@
+"""Regularization: everything that trades training fit for generalization.
+
+Each helper is a small pure function of tensors and a generator, so a test can
+check it against the formula it names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from app import spec as s
+from app.training.optim import metric_mode
+
+
+def penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor | None:
+    """l1 * sum|w| + l2 * sum w^2 over the decayed tensors (None when both are zero)."""
+    if l1 == 0 and l2 == 0:
+        return None
+    total = torch.zeros((), device=params[0].device)
+    if l2:
+        total = total + l2 * sum(p.pow(2).sum() for p in params)
+    if l1:
+        total = total + l1 * sum(p.abs().sum() for p in params)
+    return total
+
+
+def add_input_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    return x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+
+
+def mixup(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
+    """x' = lam * x + (1 - lam) * x[perm] (Zhang et al., 2018)."""
+    return lam * x + (1 - lam) * x[perm]
+
+
+def cutmix(x: torch.Tensor, shape: tuple[int, ...], lam: float, perm: torch.Tensor,
+           rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+    """Paste a box from x[perm] covering ~(1 - lam) of every spatial axis product.
+
+    Returns the mixed batch and the exact kept fraction (the ratio for the targets).
+    """
+    spatial = shape[1:]
+    view = x.view(x.shape[0], *shape)
+    cut = math.sqrt(1 - lam) if len(spatial) == 2 else 1 - lam
+    box = []
+    for size in spatial:
+        length = round(size * cut)
+        centre = int(rng.integers(0, size))
+        lo, hi = max(0, centre - length // 2), min(size, centre + length - length // 2)
+        box.append(slice(lo, hi))
+    mixed = view.clone()
+    index = (slice(None), slice(None), *box)
+    mixed[index] = view[perm][index]
+    area = math.prod(b.stop - b.start for b in box)
+    return mixed.view(x.shape), 1 - area / math.prod(spatial)
+
+
+def shift_and_flip(x: torch.Tensor, shape: tuple[int, ...], aug: s.Augment,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Random per-sample shifts (zero-padded crops) of up to ``aug.shift`` and flips."""
+    n, spatial = x.shape[0], shape[1:]
+    view = x.view(n, *shape)
+    if aug.shift:
+        k = aug.shift
+        padded = torch.nn.functional.pad(view, [k, k] * len(spatial))
+        index: list[torch.Tensor] = [torch.arange(n, device=x.device).view(n, *[1] * len(shape)),
+                                     torch.arange(shape[0], device=x.device).view(1, -1,
+                                                                                  *[1] * len(spatial))]
+        for axis, size in enumerate(spatial):
+            offset = torch.randint(0, 2 * k + 1, (n,), generator=gen, device=x.device)
+            pos = offset[:, None] + torch.arange(size, device=x.device)
+            dims = [n, 1] + [1] * len(spatial)
+            dims[2 + axis] = size
+            index.append(pos.view(dims))
+        view = padded[tuple(index)]
+    if aug.flip:
+        flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+        view = torch.where(flip.view(n, *[1] * len(shape)), view.flip(-1), view)
+    return view.reshape(x.shape)
+
+
+class WeightNoise:
+    """Gradient at noisy weights: add N(0, std^2) before forward, remove it after backward."""
+
+    def __init__(self, params: list[torch.Tensor], std: float, gen: torch.Generator) -> None:
+        self.params, self.std, self.gen = params, std, gen
+        self.noise: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def add(self) -> None:
+        self.noise = [self.std * torch.randn(p.shape, generator=self.gen, device=p.device)
+                      for p in self.params]
+        torch._foreach_add_(self.params, self.noise)
+
+    @torch.no_grad()
+    def remove(self) -> None:
+        torch._foreach_sub_(self.params, self.noise)
+
+
+@dataclass
+class EarlyStopper:
+    """Stop after ``patience`` epochs without an improvement of at least ``min_delta``."""
+
+    spec: s.EarlyStopping
+    best: float | None = None
+    best_epoch: int = -1
+    wait: int = 0
+
+    @property
+    def maximize(self) -> bool:
+        return metric_mode(self.spec.monitor, self.spec.mode) == "max"
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        delta = self.spec.min_delta
+        return value > self.best + delta if self.maximize else value < self.best - delta
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record one epoch; True when training should stop."""
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.spec.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
