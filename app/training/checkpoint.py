@@ -5,7 +5,6 @@ Loading never unpickles: safetensors holds raw tensors and the state is JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -13,15 +12,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from app.training.blobs import CorruptBlob, read_metadata, sha256
+
 STATE_KEY = "trainyard.state"
 
 
-class CorruptCheckpoint(ValueError):
-    """The blob's checksum or format is wrong; it must not be loaded."""
-
-
-def sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
+CorruptCheckpoint = CorruptBlob  # the checksum or format is wrong; never load it
 
 
 def pack(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> bytes:
@@ -29,26 +25,14 @@ def pack(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> bytes:
     return st_save(cpu, metadata={STATE_KEY: json.dumps(state)})
 
 
-def read_metadata(blob: bytes) -> dict[str, str]:
-    """The safetensors header's __metadata__ (string to string)."""
-    if len(blob) < 8:
-        raise CorruptCheckpoint("checkpoint shorter than its header")
-    size = int.from_bytes(blob[:8], "little")
-    try:
-        header = json.loads(blob[8 : 8 + size])
-    except ValueError as exc:
-        raise CorruptCheckpoint("checkpoint header is not JSON") from exc
-    return dict(header.get("__metadata__") or {})
-
-
 def unpack(blob: bytes, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor],
                                                                     dict[str, Any]]:
     if expected_sha256 is not None and sha256(blob) != expected_sha256:
         raise CorruptCheckpoint("checkpoint checksum mismatch")
     try:
-        tensors = st_load(blob)
         state = json.loads(read_metadata(blob)[STATE_KEY])
-    except CorruptCheckpoint:
+        tensors = st_load(blob)
+    except CorruptBlob:
         raise
     except Exception as exc:  # safetensors raises its own error types
         raise CorruptCheckpoint(f"checkpoint unreadable: {exc}") from exc

@@ -1,0 +1,254 @@
+"""The ``trainyard`` command: run the service (api, worker, migrate, run) and use it
+(submit, watch, jobs, show, keys)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+# ------------------------------------------------------------------- server side
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    command.upgrade(config, "head")
+    print(f"database at head: {get_settings().resolved_database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    port = args.port or int(os.environ.get("PORT", "8000"))
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=port,
+                log_level="info", access_log=args.access_log)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import celery
+
+    queues = args.queues or get_settings().default_queue
+    argv = ["worker", f"--queues={queues}", f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", f"--hostname={args.hostname}"]
+    celery.worker_main(argv)
+    return 0
+
+
+def cmd_reap(_args: argparse.Namespace) -> int:
+    from app.db import get_sessionmaker
+    from app.services.reaper import reap_once
+
+    print(json.dumps(reap_once(get_sessionmaker(), get_settings())))
+    return 0
+
+
+def ensure_dev_key() -> str:
+    """Embedded mode: a development key for tenant 'dev', created once."""
+    from app.db import session_scope
+    from app.services import keys
+
+    path = get_settings().home / "dev-key"
+    if path.exists():
+        return path.read_text().strip()
+    with session_scope() as session:
+        _, key = keys.create(session, tenant_id="dev")
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    print(f"created development API key (tenant 'dev'), saved to {path}:\n  {key}", flush=True)
+    return key
+
+
+def _spawn(*argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *argv])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """API + one real worker process on the embedded default, in the foreground."""
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    cmd_migrate(args)
+    key = ensure_dev_key()
+    port = args.port or int(os.environ.get("PORT", "8000"))
+    procs = [_spawn("api", "--port", str(port)), _spawn("worker", "--concurrency", "1")]
+    stop = {"now": False}
+
+    def on_signal(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"Trainyard on http://127.0.0.1:{port}  (docs: /docs; Ctrl-C stops)", flush=True)
+    if args.demo:
+        _demo(f"http://127.0.0.1:{port}", key, stop)
+    while not stop["now"] and all(p.poll() is None for p in procs):
+        time.sleep(0.3)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    print("stopped", flush=True)
+    return 0
+
+
+def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
+    from app.client import Client, wait_ready
+
+    client = Client(url, key)
+    if not wait_ready(client, stop):
+        return
+    spec = json.loads((ROOT / "examples" / "digits.json").read_text())
+    job = client.submit(spec)
+    print(f"demo: submitted examples/digits.json as {job['id']}; watching it train", flush=True)
+    from app.client import watch
+
+    watch(client, job["id"], stop=stop)
+
+
+# ------------------------------------------------------------------- client side
+
+
+def _client() -> Any:
+    from app.client import Client
+
+    return Client.from_env()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from app.client import watch
+
+    spec = json.loads(Path(args.spec).read_text())
+    client = _client()
+    job = client.submit(spec, idempotency_key=args.idempotency_key)
+    print(f"{job['id']} {job['status']}  {client.base}/v1/jobs/{job['id']}")
+    if args.watch:
+        return 0 if watch(client, job["id"]) == "succeeded" else 1
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from app.client import watch
+
+    return 0 if watch(_client(), args.job_id) == "succeeded" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    page = _client().list_jobs(status=args.status, limit=args.limit)
+    for job in page["items"]:
+        test = (job.get("summary") or {}).get("test", {})
+        score = " ".join(f"{k}={v:.4f}" for k, v in test.items() if k != "loss")
+        print(f"{job['id']}  {job['status']:<9} {job['progress']['epoch']:>4}/"
+              f"{job['progress']['total']:<4} {job['name'][:30]:<30} {score}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_client().get_job(args.job_id), indent=2))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app import repository as repo
+    from app.clock import utcnow
+    from app.db import session_scope
+    from app.services import keys
+
+    with session_scope() as session:
+        if args.action == "create":
+            if not args.tenant:
+                print("usage: trainyard keys create TENANT", file=sys.stderr)
+                return 2
+            key_id, key = keys.create(session, tenant_id=args.tenant)
+            print(f"{key_id}  tenant={args.tenant}\n{key}\n(shown once; store it now)")
+        elif args.action == "list":
+            for k in repo.list_keys(session):
+                state = "revoked" if k.revoked_at else "active"
+                print(f"{k.id}  tenant={k.tenant_id}  {state}  created={k.created_at:%Y-%m-%d}")
+        else:
+            if not repo.revoke_key(session, args.tenant or "", utcnow()):
+                print(f"no active key '{args.tenant}'", file=sys.stderr)
+                return 1
+            print(f"revoked {args.tenant}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainyard", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="API + one worker on the embedded default (foreground)")
+    run.add_argument("--port", type=int)
+    run.add_argument("--demo", action="store_true", help="submit examples/digits.json and watch")
+    run.set_defaults(func=cmd_run)
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int)
+    api.add_argument("--access-log", action="store_true")
+    api.set_defaults(func=cmd_api)
+    wk = sub.add_parser("worker", help="start a Celery worker")
+    wk.add_argument("--queues", help="comma-separated (default: TRAINYARD_DEFAULT_QUEUE=cpu)")
+    wk.add_argument("--concurrency", type=int, default=1)
+    wk.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    wk.add_argument("--hostname", default="trainyard@%h")
+    wk.set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="upgrade the schema to head").set_defaults(func=cmd_migrate)
+    sub.add_parser("reap", help="one reaper pass").set_defaults(func=cmd_reap)
+    sm = sub.add_parser("submit", help="submit a spec file")
+    sm.add_argument("spec")
+    sm.add_argument("--watch", action="store_true")
+    sm.add_argument("--idempotency-key")
+    sm.set_defaults(func=cmd_submit)
+    wa = sub.add_parser("watch", help="follow a job until it ends")
+    wa.add_argument("job_id")
+    wa.set_defaults(func=cmd_watch)
+    jb = sub.add_parser("jobs", help="list jobs")
+    jb.add_argument("--status")
+    jb.add_argument("--limit", type=int, default=20)
+    jb.set_defaults(func=cmd_jobs)
+    sh = sub.add_parser("show", help="one job as JSON")
+    sh.add_argument("job_id")
+    sh.set_defaults(func=cmd_show)
+    ks = sub.add_parser("keys", help="API keys: create TENANT | list | revoke KEY_ID")
+    ks.add_argument("action", choices=["create", "list", "revoke"])
+    ks.add_argument("tenant", nargs="?", help="tenant (create) or key id (revoke)")
+    ks.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""A small HTTP client for the CLI (and for scripts): submit, poll, watch."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from app.config import get_settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ApiFailure(RuntimeError):
+    pass
+
+
+class Client:
+    def __init__(self, base: str, key: str | None) -> None:
+        self.base = base.rstrip("/")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=30)
+
+    @classmethod
+    def from_env(cls) -> Client:
+        key = os.environ.get("TRAINYARD_API_KEY")
+        dev_key = get_settings().home / "dev-key"
+        if not key and dev_key.exists():
+            key = dev_key.read_text().strip()
+        return cls(os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000"), key)
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                detail = err["message"]
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:500]
+            raise ApiFailure(f"HTTP {response.status_code}: {detail}")
+        return response.json()
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self.http.post("/v1/jobs", json=spec, headers=headers))
+
+    def get_job(self, job_id: str) -> Any:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def list_jobs(self, status: str | None = None, limit: int = 20) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self._check(self.http.get("/v1/jobs", params=params))
+
+    def metrics(self, job_id: str, after: int = 0) -> Any:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/metrics", params={"after": after}))
+
+
+def wait_ready(client: Client, stop: dict[str, bool], timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop["now"]:
+        try:
+            if client.http.get("/readyz").status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / max(total, 1))
+    return "#" * filled + "-" * (width - filled)
+
+
+def _latest(points: list[dict[str, Any]], latest: dict[str, float]) -> None:
+    for p in points:
+        latest[f"{p['split']}_{p['name']}"] = p["value"]
+
+
+SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "train_lr")
+
+
+def watch(client: Client, job_id: str, stop: dict[str, bool] | None = None,
+          interval: float = 0.5) -> str:
+    """Poll status and new metric points until the job ends; returns the final status."""
+    after, latest, tty = 0, {}, sys.stdout.isatty()
+    last_epoch = -1
+    while True:
+        page = client.metrics(job_id, after)
+        _latest(page["points"], latest)
+        after = page["next_after"]
+        job = client.get_job(job_id)
+        epoch, total = job["progress"]["epoch"], job["progress"]["total"]
+        if epoch != last_epoch or tty:
+            shown = "  ".join(f"{k} {latest[k]:.4g}" for k in SHOWN if k in latest)
+            line = f"[{_bar(epoch, total)}] {job['status']:<9} epoch {epoch}/{total}  {shown}"
+            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            last_epoch = epoch
+        if job["status"] in TERMINAL or (stop is not None and stop["now"]):
+            break
+        time.sleep(interval)
+    if tty:
+        print()
+    _print_outcome(job)
+    return str(job["status"])
+
+
+def _print_outcome(job: dict[str, Any]) -> None:
+    if job["status"] == "succeeded":
+        s = job["summary"]
+        test = "  ".join(f"{k} {v:.4f}" for k, v in s["test"].items())
+        print(f"{job['id']} succeeded: test {test}  (best epoch {s['best_epoch']}, "
+              f"{s['parameters']:,} parameters)", flush=True)
+    elif job["error"]:
+        print(f"{job['id']} {job['status']}: {job['error']['reason']}: {job['error']['message']}",
+              flush=True)
+    else:
+        print(f"{job['id']} {job['status']}", flush=True)

@@ -1,0 +1,135 @@
+"""The app factory: routers, one error shape, request-size cap, 503 when SQL is down."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import get_settings
+from app.errors import ApiError
+from app.routes import catalog, datasets, health, jobs
+from app.validation import SpecRejected
+
+log = logging.getLogger("trainyard.api")
+
+
+def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or []}}
+
+
+UNION_FIELDS = {"source", "model", "loss", "optimizer", "schedule"}
+
+
+def json_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as the JSON path a user wrote (union tags removed)."""
+    out: list[str] = []
+    prev: Any = None
+    for seg in loc:
+        if (seg == "body" and not out) or (isinstance(seg, str) and "[" in seg):
+            continue
+        if isinstance(seg, str) and (prev in UNION_FIELDS or prev == "synthetic"):
+            prev = "synthetic" if seg == "synthetic" and prev == "source" else "#tag"
+            continue
+        out.append(str(seg))
+        prev = seg
+    return ".".join(out) or "body"
+
+
+def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    return [{"loc": json_path(tuple(err["loc"])), "message": err["msg"]} for err in exc.errors()]
+
+
+class BodyLimit:
+    """413 for bodies over the cap, with or without Content-Length (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(error_body("too_large", f"request body exceeds the limit "
+                                           f"max_request_bytes {self.max_bytes:,}"), 413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.fields), exc.status,
+                            headers=exc.headers)
+
+    @app.exception_handler(SpecRejected)
+    async def spec_rejected(_r: Request, exc: SpecRejected) -> JSONResponse:
+        fields = [{"loc": ".".join(map(str, p.loc)), "message": p.msg} for p in exc.problems]
+        return JSONResponse(error_body("validation_error", str(exc), fields), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = _validation_fields(exc)
+        message = "; ".join(f"{f['loc']}: {f['message']}" for f in fields[:5])
+        return JSONResponse(error_body("validation_error", message, fields), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def db_down(_r: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(error_body("unavailable", "the database is unavailable; retry "
+                                       "shortly"), 503, headers={"Retry-After": "5"})
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Trainyard",
+        version="1.0.0",
+        description="Training as a service: POST a job spec (data, model, loss, optimization "
+        "algorithm); workers train it with PyTorch; metrics and checkpoints are queryable.",
+    )
+    for module in (jobs, datasets, catalog, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    return app

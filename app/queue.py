@@ -1,0 +1,71 @@
+"""The one Celery client. The API enqueues by task name; the worker reuses this app
+and adds the task bodies (``worker/tasks.py``), so ``app`` never imports ``worker``.
+
+Settings for long tasks: late acks, reject on worker loss, prefetch 1, JSON only,
+and a broker visibility timeout above the job time limit (the lease, not the
+broker, decides who runs a job; a redelivered duplicate is a no-op claim).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+RUN_JOB = "trainyard.run_job"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.is_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"), "store_processed": False,
+                "polling_interval": 0.2}
+    return {"visibility_timeout": int(settings.job_time_limit_seconds * 1.5) + 600}
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("trainyard", broker=settings.resolved_broker_url)
+    celery.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.default_queue,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_time_limit=int(settings.job_time_limit_seconds) + 300,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_create_missing_queues=True,
+    )
+    return celery
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: str, queue: str) -> None:
+    """Ring the doorbell: only the id travels; the task re-reads the row."""
+    get_celery().send_task(RUN_JOB, args=[job_id], queue=queue,
+                           retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with get_celery().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False

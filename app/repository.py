@@ -1,0 +1,302 @@
+"""All SQL access. Services and the worker call these verbs; nothing else builds queries.
+
+Every write a worker makes after claiming a job is fenced by the attempt number
+it claimed (``attempt`` is the fencing token): a zombie copy of a job whose
+lease was taken over matches no row and gets ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, defer
+
+from app.models import ApiKey, Checkpoint, Dataset, Job, Metric, Tenant
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer holds the job (another attempt took it, or it ended)."""
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model))
+
+
+# ------------------------------------------------------------------ tenants & keys
+
+
+def ensure_tenant(session: Session, tenant_id: str, now: datetime) -> None:
+    stmt = _insert(session, Tenant).values(id=tenant_id, created_at=now)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+
+def add_key(session: Session, *, key_id: str, tenant_id: str, key_hash: str,
+            now: datetime) -> None:
+    session.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=key_hash, created_at=now))
+
+
+def active_key(session: Session, key_hash: str) -> ApiKey | None:
+    stmt = select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    return session.scalars(stmt).first()
+
+
+def list_keys(session: Session) -> Sequence[ApiKey]:
+    return session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
+
+
+def revoke_key(session: Session, key_id: str, now: datetime) -> bool:
+    stmt = (update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------- jobs
+
+
+def add_job(session: Session, job: Job) -> None:
+    session.add(job)
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).first()
+
+
+def get_job_any_tenant(session: Session, job_id: str) -> Job | None:
+    """For the worker, which acts on ids the API already authorized."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    return session.scalars(stmt).first()
+
+
+def list_jobs(session: Session, tenant_id: str, *, status: str | None, name: str | None,
+              experiment_id: str | None, before: tuple[datetime, str] | None,
+              limit: int) -> Sequence[Job]:
+    """Newest first; ``before`` is the (created_at, id) of the previous page's last row."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if name:
+        stmt = stmt.where(Job.name == name)
+    if experiment_id:
+        stmt = stmt.where(Job.experiment_id == experiment_id)
+    if before is not None:
+        created, job_id = before
+        stmt = stmt.where(or_(Job.created_at < created,
+                              and_(Job.created_at == created, Job.id < job_id)))
+    return session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+
+
+def count_active_jobs(session: Session, tenant_id: str) -> int:
+    stmt = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id,
+                                                        Job.status.in_(ACTIVE))
+    return int(session.scalar(stmt) or 0)
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[str], now: datetime) -> None:
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=now))
+
+
+def cancel(session: Session, job: Job, now: datetime) -> None:
+    """Queued: cancelled at once. Running: flagged; the worker stops at the next batch."""
+    if job.status == "queued":
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
+            status="cancelled", cancel_requested=True, finished_at=now, updated_at=now))
+    elif job.status == "running":
+        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True,
+                                                                   updated_at=now))
+    session.refresh(job)
+
+
+def claim(session: Session, job_id: str, owner: str, now: datetime, lease: float) -> Job | None:
+    """Take the job's lease with one conditional UPDATE; None if someone else holds it."""
+    claimable = or_(Job.status == "queued",
+                    and_(Job.status == "running", Job.lease_expires_at < now))
+    stmt = (update(Job)
+            .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
+                   Job.attempt < Job.max_attempts)
+            .values(status="running", attempt=Job.attempt + 1, lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease), updated_at=now,
+                    started_at=func.coalesce(Job.started_at, now))
+            .returning(Job.attempt))
+    attempt = session.execute(stmt).scalar()
+    if attempt is None:
+        return None
+    return get_job_any_tenant(session, job_id)
+
+
+def _fenced(job_id: str, attempt: int) -> Any:
+    return and_(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+
+
+def heartbeat(session: Session, job_id: str, attempt: int, now: datetime, lease: float) -> bool:
+    """Extend the lease; returns whether cancellation was requested. LeaseLost if not ours."""
+    stmt = (update(Job).where(_fenced(job_id, attempt))
+            .values(lease_expires_at=now + timedelta(seconds=lease))
+            .returning(Job.cancel_requested))
+    flag = session.execute(stmt).scalar()
+    if flag is None:
+        raise LeaseLost(job_id)
+    return bool(flag)
+
+
+def record_epoch(session: Session, *, job_id: str, attempt: int, epoch: int,
+                 rows: list[dict[str, Any]], now: datetime, lease: float) -> None:
+    """Progress, lease and the epoch's metric rows in the caller's transaction (fenced)."""
+    stmt = (update(Job).where(_fenced(job_id, attempt))
+            .values(epoch=epoch, updated_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease)))
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(job_id)
+    if rows:
+        insert = _insert(session, Metric).values(rows)
+        session.execute(insert.on_conflict_do_update(
+            index_elements=["job_id", "epoch", "split", "name"],
+            set_={"value": insert.excluded.value, "attempt": insert.excluded.attempt}))
+
+
+def finish(session: Session, *, job_id: str, attempt: int, status: str, now: datetime,
+           summary: dict[str, Any] | None = None, reason: str | None = None,
+           message: str | None = None) -> None:
+    stmt = (update(Job).where(_fenced(job_id, attempt))
+            .values(status=status, summary=summary, error_reason=reason, error_message=message,
+                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None))
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(job_id)
+
+
+def release(session: Session, *, job_id: str, attempt: int, now: datetime) -> None:
+    """Hand a preempted job back to the queue; the attempt it used is given back too."""
+    stmt = (update(Job).where(_fenced(job_id, attempt))
+            .values(status="queued", attempt=attempt - 1, lease_owner=None,
+                    lease_expires_at=None, updated_at=now, enqueued_at=now))
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(job_id)
+
+
+def fail_unclaimable(session: Session, job_id: str, now: datetime, *, reason: str,
+                     message: str) -> bool:
+    """Fail a job that is not held by a live lease (reaper, poison jobs)."""
+    stmt = (update(Job)
+            .where(Job.id == job_id, or_(Job.status == "queued",
+                                         and_(Job.status == "running",
+                                              Job.lease_expires_at < now)))
+            .values(status="failed", error_reason=reason, error_message=message,
+                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def stale_queued(session: Session, older_than: datetime, limit: int = 500) -> Sequence[Job]:
+    stmt = (select(Job).where(Job.status == "queued",
+                              or_(Job.enqueued_at.is_(None), Job.enqueued_at < older_than))
+            .order_by(Job.created_at).limit(limit))
+    return session.scalars(stmt).all()
+
+
+def expired_running(session: Session, now: datetime, limit: int = 500) -> Sequence[Job]:
+    stmt = (select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+            .order_by(Job.created_at).limit(limit))
+    return session.scalars(stmt).all()
+
+
+def cancelled_while_queued(session: Session, job_id: str, now: datetime) -> None:
+    """A queued job flagged for cancellation before a worker saw it."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued",
+                                      Job.cancel_requested.is_(True))
+                    .values(status="cancelled", finished_at=now, updated_at=now))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def metrics_page(session: Session, job_id: str, *, after: int, limit: int,
+                 names: Sequence[str], splits: Sequence[str]) -> Sequence[Metric]:
+    stmt = select(Metric).where(Metric.job_id == job_id, Metric.id > after)
+    if names:
+        stmt = stmt.where(Metric.name.in_(names))
+    if splits:
+        stmt = stmt.where(Metric.split.in_(splits))
+    return session.scalars(stmt.order_by(Metric.id).limit(limit)).all()
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def add_checkpoint(session: Session, ckpt: Checkpoint) -> None:
+    """Insert (replacing an older copy of the same epoch/step) and keep latest + best only."""
+    same = (Checkpoint.job_id == ckpt.job_id, Checkpoint.epoch == ckpt.epoch,
+            Checkpoint.step == ckpt.step)
+    ckpt.is_best = ckpt.is_best or bool(session.scalar(select(Checkpoint.is_best).where(*same)))
+    session.execute(delete(Checkpoint).where(*same))
+    if ckpt.is_best:
+        session.execute(update(Checkpoint).where(Checkpoint.job_id == ckpt.job_id)
+                        .values(is_best=False))
+    session.add(ckpt)
+    session.flush()
+    keep = select(Checkpoint.id).where(Checkpoint.job_id == ckpt.job_id,
+                                       or_(Checkpoint.is_best.is_(True), Checkpoint.id == ckpt.id))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == ckpt.job_id,
+                                             Checkpoint.id.not_in(keep)))
+
+
+def checkpoints_meta(session: Session, job_id: str) -> Sequence[Any]:
+    """Metadata rows (no blobs), newest first."""
+    cols = (Checkpoint.id, Checkpoint.epoch, Checkpoint.step, Checkpoint.attempt,
+            Checkpoint.is_best, Checkpoint.sha256, Checkpoint.size_bytes, Checkpoint.created_at)
+    stmt = select(*cols).where(Checkpoint.job_id == job_id).order_by(
+        Checkpoint.epoch.desc(), Checkpoint.step.desc())
+    return session.execute(stmt).all()
+
+
+def checkpoint_blob(session: Session, checkpoint_id: int) -> Checkpoint | None:
+    return session.get(Checkpoint, checkpoint_id)
+
+
+def checkpoints_newest_first(session: Session, job_id: str) -> Sequence[Checkpoint]:
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(
+        Checkpoint.epoch.desc(), Checkpoint.step.desc())
+    return session.scalars(stmt).all()
+
+
+def delete_checkpoint(session: Session, checkpoint_id: int) -> None:
+    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
+
+
+# --------------------------------------------------------------------- datasets
+
+
+def add_dataset(session: Session, dataset: Dataset) -> None:
+    session.add(dataset)
+
+
+def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
+    stmt = (select(Dataset).options(defer(Dataset.blob))
+            .where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+    return session.scalars(stmt).first()
+
+
+def dataset_blob(session: Session, dataset_id: str) -> bytes | None:
+    return session.scalar(select(Dataset.blob).where(Dataset.id == dataset_id))
+
+
+def dataset_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Dataset | None:
+    stmt = (select(Dataset).options(defer(Dataset.blob))
+            .where(Dataset.tenant_id == tenant_id, Dataset.idempotency_key == key))
+    return session.scalars(stmt).first()
+
+
+def list_datasets(session: Session, tenant_id: str, limit: int) -> Sequence[Dataset]:
+    stmt = (select(Dataset).options(defer(Dataset.blob)).where(Dataset.tenant_id == tenant_id)
+            .order_by(Dataset.created_at.desc()).limit(limit))
+    return session.scalars(stmt).all()

@@ -1,0 +1,1 @@
+"""One thin module per resource: parse, call a service, shape the response."""

@@ -1,0 +1,52 @@
+"""/v1/datasets: upload (CSV or NPZ), list, inspect."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi.responses import JSONResponse
+
+from app.deps import SessionDep, SettingsDep, TenantDep
+from app.schemas import DatasetOut, DatasetPage
+from app.services import datasets as service
+from app.training.blobs import sha256
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetOut)
+async def upload_dataset(
+    session: SessionDep, settings: SettingsDep, tenant: TenantDep,
+    file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],
+    target: Annotated[str | None, Form(max_length=200, description="CSV target column.")] = None,
+    task: Annotated[Literal["auto", "classification", "regression"], Form()] = "auto",
+    format: Annotated[Literal["csv", "npz"] | None, Form()] = None,
+    input_shape: Annotated[str | None, Form(max_length=100, examples=["[1, 8, 8]"])] = None,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> Any:
+    """Validated completely before anything is stored; bad data gets 422 naming the problem."""
+    content = await file.read(settings.limits.max_dataset_bytes + 1)
+    dataset = service.build_dataset(content=content, filename=file.filename, fmt=format,
+                                    target=target, task=task, input_shape=input_shape, name=name,
+                                    limits=settings.limits)
+    digest = sha256(content + repr((target, task, format, input_shape, name)).encode())
+    stored, created = service.create(session, tenant_id=tenant, dataset=dataset,
+                                     idempotency_key=idempotency_key, request_hash=digest)
+    return JSONResponse(DatasetOut.of(stored).model_dump(mode="json"),
+                        status_code=201 if created else 200,
+                        headers={"Location": f"/v1/datasets/{stored.id}"})
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(session: SessionDep, tenant: TenantDep,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 100) -> DatasetPage:
+    from app import repository as repo
+
+    return DatasetPage(items=[DatasetOut.of(d) for d in repo.list_datasets(session, tenant, limit)])
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetOut:
+    return DatasetOut.of(service.get(session, tenant, dataset_id))

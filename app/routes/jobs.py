@@ -1,0 +1,95 @@
+"""/v1/jobs: submit, list, inspect, cancel, metrics, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from app.deps import SessionDep, SettingsDep, TenantDep
+from app.schemas import CheckpointOut, JobOut, JobPage, MetricPoint, MetricsPage
+from app.services import checkpoint_files
+from app.services import jobs as service
+from app.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+@router.post("", status_code=201, response_model=JobOut,
+             responses={200: {"model": JobOut, "description": "Idempotent replay"}})
+def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: SettingsDep,
+               tenant: TenantDep, idempotency_key: IdemKey = None) -> Any:
+    """Queue a training job. The same Idempotency-Key and body returns the original job."""
+    job, created = service.submit(session, tenant_id=tenant, spec=spec, settings=settings,
+                                  idempotency_key=idempotency_key,
+                                  raw=spec.model_dump(mode="json"))
+    body = JobOut.of(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=201 if created else 200,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(session: SessionDep, tenant: TenantDep,
+              status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|"
+                                                          "cancelled)$")] = None,
+              name: Annotated[str | None, Query(max_length=200)] = None,
+              experiment_id: Annotated[str | None, Query(max_length=40)] = None,
+              cursor: Annotated[str | None, Query(max_length=300)] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobPage:
+    """Newest first, with cursor pagination."""
+    jobs, next_cursor = service.list_page(session, tenant, status=status, name=name,
+                                          experiment_id=experiment_id, cursor=cursor, limit=limit)
+    return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    return JobOut.of(service.get(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    """Queued: cancelled at once. Running: stops at the next batch boundary."""
+    return JobOut.of(service.cancel(session, tenant, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage)
+def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
+                name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
+                split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
+                after: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricsPage:
+    """Points newer than ``after`` (a cursor), optionally filtered by name and split."""
+    job, points = service.metrics(session, tenant, job_id, after=after, limit=limit,
+                                  names=name, splits=split)
+    return MetricsPage(
+        job_status=job.status,
+        points=[MetricPoint(id=p.id, epoch=p.epoch, split=p.split, name=p.name, value=p.value)
+                for p in points],
+        next_after=points[-1].id if points else after)
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
+def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> list[CheckpointOut]:
+    """Checkpoint metadata, newest first (latest and best are kept)."""
+    rows = service.checkpoints(session, tenant, job_id)
+    return [CheckpointOut(epoch=r.epoch, step=r.step, attempt=r.attempt, is_best=r.is_best,
+                          sha256=r.sha256, size_bytes=r.size_bytes, created_at=r.created_at,
+                          download=f"/v1/jobs/{job_id}/checkpoints/{r.epoch}")
+            for r in rows]
+
+
+@router.get("/{job_id}/checkpoints/{ref}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "The model weights as a safetensors file."}})
+def download_checkpoint(job_id: str, ref: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """``best``, ``latest`` or an epoch: the weights as safetensors (load with
+    ``safetensors.torch.load_file``; nothing is unpickled)."""
+    ckpt = service.checkpoint(session, tenant, job_id, ref)
+    data = checkpoint_files.weights_file(ckpt.blob, ckpt.sha256, job_id=job_id, epoch=ckpt.epoch)
+    filename = f"{job_id}-epoch{ckpt.epoch}.safetensors"
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "X-Checkpoint-Epoch": str(ckpt.epoch)})

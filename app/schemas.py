@@ -1,0 +1,110 @@
+"""Response shapes (the request shape is ``app.spec``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.clock import as_utc
+from app.models import Dataset, Job
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="Epochs completed.")
+    total: int = Field(description="Epochs requested (early stopping may end sooner).")
+
+
+class JobError(BaseModel):
+    reason: str = Field(examples=["diverged", "worker_lost", "timeout", "data"])
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
+    experiment_id: str | None
+    queue: str
+    progress: Progress
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    summary: dict[str, Any] | None
+    error: JobError | None
+    spec: dict[str, Any]
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        error = (JobError(reason=job.error_reason, message=job.error_message or "")
+                 if job.error_reason else None)
+        return cls(
+            id=job.id, name=job.name, status=job.status, experiment_id=job.experiment_id,
+            queue=job.queue, progress=Progress(epoch=job.epoch, total=job.total_epochs),
+            attempt=job.attempt, max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested, created_at=as_utc(job.created_at),
+            started_at=job.started_at and as_utc(job.started_at),
+            finished_at=job.finished_at and as_utc(job.finished_at), summary=job.summary,
+            error=error, spec=job.spec,
+            links={"self": base, "metrics": f"{base}/metrics", "checkpoints": f"{base}/checkpoints",
+                   "cancel": f"{base}/cancel"})
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
+
+
+class MetricPoint(BaseModel):
+    id: int = Field(description="Monotonic cursor: pass the last one as ?after=.")
+    epoch: int
+    split: str = Field(examples=["train", "val"])
+    name: str = Field(examples=["loss", "accuracy", "lr"])
+    value: float
+
+
+class MetricsPage(BaseModel):
+    job_status: str
+    points: list[MetricPoint]
+    next_after: int = Field(description="Cursor to poll for newer points.")
+
+
+class CheckpointOut(BaseModel):
+    epoch: int
+    step: int = Field(description="0 for an end-of-epoch checkpoint; > 0 if saved mid-epoch.")
+    attempt: int
+    is_best: bool
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    download: str
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    format: str
+    task: str
+    rows: int
+    features: int
+    n_classes: int
+    info: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetOut:
+        return cls(id=ds.id, name=ds.name, format=ds.format, task=ds.task, rows=ds.rows,
+                   features=ds.features, n_classes=ds.n_classes, info=ds.info, sha256=ds.sha256,
+                   size_bytes=ds.size_bytes, created_at=as_utc(ds.created_at))
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]

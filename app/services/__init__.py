@@ -1,0 +1,1 @@
+"""Service verbs: the logic between thin routes and the repository."""

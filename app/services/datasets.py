@@ -1,0 +1,240 @@
+"""Uploaded datasets: parse CSV or NPZ, refuse bad data with a reason, store a normalized NPZ.
+
+Nothing unpickles (``allow_pickle=False``); the stored name is generated; the
+client's file name is kept only as a sanitized label.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import repository as repo
+from app.clock import new_id, utcnow
+from app.config import Limits
+from app.errors import Conflict, NotFound, TooLarge, Unprocessable
+from app.models import Dataset
+from app.training.blobs import sha256
+
+MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
+
+
+def _bad(field: str, message: str) -> Unprocessable:
+    return Unprocessable(message, fields=[{"loc": field, "message": message}])
+
+
+def safe_label(name: str | None) -> str:
+    """A display label from a client file name: no directories, no control characters."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[\x00-\x1f\x7f]", "", base).strip(" .")
+    return base[:200] or "dataset"
+
+
+@dataclass
+class Parsed:
+    x: np.ndarray
+    y_raw: np.ndarray
+    feature_names: list[str]
+    target: str
+    natural_shape: list[int] | None = None
+
+
+def _float(value: str, row: int, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise _bad("file", f"row {row}, column '{column}': '{value[:40]}' is not a number") from None
+
+
+def parse_csv(content: bytes, target: str | None) -> Parsed:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _bad("file", "CSV must be UTF-8 text") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if not target:
+        raise _bad("target", "name the CSV's target column (form field 'target')")
+    if target not in header:
+        raise _bad("target", f"no column '{target}' in the header {header[:20]}")
+    t = header.index(target)
+    features = [h for i, h in enumerate(header) if i != t]
+    if not features:
+        raise _bad("file", "CSV has no feature columns besides the target")
+    x = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
+    y: list[str] = []
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise _bad("file", f"row {i} has {len(row)} fields but the header has {len(header)}")
+        y.append(row[t].strip())
+        x[i - 2] = [_float(v, i, header[j]) for j, v in enumerate(row) if j != t]
+    return Parsed(x, np.array(y), features, target)
+
+
+def parse_npz(content: bytes) -> Parsed:
+    try:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+            if "X" not in npz.files or "y" not in npz.files:
+                raise _bad("file", f"NPZ needs arrays 'X' and 'y'; it has {npz.files}")
+            x, y = npz["X"], npz["y"]
+    except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+        if isinstance(exc, Unprocessable):
+            raise
+        raise _bad("file", f"NPZ refused: {exc} (object/pickled arrays are never loaded)") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError):
+        raise _bad("file", "not a readable NPZ archive") from None
+    if x.ndim < 2 or y.ndim != 1:
+        raise _bad("file", f"X must be (rows, features...) and y (rows,); got X{x.shape}, "
+                   f"y{y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise _bad("file", f"X has {x.shape[0]} rows but y has {y.shape[0]}")
+    if x.dtype.kind not in "biuf":
+        raise _bad("file", f"X must be numeric; got dtype {x.dtype}")
+    natural = list(x.shape[1:]) if x.ndim > 2 else None
+    flat = x.reshape(x.shape[0], -1).astype(np.float64)
+    return Parsed(flat, y, [f"x{i}" for i in range(flat.shape[1])], "y", natural)
+
+
+def _is_number_array(values: np.ndarray) -> np.ndarray | None:
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    try:
+        return values.astype(np.float64)
+    except ValueError:
+        return None
+
+
+def decide_task(y_raw: np.ndarray, task: str) -> tuple[str, np.ndarray | None]:
+    numeric = _is_number_array(y_raw)
+    if task == "regression":
+        if numeric is None:
+            raise _bad("task", "regression needs a numeric target")
+        return "regression", numeric
+    if task == "classification" or numeric is None:
+        return "classification", numeric
+    integral = bool(np.all(np.isfinite(numeric)) and np.all(numeric == np.round(numeric)))
+    many = len(np.unique(numeric)) > MAX_AUTO_CLASSES
+    return ("classification" if integral and not many else "regression"), numeric
+
+
+def encode_labels(y_raw: np.ndarray, numeric: np.ndarray | None) -> tuple[np.ndarray, list[Any]]:
+    values = numeric if numeric is not None else y_raw.astype(str)
+    classes, y = np.unique(values, return_inverse=True)
+    if len(classes) < 2:
+        raise _bad("file", f"the target has a single class ({classes[0]!r}); a classifier "
+                   "needs at least two")
+    labels = [c.item() if hasattr(c, "item") else str(c) for c in classes]
+    return y.astype(np.int64), labels
+
+
+def check_values(parsed: Parsed, limits: Limits) -> None:
+    rows, cols = parsed.x.shape
+    if rows == 0:
+        raise _bad("file", "the data has no rows")
+    if rows > limits.max_dataset_rows:
+        raise _bad("file", f"{rows:,} rows exceed the limit max_dataset_rows "
+                   f"{limits.max_dataset_rows:,}")
+    if cols > limits.max_dataset_columns:
+        raise _bad("file", f"{cols:,} columns exceed the limit max_dataset_columns "
+                   f"{limits.max_dataset_columns:,}")
+    bad = ~np.isfinite(parsed.x)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        raise _bad("file", f"row {r + 1}, feature '{parsed.feature_names[c]}' is NaN or infinite")
+
+
+def parse_shape(raw: str | None, natural: list[int] | None, features: int) -> list[int] | None:
+    if not raw:
+        return natural
+    try:
+        shape = json.loads(raw)
+        assert isinstance(shape, list) and 2 <= len(shape) <= 3
+        assert all(isinstance(v, int) and v >= 1 for v in shape)
+    except (ValueError, AssertionError):
+        raise _bad("input_shape", "must be a JSON list like [1, 40] or [1, 8, 8]") from None
+    if math.prod(shape) != features:
+        raise _bad("input_shape", f"{shape} holds {math.prod(shape)} values but each row has "
+                   f"{features} features")
+    return shape
+
+
+def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, target: str | None,
+                  task: str, input_shape: str | None, name: str | None,
+                  limits: Limits) -> Dataset:
+    """Validate an upload completely and build the (unsaved) row."""
+    if len(content) > limits.max_dataset_bytes:
+        raise TooLarge(f"upload of {len(content):,} bytes exceeds the limit max_dataset_bytes "
+                       f"{limits.max_dataset_bytes:,}")
+    label = safe_label(filename)
+    kind = fmt or ("npz" if label.lower().endswith(".npz") else "csv")
+    if kind not in ("csv", "npz"):
+        raise _bad("format", "format must be 'csv' or 'npz'")
+    parsed = parse_csv(content, target) if kind == "csv" else parse_npz(content)
+    check_values(parsed, limits)
+    decided, numeric = decide_task(parsed.y_raw, task)
+    info: dict[str, Any] = {"target": parsed.target, "feature_names": parsed.feature_names[:1000],
+                            "original_filename": label, "original_sha256": sha256(content)}
+    if decided == "classification":
+        y, info["classes"] = encode_labels(parsed.y_raw, numeric)
+        n_classes = len(info["classes"])
+    else:
+        assert numeric is not None
+        if not np.all(np.isfinite(numeric)):
+            raise _bad("file", "the target has NaN or infinite values")
+        y, n_classes = numeric.astype(np.float32), 0
+        info["target_range"] = [float(y.min()), float(y.max())]
+    info["input_shape"] = parse_shape(input_shape, parsed.natural_shape, parsed.x.shape[1])
+    buffer = io.BytesIO()
+    np.savez(buffer, x=parsed.x.astype(np.float32), y=y)
+    blob = buffer.getvalue()
+    return Dataset(id=new_id("ds"), tenant_id="", name=safe_label(name) if name else label,
+                   format=kind, task=decided, rows=int(parsed.x.shape[0]),
+                   features=int(parsed.x.shape[1]), n_classes=n_classes, info=info,
+                   sha256=sha256(blob), size_bytes=len(blob), blob=blob,
+                   created_at=utcnow())
+
+
+def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_key: str | None,
+           request_hash: str) -> tuple[Dataset, bool]:
+    if idempotency_key:
+        existing = repo.dataset_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise Conflict(f"Idempotency-Key '{idempotency_key}' was used with a different "
+                               "upload")
+            return existing, False
+    dataset.tenant_id, dataset.idempotency_key = tenant_id, idempotency_key
+    dataset.request_hash = request_hash
+    repo.add_dataset(session, dataset)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return create(session, tenant_id=tenant_id, dataset=dataset,
+                      idempotency_key=idempotency_key, request_hash=request_hash)
+    return dataset, True
+
+
+def get(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    ds = repo.get_dataset(session, tenant_id, dataset_id)
+    if ds is None:
+        raise NotFound(f"no dataset '{dataset_id}'")
+    return ds
+
+
+def load_arrays(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The stored arrays (never unpickles)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return npz["x"], npz["y"]

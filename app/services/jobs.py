@@ -1,0 +1,180 @@
+"""Job verbs: submit (commit, then enqueue), get, list, cancel, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import repository as repo
+from app import spec as s
+from app.clock import as_utc, new_id, utcnow
+from app.config import Settings
+from app.errors import Conflict, NotFound, TooMany, Unprocessable
+from app.models import Checkpoint, Job, Metric
+from app.queue import enqueue_job
+from app.training import shapes
+from app.validation import Problem, SpecRejected, check_spec
+
+log = logging.getLogger("trainyard.jobs")
+
+
+def body_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def data_info(session: Session, tenant_id: str, source: Any) -> shapes.DataInfo:
+    """The data's shape without loading it (uploaded sets from their SQL row)."""
+    if isinstance(source, s.BuiltinSource):
+        return shapes.BUILTIN_INFO[source.builtin]
+    if isinstance(source, s.DatasetSource):
+        ds = repo.get_dataset(session, tenant_id, source.dataset)
+        if ds is None:
+            raise SpecRejected([Problem(("data", "source", "dataset"),
+                                        f"no dataset '{source.dataset}' (upload it with POST "
+                                        "/v1/datasets)")])
+        return shapes.DataInfo(ds.task, ds.rows, ds.features, ds.n_classes,  # type: ignore[arg-type]
+                               tuple(ds.info["input_shape"]) if ds.info.get("input_shape")
+                               else None)
+    return shapes.synthetic_info(source)
+
+
+def validate(session: Session, tenant_id: str, spec: s.JobSpec,
+             settings: Settings) -> shapes.DataInfo:
+    info = data_info(session, tenant_id, spec.data.source)
+    check_spec(spec, info, settings.limits)
+    return info
+
+
+def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Settings, *,
+            queue: str | None = None, experiment_id: str | None = None,
+            idempotency_key: str | None = None, request_hash: str | None = None) -> Job:
+    now = utcnow()
+    queue = queue or ("gpu" if spec.training.device == "cuda" else settings.default_queue)
+    return Job(id=new_id("job"), tenant_id=tenant_id, experiment_id=experiment_id,
+               name=spec.name, spec=spec.model_dump(mode="json"), task=info.task, queue=queue,
+               status="queued", attempt=0, max_attempts=settings.max_attempts,
+               cancel_requested=False, epoch=0, total_epochs=spec.training.epochs,
+               idempotency_key=idempotency_key, request_hash=request_hash,
+               created_at=now, updated_at=now)
+
+
+def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    existing = repo.job_by_idempotency_key(session, tenant_id, key)
+    if existing is not None and existing.request_hash != digest:
+        raise Conflict(f"Idempotency-Key '{key}' was used with a different body")
+    return existing
+
+
+def enqueue_committed(session: Session, jobs: Sequence[Job]) -> None:
+    """After COMMIT: ring the broker. If it is down the reaper enqueues later."""
+    sent = []
+    for job in jobs:
+        try:
+            enqueue_job(job.id, job.queue)
+            sent.append(job.id)
+        except Exception as exc:  # broker down: the job is safe in SQL
+            log.warning("enqueue of %s failed (%s); the reaper will retry", job.id, exc)
+    if sent:
+        repo.mark_enqueued(session, sent, utcnow())
+        session.commit()
+
+
+def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Settings,
+           idempotency_key: str | None, raw: Any) -> tuple[Job, bool]:
+    """Validate, INSERT, COMMIT, enqueue. Returns (job, created)."""
+    digest = body_hash(raw)
+    if idempotency_key and (job := _replay(session, tenant_id, idempotency_key, digest)):
+        return job, False
+    info = validate(session, tenant_id, spec, settings)
+    if repo.count_active_jobs(session, tenant_id) >= settings.limits.max_concurrent_jobs:
+        raise TooMany(f"{settings.limits.max_concurrent_jobs} jobs are already queued or running "
+                      "(limit max_concurrent_jobs); wait for some to finish",
+                      headers={"Retry-After": "10"})
+    job = new_job(tenant_id, spec, info, settings, idempotency_key=idempotency_key,
+                  request_hash=digest)
+    repo.add_job(session, job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        return submit(session, tenant_id=tenant_id, spec=spec, settings=settings,
+                      idempotency_key=idempotency_key, raw=raw)
+    enqueue_committed(session, [job])
+    return job, True
+
+
+def get(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = repo.get_job(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"no job '{job_id}'")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{as_utc(job.created_at).isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except ValueError as exc:
+        raise Unprocessable("cursor is not one this API issued",
+                            fields=[{"loc": "cursor", "message": "malformed"}]) from exc
+
+
+def list_page(session: Session, tenant_id: str, *, status: str | None, name: str | None,
+              experiment_id: str | None, cursor: str | None,
+              limit: int) -> tuple[Sequence[Job], str | None]:
+    before = decode_cursor(cursor) if cursor else None
+    jobs = repo.list_jobs(session, tenant_id, status=status, name=name,
+                          experiment_id=experiment_id, before=before, limit=limit + 1)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, encode_cursor(jobs[-1]) if more and jobs else None
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get(session, tenant_id, job_id)
+    repo.cancel(session, job, utcnow())
+    session.commit()
+    return job
+
+
+def metrics(session: Session, tenant_id: str, job_id: str, *, after: int, limit: int,
+            names: Sequence[str], splits: Sequence[str]) -> tuple[Job, Sequence[Metric]]:
+    job = get(session, tenant_id, job_id)
+    return job, repo.metrics_page(session, job_id, after=after, limit=limit, names=names,
+                                  splits=splits)
+
+
+def checkpoints(session: Session, tenant_id: str, job_id: str) -> Sequence[Any]:
+    get(session, tenant_id, job_id)
+    return repo.checkpoints_meta(session, job_id)
+
+
+def checkpoint(session: Session, tenant_id: str, job_id: str, ref: str) -> Checkpoint:
+    """``best``, ``latest`` or an epoch number."""
+    rows = checkpoints(session, tenant_id, job_id)
+    if ref == "best":
+        match = next((r for r in rows if r.is_best), None)
+    elif ref == "latest":
+        match = rows[0] if rows else None
+    elif ref.isdigit():
+        match = next((r for r in rows if r.epoch == int(ref) and r.step == 0), None)
+    else:
+        raise Unprocessable("checkpoint ref must be 'best', 'latest' or an epoch number",
+                            fields=[{"loc": "ref", "message": f"got '{ref}'"}])
+    blob = repo.checkpoint_blob(session, match.id) if match else None
+    if blob is None:
+        raise NotFound(f"job '{job_id}' has no checkpoint '{ref}' (latest and best are kept)")
+    return blob

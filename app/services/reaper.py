@@ -1,0 +1,65 @@
+"""The reaper: SQL is the source of truth, so jobs the broker lost are found there.
+
+It re-enqueues ``queued`` jobs not enqueued for ``requeue_after_seconds`` and
+``running`` jobs whose lease expired (their worker died), and fails a job whose
+worker was lost ``max_attempts`` times with reason ``worker_lost``. Several
+reapers may run at once: a duplicate message is a no-op claim.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.clock import as_utc, utcnow
+from app.config import Settings
+from app.models import Job
+from app.services.jobs import enqueue_committed
+
+log = logging.getLogger("trainyard.reaper")
+
+
+def _lost_message(job: Job) -> str:
+    return (f"the worker running this job was lost {job.attempt} time(s) "
+            f"(max_attempts={job.max_attempts}); it may crash its worker (memory?)")
+
+
+def _expired_needing_enqueue(job: Job, requeue_before: object) -> bool:
+    if job.enqueued_at is None or job.lease_expires_at is None:
+        return True
+    enqueued = as_utc(job.enqueued_at)
+    return enqueued < as_utc(job.lease_expires_at) or enqueued < requeue_before  # type: ignore[operator]
+
+
+def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, list[str]]:
+    """One pass; returns the ids it re-enqueued and failed."""
+    now = utcnow()
+    requeue_before = now - timedelta(seconds=settings.requeue_after_seconds)
+    report: dict[str, list[str]] = {"enqueued": [], "failed": []}
+    with sessions() as session:
+        candidates = []
+        for job in repo.expired_running(session, now):
+            if job.attempt >= job.max_attempts:
+                if repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
+                                         message=_lost_message(job)):
+                    report["failed"].append(job.id)
+            elif _expired_needing_enqueue(job, requeue_before):
+                candidates.append(job)
+        for job in repo.stale_queued(session, requeue_before):
+            if job.cancel_requested:
+                repo.cancelled_while_queued(session, job.id, now)
+            elif job.attempt >= job.max_attempts:
+                repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
+                                      message=_lost_message(job))
+                report["failed"].append(job.id)
+            else:
+                candidates.append(job)
+        session.commit()
+        enqueue_committed(session, candidates)
+        report["enqueued"] = [j.id for j in candidates]
+    if report["enqueued"] or report["failed"]:
+        log.info("reaper: re-enqueued %s, failed %s", report["enqueued"], report["failed"])
+    return report

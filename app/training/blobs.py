@@ -1,0 +1,33 @@
+"""Torch-free helpers for stored blobs (the API serves checkpoints without torch)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+class CorruptBlob(ValueError):
+    """A stored blob's checksum or format is wrong; it must not be used."""
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def verify(blob: bytes, expected: str) -> None:
+    if sha256(blob) != expected:
+        raise CorruptBlob("checksum mismatch")
+
+
+def read_metadata(blob: bytes) -> dict[str, str]:
+    """A safetensors header's __metadata__ (string to string), without loading tensors."""
+    if len(blob) < 8:
+        raise CorruptBlob("shorter than a safetensors header")
+    size = int.from_bytes(blob[:8], "little")
+    try:
+        header = json.loads(blob[8 : 8 + size])
+    except ValueError as exc:
+        raise CorruptBlob("safetensors header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise CorruptBlob("safetensors header is not an object")
+    return dict(header.get("__metadata__") or {})

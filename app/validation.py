@@ -1,0 +1,123 @@
+"""Checks that need to know the data: task vs loss, shapes, and the limits.
+
+Each problem is reported with the JSON path of the field and a reason a person
+can act on; the API turns them into one 422 before anything is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from app import spec as s
+from app.config import Limits
+from app.training import shapes
+
+
+@dataclass
+class Problem:
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+class SpecRejected(ValueError):
+    def __init__(self, problems: list[Problem], status: int = 422) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
+        self.problems, self.status = problems, status
+
+
+def epoch_metric_names(task: s.Task, has_val: bool) -> set[str]:
+    """Every metric a job logs per epoch, as ``split_name`` (what monitors may name)."""
+    main = ["loss", "accuracy"] if task == "classification" else ["loss", "rmse", "mae", "r2"]
+    names = {f"train_{m}" for m in main if m in ("loss", "accuracy")}
+    names |= {f"train_{m}" for m in ("lr", "grad_norm", "weight_norm", "epoch_seconds",
+                                     "samples_per_second")}
+    if has_val:
+        names |= {f"val_{m}" for m in main}
+    return names
+
+
+def _task_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    loss = spec.loss
+    wants = "classification" if loss.kind in s.CLASSIFICATION_LOSSES else "regression"
+    if wants != info.task:
+        return [Problem(("loss", "kind"), f"{loss.kind} is a {wants} loss but the data is a "
+                        f"{info.task} task; use " + ("cross_entropy, nll or bce"
+                                                     if info.task == "classification"
+                                                     else "mse, mae or huber"))]
+    problems = []
+    if loss.kind == "bce" and info.n_classes != 2:
+        problems.append(Problem(("loss", "kind"), f"bce is binary but the data has "
+                                f"{info.n_classes} classes; use cross_entropy"))
+    weights = getattr(loss, "class_weights", None)
+    if weights is not None and len(weights) != info.n_classes:
+        problems.append(Problem(("loss", "class_weights"), f"has {len(weights)} entries for "
+                                f"{info.n_classes} classes"))
+    return problems
+
+
+def _shape_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    shape = shapes.effective_input_shape(spec.data, info)
+    problems = []
+    if math.prod(shape) != info.n_features:
+        problems.append(Problem(("data", "input_shape"), f"{list(shape)} holds "
+                                f"{math.prod(shape)} values but each row has "
+                                f"{info.n_features} features"))
+    needs_shape = isinstance(spec.model, s.CNN) or spec.regularization.cutmix is not None \
+        or spec.regularization.augment is not None
+    if needs_shape and len(shape) < 2:
+        field = "model" if isinstance(spec.model, s.CNN) else "regularization"
+        problems.append(Problem((field,), "needs image or sequence data: set data.input_shape "
+                                "to [channels, length] or [channels, height, width]"))
+    return problems
+
+
+def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    problems = []
+    reg, has_val = spec.regularization, spec.data.split.val > 0
+    known = epoch_metric_names(info.task, has_val)
+    monitors = []
+    if reg.early_stopping is not None:
+        monitors.append((("regularization", "early_stopping", "monitor"),
+                         reg.early_stopping.monitor))
+    if isinstance(spec.schedule, s.ReduceOnPlateau):
+        monitors.append((("schedule", "monitor"), spec.schedule.monitor))
+    for loc, name in monitors:
+        if name not in known:
+            hint = "" if has_val else " (no validation split: data.split.val is 0)"
+            problems.append(Problem(loc, f"'{name}' is not logged for this job{hint}; "
+                                    f"choose one of {sorted(known)}"))
+    norms = spec.model.norm == "batch"
+    if norms and spec.training.batch_size == 1:
+        problems.append(Problem(("training", "batch_size"), "batch norm needs batch_size >= 2 "
+                                "(it normalizes over the batch)"))
+    return problems
+
+
+def _limit_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> list[Problem]:
+    checks = [
+        (("model",), "parameters", shapes.parameter_count(spec, info), limits.max_parameters),
+        (("model",), "layers", shapes.layer_count(spec), limits.max_layers),
+        (("model",), "width", shapes.max_width(spec), limits.max_width),
+        (("training", "epochs"), "epochs", spec.training.epochs, limits.max_epochs),
+        (("training", "epochs"), "work (epochs x training rows)",
+         spec.training.epochs * shapes.train_rows(info, spec.data.split), limits.max_work),
+    ]
+    if isinstance(spec.training.batch_size, int):
+        checks.append((("training", "batch_size"), "batch_size", spec.training.batch_size,
+                       limits.max_batch_size))
+    if isinstance(spec.data.source, s.GeneratorBase):
+        checks.append((("data", "source", "n_samples"), "generated rows", info.n_rows,
+                       limits.max_rows_synthetic))
+    return [Problem(loc, f"{what} {value:,} exceeds the limit {cap:,}")
+            for loc, what, value, cap in checks if value > cap]
+
+
+def check_spec(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> None:
+    """Raise SpecRejected listing every problem (empty list: the spec can run)."""
+    problems = _task_problems(spec, info) + _shape_problems(spec, info)
+    problems += _training_problems(spec, info)
+    if not problems:  # counting parameters needs a consistent shape
+        problems += _limit_problems(spec, info, limits)
+    if problems:
+        raise SpecRejected(problems)

@@ -1,0 +1,1 @@
+"""Celery glue: the task bodies, the SQL-backed sink, the reaper loop."""

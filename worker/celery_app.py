@@ -1,0 +1,66 @@
+"""The worker's Celery app: ``app.queue``'s client plus the task bodies and lifecycle hooks.
+
+- A reaper thread runs in each worker's main process (several reapers are safe).
+- SIGTERM (warm shutdown) sets PREEMPT in the pool's children, so a running job
+  checkpoints at the next batch boundary and is handed back, not failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from celery import signals
+
+from app.config import get_settings
+from app.db import get_sessionmaker
+from app.queue import get_celery
+from app.services.reaper import reap_once
+from worker.sinks import PREEMPT
+
+log = logging.getLogger("trainyard.worker")
+celery = get_celery()
+celery.conf.include = ["worker.tasks"]
+
+
+def _reaper_loop(stop: threading.Event) -> None:
+    settings = get_settings()
+    while not stop.wait(settings.reaper_interval_seconds):
+        try:
+            reap_once(get_sessionmaker(), settings)
+        except Exception as exc:  # the database may be down; try again next tick
+            log.warning("reaper pass failed: %s", exc)
+
+
+_reaper_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def start_reaper(**_: Any) -> None:
+    threading.Thread(target=_reaper_loop, args=(_reaper_stop,), name="reaper", daemon=True).start()
+
+
+@signals.worker_process_init.connect
+def child_init(**_: Any) -> None:
+    """In each pool child: SIGUSR2 from the parent means 'preempt'; fresh DB connections."""
+    signal.signal(signal.SIGUSR2, lambda *_: PREEMPT.set())
+    from app.db import get_engine
+
+    get_engine().dispose(close=False)  # never share the parent's sockets after fork
+
+
+@signals.worker_shutting_down.connect
+def preempt_running_jobs(**_: Any) -> None:
+    _reaper_stop.set()
+    PREEMPT.set()  # solo/threads pools run jobs in this process
+    try:
+        from billiard.process import active_children
+
+        for child in active_children():
+            if child.pid:
+                os.kill(child.pid, signal.SIGUSR2)
+    except Exception as exc:
+        log.warning("could not signal pool children: %s", exc)

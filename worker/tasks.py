@@ -1,0 +1,16 @@
+"""Task bodies: thin, like a web view; the logic is in ``worker.execution``."""
+
+from __future__ import annotations
+
+from app.config import get_settings
+from app.db import get_sessionmaker
+from app.queue import RUN_JOB
+from worker.celery_app import celery
+
+
+@celery.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    """Only the id travels; the row is re-read and claimed with a lease."""
+    from worker.execution import execute  # torch loads in the pool child, not the parent
+
+    return execute(job_id, get_sessionmaker(), get_settings())
