@@ -59,7 +59,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost/"
 
     @property
     def broker_folder(self) -> Path:
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     @property
     def is_embedded_broker(self) -> bool:
-        return self.resolved_broker_url.startswith("filesystem://")
+        return self.resolved_broker_url.startswith("filesystem:")
 
 
 @lru_cache(maxsize=1)
