@@ -31,6 +31,7 @@ class JobOut(BaseModel):
     attempt: int
     max_attempts: int
     cancel_requested: bool
+    worker: str | None = Field(description="host:pid holding the lease while running.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -48,7 +49,7 @@ class JobOut(BaseModel):
             id=job.id, name=job.name, status=job.status, experiment_id=job.experiment_id,
             queue=job.queue, progress=Progress(epoch=job.epoch, total=job.total_epochs),
             attempt=job.attempt, max_attempts=job.max_attempts,
-            cancel_requested=job.cancel_requested, created_at=as_utc(job.created_at),
+            cancel_requested=job.cancel_requested, worker=job.lease_owner, created_at=as_utc(job.created_at),
             started_at=job.started_at and as_utc(job.started_at),
             finished_at=job.finished_at and as_utc(job.finished_at), summary=job.summary,
             error=error, spec=job.spec,
