@@ -87,7 +87,8 @@ SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "train_
 def watch(client: Client, job_id: str, stop: dict[str, bool] | None = None,
           interval: float = 0.5) -> str:
     """Poll status and new metric points until the job ends; returns the final status."""
-    after, latest, tty = 0, {}, sys.stdout.isatty()
+    after, tty = 0, sys.stdout.isatty()
+    latest: dict[str, float] = {}
     last_epoch = -1
     while True:
         page = client.metrics(job_id, after)

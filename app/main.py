@@ -20,7 +20,8 @@ from app.validation import SpecRejected
 log = logging.getLogger("trainyard.api")
 
 
-def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def error_body(code: str, message: str,
+               fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or []}}
 
 

@@ -76,7 +76,7 @@ def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
     problems = []
     reg, has_val = spec.regularization, spec.data.split.val > 0
     known = epoch_metric_names(info.task, has_val)
-    monitors = []
+    monitors: list[tuple[tuple[str, ...], str]] = []
     if reg.early_stopping is not None:
         monitors.append((("regularization", "early_stopping", "monitor"),
                          reg.early_stopping.monitor))

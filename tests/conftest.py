@@ -7,6 +7,7 @@ failure, so CI can never pass by skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -86,10 +87,8 @@ def redis_url() -> Iterator[str]:
         need("Redis", False, str(exc))
     client.flushdb()
     yield REDIS_TEST_URL
-    try:
+    with contextlib.suppress(Exception):
         client.flushdb()
-    except Exception:
-        pass
 
 
 # ------------------------------------------------------------ process stacks
@@ -137,10 +136,8 @@ class Stack:
     def signal(self, name: str, sig: int) -> None:
         """Signal a process's whole group (a worker and its pool children)."""
         proc = self.procs[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         if sig == signal.SIGKILL:
             proc.wait(timeout=10)
 

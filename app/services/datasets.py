@@ -53,7 +53,8 @@ def _float(value: str, row: int, column: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise _bad("file", f"row {row}, column '{column}': '{value[:40]}' is not a number") from None
+        message = f"row {row}, column '{column}': '{value[:40]}' is not a number"
+        raise _bad("file", message) from None
 
 
 def parse_csv(content: bytes, target: str | None) -> Parsed:

@@ -182,7 +182,7 @@ class Trainer:
         loss = self._data_loss(out, yb, mix_lam, partner)
         extra = penalty(self.decayed, reg.l1, reg.l2)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss if extra is None else loss + extra).backward()
+        (loss if extra is None else loss + extra).backward()  # type: ignore[no-untyped-call]
         if self.weight_noise is not None:
             self.weight_noise.remove()
         if self.spec.training.grad_clip_norm is not None:

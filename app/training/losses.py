@@ -17,7 +17,8 @@ from app import spec as s
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _weights(values: list[float] | None, n_classes: int, device: torch.device) -> torch.Tensor | None:
+def _weights(values: list[float] | None, n_classes: int,
+             device: torch.device) -> torch.Tensor | None:
     if values is None:
         return None
     if len(values) != n_classes:

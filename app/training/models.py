@@ -6,6 +6,7 @@ without torch; a test keeps them equal.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -67,8 +68,7 @@ class MLP(nn.Module):
     def __init__(self, spec: s.MLP, n_in: int, n_out: int) -> None:
         super().__init__()
         widths = [n_in, *spec.hidden]
-        self.blocks = nn.Sequential(*(MLPBlock(a, b, spec) for a, b in zip(widths, widths[1:],
-                                                                          strict=False)))
+        self.blocks = nn.Sequential(*(MLPBlock(a, b, spec) for a, b in itertools.pairwise(widths)))
         self.head = nn.Linear(widths[-1], n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from torch import nn
 from app import spec as s
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     decay_all: bool) -> list[dict[str, Any]]:
     """Decay weight matrices/kernels only (dim >= 2); biases and norm parameters are exempt."""
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_all:
@@ -67,7 +68,8 @@ class LrSchedule:
     def __init__(self, spec: s.Constant | s.Step | s.MultiStep | s.Exponential | s.Cosine
                  | s.OneCycle | s.ReduceOnPlateau, base_lr: float, epochs: int) -> None:
         self.spec, self.base_lr, self.epochs = spec, base_lr, epochs
-        self.plateau_scale, self.plateau_best, self.plateau_wait = 1.0, None, 0
+        self.plateau_scale, self.plateau_wait = 1.0, 0
+        self.plateau_best: float | None = None
         self.per_step = spec.warmup_epochs > 0 or isinstance(spec, s.Cosine | s.OneCycle)
 
     def lr(self, progress: float) -> float:

@@ -68,9 +68,9 @@ def shift_and_flip(x: torch.Tensor, shape: tuple[int, ...], aug: s.Augment,
     if aug.shift:
         k = aug.shift
         padded = torch.nn.functional.pad(view, [k, k] * len(spatial))
-        index: list[torch.Tensor] = [torch.arange(n, device=x.device).view(n, *[1] * len(shape)),
-                                     torch.arange(shape[0], device=x.device).view(1, -1,
-                                                                                  *[1] * len(spatial))]
+        ones = [1] * len(spatial)
+        index: list[torch.Tensor] = [torch.arange(n, device=x.device).view(n, 1, *ones),
+                                     torch.arange(shape[0], device=x.device).view(1, -1, *ones)]
         for axis, size in enumerate(spatial):
             offset = torch.randint(0, 2 * k + 1, (n,), generator=gen, device=x.device)
             pos = offset[:, None] + torch.arange(size, device=x.device)

@@ -52,7 +52,10 @@ def synthetic_info(src: s.GeneratorBase) -> DataInfo:
     raise ValueError(f"unknown generator {src!r}")
 
 
-def output_dim(info: DataInfo, loss: s.CrossEntropy | s.NLL | s.BCE | s.MSE | s.MAE | s.Huber) -> int:
+LossSpec = s.CrossEntropy | s.NLL | s.BCE | s.MSE | s.MAE | s.Huber
+
+
+def output_dim(info: DataInfo, loss: LossSpec) -> int:
     """Width of the model's last layer: one logit per class, or one output."""
     if info.task == "classification" and loss.kind != "bce":
         return info.n_classes
