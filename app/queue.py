@@ -21,9 +21,10 @@ RUN_JOB = "trainyard.run_job"
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.is_embedded_broker:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+                "control_folder": str(folder / "control"),
                 "processed_folder": str(folder / "processed"), "store_processed": False,
                 "polling_interval": 0.2}
     return {"visibility_timeout": int(settings.job_time_limit_seconds * 1.5) + 600}

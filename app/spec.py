@@ -29,10 +29,17 @@ def _kind_or(default: str) -> Discriminator:
     return Discriminator(pick)
 
 
+def _examples_from_defaults(schema: dict[str, Any]) -> None:
+    """Every documented field shows an example: its default, unless it names its own."""
+    for prop in schema.get("properties", {}).values():
+        if "examples" not in prop and prop.get("default") is not None:
+            prop["examples"] = [prop["default"]]
+
+
 class Strict(BaseModel):
     """Unknown fields are errors: a typo must not silently train something else."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_examples_from_defaults)
 
 
 # --------------------------------------------------------------------------- data
@@ -577,7 +584,7 @@ class JobSpec(Strict):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
+        json_schema_extra=lambda schema: _examples_from_defaults(schema) or schema.update({
             "examples": [
                 {
                     "name": "digits-mlp-adam",
@@ -588,7 +595,7 @@ class JobSpec(Strict):
                     "training": {"epochs": 30, "batch_size": 64},
                 }
             ]
-        },
+        }),
     )
 
     name: str = Field("job", min_length=1, max_length=200, examples=["digits-mlp-adam"])

@@ -50,6 +50,7 @@ def child_init(**_: Any) -> None:
     from app.db import get_engine
 
     get_engine().dispose(close=False)  # never share the parent's sockets after fork
+    import worker.execution  # noqa: F401  (load torch now, not when the first job arrives)
 
 
 @signals.worker_shutting_down.connect

@@ -90,16 +90,19 @@ class WeightNoise:
     def __init__(self, params: list[torch.Tensor], std: float, gen: torch.Generator) -> None:
         self.params, self.std, self.gen = params, std, gen
         self.noise: list[torch.Tensor] = []
+        self.clean: list[torch.Tensor] = []
 
     @torch.no_grad()
     def add(self) -> None:
         self.noise = [self.std * torch.randn(p.shape, generator=self.gen, device=p.device)
                       for p in self.params]
+        self.clean = [p.clone() for p in self.params]  # (w + n) - n != w in floating point
         torch._foreach_add_(self.params, self.noise)
 
     @torch.no_grad()
     def remove(self) -> None:
-        torch._foreach_sub_(self.params, self.noise)
+        torch._foreach_copy_(self.params, self.clean)
+        self.clean = []
 
 
 @dataclass
