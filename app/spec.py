@@ -579,23 +579,24 @@ class Training(Strict):
         return self
 
 
+def _job_examples(schema: dict[str, Any]) -> None:
+    _examples_from_defaults(schema)
+    schema["examples"] = [{
+        "name": "digits-mlp-adam",
+        "data": {"source": {"builtin": "digits"}},
+        "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},
+        "loss": {"kind": "cross_entropy", "label_smoothing": 0.05},
+        "optimizer": {"kind": "adam", "lr": 0.001},
+        "training": {"epochs": 30, "batch_size": 64},
+    }]
+
+
 class JobSpec(Strict):
     """A training job: data, model, loss, optimization algorithm."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=lambda schema: _examples_from_defaults(schema) or schema.update({
-            "examples": [
-                {
-                    "name": "digits-mlp-adam",
-                    "data": {"source": {"builtin": "digits"}},
-                    "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},
-                    "loss": {"kind": "cross_entropy", "label_smoothing": 0.05},
-                    "optimizer": {"kind": "adam", "lr": 0.001},
-                    "training": {"epochs": 30, "batch_size": 64},
-                }
-            ]
-        }),
+        json_schema_extra=lambda schema: _job_examples(schema),
     )
 
     name: str = Field("job", min_length=1, max_length=200, examples=["digits-mlp-adam"])
