@@ -25,6 +25,7 @@ class Limits(BaseSettings):
     max_work: int = 200_000_000  # epochs x training rows
     max_batch_size: int = 65_536
     max_rows_synthetic: int = 1_000_000
+    max_synthetic_values: int = 50_000_000  # generated rows x features (memory)
     max_dataset_bytes: int = 64 * 1024 * 1024
     max_dataset_rows: int = 1_000_000
     max_dataset_columns: int = 10_000
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 5.0
     requeue_after_seconds: float = 60.0
     job_time_limit_seconds: float = 6 * 3600.0
+    broker_visibility_timeout: float | None = None  # default: above the job time limit
     torch_threads: int = 0  # 0: let torch decide
     limits: Limits = Field(default_factory=Limits)
 

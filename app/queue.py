@@ -27,7 +27,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
                 "control_folder": str(folder / "control"),
                 "processed_folder": str(folder / "processed"), "store_processed": False,
                 "polling_interval": 0.2}
-    return {"visibility_timeout": int(settings.job_time_limit_seconds * 1.5) + 600}
+    timeout = settings.broker_visibility_timeout or settings.job_time_limit_seconds * 1.5 + 600
+    return {"visibility_timeout": timeout}
 
 
 def make_celery(settings: Settings) -> Celery:

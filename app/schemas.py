@@ -110,3 +110,39 @@ class DatasetOut(BaseModel):
 
 class DatasetPage(BaseModel):
     items: list[DatasetOut]
+
+
+class ErrorField(BaseModel):
+    loc: str = Field(description="JSON path of the offending field.", examples=["optimizer.lr"])
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["validation_error", "not_found", "unauthorized"])
+    message: str
+    fields: list[ErrorField]
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"code", "message", "fields"}}``."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the given error statuses, all with the one error shape."""
+    return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+            for status in statuses}
+
+
+ERROR_DESCRIPTIONS = {
+    401: "Missing, wrong or revoked API key.",
+    404: "No such resource for this tenant.",
+    409: "Idempotency-Key reused with a different body.",
+    413: "Request body over the size limit.",
+    422: "Invalid request: each problem's JSON path is in error.fields.",
+    429: "Too many queued or running jobs (see Retry-After).",
+    503: "The database is unavailable (see Retry-After).",
+}
+# Every authenticated /v1 operation: no key, bad input, SQL down.
+V1_ERRORS = error_responses(401, 422, 503)

@@ -109,6 +109,8 @@ def _limit_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> l
     if isinstance(spec.data.source, s.GeneratorBase):
         checks.append((("data", "source", "n_samples"), "generated rows", info.n_rows,
                        limits.max_rows_synthetic))
+        checks.append((("data", "source", "n_samples"), "generated values (rows x features)",
+                       info.n_rows * info.n_features, limits.max_synthetic_values))
     return [Problem(loc, f"{what} {value:,} exceeds the limit {cap:,}")
             for loc, what, value, cap in checks if value > cap]
 

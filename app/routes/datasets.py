@@ -8,14 +8,16 @@ from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.schemas import DatasetOut, DatasetPage
+from app.schemas import V1_ERRORS, DatasetOut, DatasetPage, error_responses
 from app.services import datasets as service
 from app.training.blobs import sha256
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS)
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post("", status_code=201, response_model=DatasetOut,
+             responses={200: {"model": DatasetOut, "description": "Idempotent replay"},
+                        **error_responses(409, 413)})
 async def upload_dataset(
     session: SessionDep, settings: SettingsDep, tenant: TenantDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],
@@ -47,6 +49,6 @@ def list_datasets(session: SessionDep, tenant: TenantDep,
     return DatasetPage(items=[DatasetOut.of(d) for d in repo.list_datasets(session, tenant, limit)])
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetOut:
     return DatasetOut.of(service.get(session, tenant, dataset_id))

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.schemas import CheckpointOut, JobOut, JobPage, MetricPoint, MetricsPage
+from app.schemas import (
+    V1_ERRORS,
+    CheckpointOut,
+    JobOut,
+    JobPage,
+    MetricPoint,
+    MetricsPage,
+    error_responses,
+)
 from app.services import checkpoint_files
 from app.services import jobs as service
 from app.spec import JobSpec
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
+NOT_FOUND = error_responses(404)
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]+)$",
+                                    description="best, latest or an epoch number.")]
 
 
 @router.post("", status_code=201, response_model=JobOut,
-             responses={200: {"model": JobOut, "description": "Idempotent replay"}})
+             responses={200: {"model": JobOut, "description": "Idempotent replay"},
+                        **error_responses(409, 413, 429)})
 def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: SettingsDep,
                tenant: TenantDep, idempotency_key: IdemKey = None) -> Any:
     """Queue a training job. The same Idempotency-Key and body returns the original job."""
@@ -44,18 +56,18 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
     return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     return JobOut.of(service.get(session, tenant, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     """Queued: cancelled at once. Running: stops at the next batch boundary."""
     return JobOut.of(service.cancel(session, tenant, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPage)
+@router.get("/{job_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
 def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
                 name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
                 split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
@@ -71,7 +83,7 @@ def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
         next_after=points[-1].id if points else after)
 
 
-@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut], responses=NOT_FOUND)
 def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> list[CheckpointOut]:
     """Checkpoint metadata, newest first (latest and best are kept)."""
     rows = service.checkpoints(session, tenant, job_id)
@@ -83,8 +95,10 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> lis
 
 @router.get("/{job_id}/checkpoints/{ref}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "The model weights as a safetensors file."}})
-def download_checkpoint(job_id: str, ref: str, session: SessionDep, tenant: TenantDep) -> Response:
+                             "description": "The model weights as a safetensors file."},
+                       **NOT_FOUND})
+def download_checkpoint(job_id: str, ref: CheckpointRef, session: SessionDep,
+                        tenant: TenantDep) -> Response:
     """``best``, ``latest`` or an epoch: the weights as safetensors (load with
     ``safetensors.torch.load_file``; nothing is unpickled)."""
     ckpt = service.checkpoint(session, tenant, job_id, ref)

@@ -1,0 +1,249 @@
+"""Faults inflicted on real processes: workers killed and stopped, the broker restarted or
+flushed, Postgres restarted mid-training. Each test restores what it broke."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import Stack, tiny_spec, wait_for, wait_job
+from tests.integration.test_distributed import parent_pid, slow_digits
+
+pytestmark = pytest.mark.reliability
+
+TIMING = {"epoch_seconds", "samples_per_second"}
+
+
+def rows(db_url: str, sql: str, **params: Any) -> list[Any]:
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        result = list(conn.execute(sa.text(sql), params).all())
+    engine.dispose()
+    return result
+
+
+def metrics_by_key(db_url: str, job_id: str) -> dict[tuple[int, str, str], float]:
+    found = rows(db_url, "SELECT epoch, split, name, value FROM metrics WHERE job_id = :j",
+                 j=job_id)
+    keyed = {(r.epoch, r.split, r.name): r.value for r in found}
+    assert len(keyed) == len(found), "a metric row was written twice"
+    return keyed
+
+
+def assert_complete(db_url: str, job_id: str, epochs: int) -> dict[tuple[int, str, str], float]:
+    keyed = metrics_by_key(db_url, job_id)
+    per_epoch = {e: {(s, n) for (ep, s, n) in keyed if ep == e} for e in range(1, epochs + 1)}
+    assert all(per_epoch[e] == per_epoch[1] for e in per_epoch), "an epoch lost metrics"
+    assert {ep for ep, _, _ in keyed} == set(range(1, epochs + 1))
+    return keyed
+
+
+def running(http: httpx.Client, job_id: str, min_epoch: int = 0) -> dict[str, Any] | None:
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    ok = job["status"] == "running" and job["worker"] and job["progress"]["epoch"] >= min_epoch
+    return job if ok else None
+
+
+def pool_child_of(job: dict[str, Any]) -> int:
+    return int(job["worker"].rsplit(":", 1)[1])
+
+
+# --------------------------------------------------------------------- workers
+
+
+def test_sigterm_checkpoints_and_hands_back(distributed: Stack, postgres_url: str) -> None:
+    w1 = distributed.start_worker("w1")
+    with distributed.client() as http:
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=40)).json()["id"]
+        wait_for(lambda: running(http, job_id, 2), 120, 0.05, "epoch 2")
+        os.kill(w1.pid, signal.SIGTERM)  # like `docker stop`: the main process only
+        assert w1.wait(timeout=60) == 0, distributed.log("w1")
+        handed_back = http.get(f"/v1/jobs/{job_id}").json()
+        assert handed_back["status"] == "queued" and handed_back["error"] is None
+        assert handed_back["attempt"] == 0, "a hand-back must not use up an attempt"
+        saved = rows(postgres_url, "SELECT epoch, step FROM checkpoints WHERE job_id = :j",
+                     j=job_id)
+        assert saved, "SIGTERM must leave a checkpoint"
+        distributed.start_worker("w2")
+        done = wait_job(http, job_id, timeout=180)
+    assert done["status"] == "succeeded" and done["attempt"] == 1
+    assert_complete(postgres_url, job_id, 40)
+
+
+def test_poison_job_fails_worker_lost_while_others_flow(distributed: Stack) -> None:
+    distributed.start_worker("w1")
+    distributed.start_worker("w2")
+    with distributed.client() as http:
+        poison = http.post("/v1/jobs", json=slow_digits(epochs=400)).json()["id"]
+        others = [http.post("/v1/jobs", json=tiny_spec(name=f"ok{i}")).json()["id"]
+                  for i in range(3)]
+        kills = 0
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            job = http.get(f"/v1/jobs/{poison}").json()
+            if job["status"] == "failed":
+                break
+            if job["status"] == "running" and job["worker"]:
+                pid = pool_child_of(job)
+                try:  # the job "crashes" the process running it, as an OOM kill would
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+                wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), 10)
+            time.sleep(0.2)
+        job = http.get(f"/v1/jobs/{poison}").json()
+        assert job["status"] == "failed" and job["error"]["reason"] == "worker_lost", job
+        assert job["attempt"] == job["max_attempts"] == 4 and kills >= 4
+        assert [wait_job(http, j, timeout=120)["status"] for j in others] == ["succeeded"] * 3
+
+
+def test_duplicate_delivery_trains_once(distributed: Stack, redis_url: str,
+                                        postgres_url: str) -> None:
+    from app.config import Settings
+    from app.queue import RUN_JOB, make_celery
+
+    distributed.start_worker("w1")
+    distributed.start_worker("w2")
+    celery = make_celery(Settings(broker_url=redis_url, database_url=postgres_url))
+    with distributed.client() as http:
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=8)).json()["id"]
+        for _ in range(3):  # the same id delivered again, at once, to both workers
+            celery.send_task(RUN_JOB, args=[job_id], queue="cpu")
+        done = wait_job(http, job_id, timeout=120)
+    assert done["status"] == "succeeded" and done["attempt"] == 1
+    attempts = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
+                    j=job_id)
+    assert [r.attempt for r in attempts] == [1]
+    assert_complete(postgres_url, job_id, 8)
+
+
+def test_repeated_sigkill_resumes_exactly(distributed: Stack, postgres_url: str) -> None:
+    """Kills at random moments (checkpoint writes included) change nothing in the result."""
+    spec = slow_digits(epochs=25)
+    distributed.start_worker("w0")
+    with distributed.client() as http:
+        job_id = http.post("/v1/jobs", json=spec).json()["id"]
+        rng = random.Random(7)
+        for round_ in range(2):
+            job = wait_for(lambda: running(http, job_id, 2 + 6 * round_), 120, 0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
+            name = next(n for n, p in distributed.procs.items()
+                        if p.pid == parent_pid(pool_child_of(job)))
+            distributed.signal(name, signal.SIGKILL)
+            distributed.procs.pop(name)
+            distributed.start_worker(f"w{round_ + 1}")
+        killed = wait_job(http, job_id, timeout=240)
+        twin_id = http.post("/v1/jobs", json=spec).json()["id"]
+        twin = wait_job(http, twin_id, timeout=240)
+        assert killed["status"] == twin["status"] == "succeeded" and killed["attempt"] == 3
+        a = assert_complete(postgres_url, job_id, 25)
+        b = assert_complete(postgres_url, twin_id, 25)
+        same = {k: v for k, v in a.items() if k[2] not in TIMING}
+        assert same == {k: v for k, v in b.items() if k[2] not in TIMING}
+        w_killed = http.get(f"/v1/jobs/{job_id}/checkpoints/latest").content
+        w_twin = http.get(f"/v1/jobs/{twin_id}/checkpoints/latest").content
+    from safetensors.numpy import load
+
+    ka, kb = load(w_killed), load(w_twin)
+    assert ka.keys() == kb.keys() and all((ka[k] == kb[k]).all() for k in ka)
+
+
+# ---------------------------------------------------------------------- broker
+
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+               "--save", "", "--appendonly", "no"]
+
+
+def redis_up() -> bool:
+    return subprocess.run(["redis-cli", "-p", "6379", "ping"], capture_output=True,
+                          text=True).stdout.strip() == "PONG"
+
+
+@pytest.fixture()
+def restorable_redis() -> Iterator[None]:
+    yield
+    if not redis_up():
+        subprocess.run(REDIS_START, check=True)
+        wait_for(redis_up, 20)
+
+
+def test_redis_restart_loses_no_job(distributed: Stack, postgres_url: str,
+                                    restorable_redis: None) -> None:
+    distributed.start_worker("w1")
+    with distributed.client() as http:
+        running_id = http.post("/v1/jobs", json=slow_digits(epochs=20)).json()["id"]
+        wait_for(lambda: running(http, running_id, 1), 120, 0.05)
+        queued_id = http.post("/v1/jobs", json=tiny_spec()).json()["id"]
+        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+        wait_for(lambda: not redis_up(), 20)
+        time.sleep(1.0)
+        subprocess.run(REDIS_START, check=True)
+        wait_for(redis_up, 20)
+        assert wait_job(http, running_id, timeout=180)["status"] == "succeeded"
+        assert wait_job(http, queued_id, timeout=120)["status"] == "succeeded"
+    assert_complete(postgres_url, running_id, 20)
+
+
+# -------------------------------------------------------------------- database
+
+
+def pg(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
+                    *(["-m", "fast"] if action == "stop" else [])], check=True,
+                   capture_output=True)
+
+
+def pg_up() -> bool:
+    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0
+
+
+@pytest.fixture()
+def restorable_postgres() -> Iterator[None]:
+    yield
+    if not pg_up():
+        pg("start")
+        wait_for(pg_up, 30)
+
+
+def test_postgres_restart_mid_training(tmp_path: Path, postgres_url: str, redis_url: str,
+                                       restorable_postgres: None) -> None:
+    import redis as redis_lib
+
+    from tests.conftest import FAST
+
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    stack = Stack(tmp_path, {"TRAINYARD_DATABASE_URL": postgres_url,
+                             "TRAINYARD_BROKER_URL": redis_url, **FAST,
+                             "TRAINYARD_LEASE_SECONDS": "60"})
+    try:
+        stack.cli("migrate")
+        stack.key = stack.new_key("pg-restart")
+        stack.start_api()
+        stack.start_worker("w1")
+        with stack.client() as http:
+            job_id = http.post("/v1/jobs", json=slow_digits(epochs=30)).json()["id"]
+            wait_for(lambda: running(http, job_id, 3), 120, 0.05)
+            pg("stop")
+            during = [http.get(f"/v1/jobs/{job_id}").status_code for _ in range(3)]
+            ready = http.get("/readyz").status_code
+            time.sleep(2)
+            pg("start")
+            wait_for(pg_up, 30)
+            assert set(during) == {503} and ready == 503
+            done = wait_job(http, job_id, timeout=180)
+        assert done["status"] == "succeeded" and done["attempt"] == 1, stack.log("w1")
+        assert_complete(postgres_url, job_id, 30)
+    finally:
+        stack.stop_all()
