@@ -69,11 +69,12 @@ def postgres_url() -> Iterator[str]:
     except Exception as exc:
         need("PostgreSQL", False, str(exc).splitlines()[0])
     name = f"trainyard_test_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     yield f"{base}/{name}"
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with _pg_admin() as admin:  # a fresh connection: a test may have restarted the server
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
