@@ -136,7 +136,7 @@ def test_repeated_sigkill_resumes_exactly(distributed: Stack, postgres_url: str)
         job_id = http.post("/v1/jobs", json=spec).json()["id"]
         rng = random.Random(7)
         for round_ in range(2):
-            job = wait_for(lambda: running(http, job_id, 2 + 6 * round_), 120, 0.02)
+            job = wait_for(lambda r=round_: running(http, job_id, 2 + 6 * r), 120, 0.02)
             time.sleep(rng.uniform(0.0, 0.3))
             name = next(n for n, p in distributed.procs.items()
                         if p.pid == parent_pid(pool_child_of(job)))
