@@ -51,6 +51,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import celery
 
     queues = args.queues or get_settings().default_queue
+    if not get_settings().torch_threads:  # share the cores among the pool's children
+        cores = os.cpu_count() or 1
+        os.environ["TRAINYARD_TORCH_THREADS"] = str(max(1, cores // args.concurrency))
+        get_settings.cache_clear()
     argv = ["worker", f"--queues={queues}", f"--concurrency={args.concurrency}",
             f"--pool={args.pool}", "--loglevel=INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", f"--hostname={args.hostname}"]

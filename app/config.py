@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = 60.0
     job_time_limit_seconds: float = 6 * 3600.0
     broker_visibility_timeout: float | None = None  # default: above the job time limit
-    torch_threads: int = 0  # 0: let torch decide
+    torch_threads: int = 0  # per pool child; 0: cores / --concurrency (`trainyard worker`)
     limits: Limits = Field(default_factory=Limits)
 
     @property

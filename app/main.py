@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import get_settings
@@ -91,14 +91,15 @@ async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (the Allow header of a 405)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+def allowed_methods(request: Request, fallback: str) -> str:
+    """Every method the API serves at this path (Starlette's 405 names one route's only)."""
+    path, methods = request.scope["path"], set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) or fallback
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -121,9 +122,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 405:  # Starlette names only the first route matching the path
-            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(OperationalError)

@@ -22,9 +22,11 @@ Task = Literal["classification", "regression"]
 def _kind_or(default: str) -> Discriminator:
     """Discriminate on ``kind``; a block without one gets the component's default kind."""
 
-    def pick(value: Any) -> str:
-        kind = value.get("kind", default) if isinstance(value, dict) else value.kind
-        return str(kind)
+    def pick(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return str(value.get("kind", default))
+        kind = getattr(value, "kind", None)  # a model instance; anything else is no block
+        return None if kind is None else str(kind)
 
     return Discriminator(pick)
 
@@ -157,7 +159,12 @@ class DatasetSource(Strict):
 
 
 def _source_kind(value: Any) -> str | None:
-    keys = value.keys() if isinstance(value, dict) else vars(value).keys()
+    if isinstance(value, dict):
+        keys = value.keys()
+    elif isinstance(value, BaseModel):
+        keys = type(value).model_fields.keys()
+    else:  # not an object: pydantic reports the source_kind error, not a 500
+        return None
     for kind in ("builtin", "synthetic", "dataset"):
         if kind in keys:
             return kind

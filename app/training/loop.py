@@ -129,7 +129,7 @@ class Trainer:
         if resume is not None:
             self.load(resume)
         total = self.spec.training.epochs
-        while self.epoch < total:
+        while self.epoch < total and self.stopped_early_at is None:  # (a resumed run may be done)
             reason = self.train_epoch()
             if reason is not None:
                 return Outcome("stopped", reason, checkpoint=self.pack())
@@ -257,6 +257,8 @@ class Trainer:
         bad = (~torch.isfinite(self.step_loss)).nonzero()
         step = int(bad[0]) + 1 if len(bad) else self.steps
         lr = self.optimizer.param_groups[0]["lr"]
+        if self.schedule.per_step:  # the lr that step used, not the epoch's last one
+            lr = self.schedule.lr(self.epoch + step / self.steps)
         raise TrainingDiverged(
             f"diverged: loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at "
             f"epoch {self.epoch + 1} step {step} with lr={lr:g}; lower the learning rate, "
