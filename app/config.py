@@ -30,6 +30,9 @@ class Limits(BaseSettings):
     max_dataset_rows: int = 1_000_000
     max_dataset_columns: int = 10_000
     max_request_bytes: int = 80 * 1024 * 1024
+    max_form_files: int = 1  # multipart file parts per upload
+    max_form_fields: int = 16  # multipart non-file fields per upload
+    max_form_field_bytes: int = 64 * 1024
     max_concurrent_jobs: int = 64  # per tenant, queued + running
     max_experiment_children: int = 200
 

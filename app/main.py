@@ -142,6 +142,9 @@ def create_app() -> FastAPI:
         version="1.0.0",
         description="Training as a service: POST a job spec (data, model, loss, optimization "
         "algorithm); workers train it with PyTorch; metrics and checkpoints are queryable.",
+        form_limits={"max_files": settings.limits.max_form_files,
+                     "max_fields": settings.limits.max_form_fields,
+                     "max_part_size": settings.limits.max_form_field_bytes},
     )
     for module in (jobs, datasets, catalog, health):
         app.include_router(module.router)

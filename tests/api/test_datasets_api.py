@@ -149,3 +149,13 @@ def test_dataset_idempotency(client: TestClient) -> None:
     c = client.post("/v1/datasets", files={"file": ("d.csv", GOOD_CSV + b"1,2,1\n")},
                     data={"target": "label"}, headers=h)
     assert c.status_code == 409 and len(stored(client)) == 1
+
+
+def test_multipart_caps_on_files_and_fields(client: TestClient) -> None:
+    two_files = [("file", ("a.csv", GOOD_CSV)), ("file", ("b.csv", GOOD_CSV))]
+    r = client.post("/v1/datasets", files=two_files, data={"target": "label"})
+    assert r.status_code == 400 and "Maximum number of files is 1" in r.json()["error"]["message"]
+    many = {f"f{i}": "x" for i in range(40)} | {"target": "label"}
+    r = client.post("/v1/datasets", files={"file": ("a.csv", GOOD_CSV)}, data=many)
+    assert r.status_code == 400 and "Maximum number of fields" in r.json()["error"]["message"]
+    assert stored(client) == []

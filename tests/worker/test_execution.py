@@ -117,3 +117,44 @@ def test_reaper_requeues_lost_jobs_and_fails_exhausted_ones(sessions: sessionmak
     assert failed.status == "failed" and failed.error_reason == "worker_lost"
     assert reload(sessions, fresh.id).status == "queued" and fresh.id not in sent
     assert reaper.reap_once(sessions, settings)["enqueued"] == []  # just enqueued: not again
+
+
+def test_wall_time_limit_checkpoints_then_fails_with_timeout(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, lease_seconds=30, heartbeat_seconds=0.05,
+                        job_time_limit_seconds=0.3)
+    job = add_job(sessions, settings)
+    with sessions() as s:  # a job long enough to hit the limit
+        row = repo.get_job_any_tenant(s, job.id)
+        assert row is not None
+        row.spec = JobSpec.model_validate(tiny_spec(training={"epochs": 400})).model_dump(
+            mode="json")
+        s.commit()
+    assert execute(job.id, sessions, settings) == "failed:timeout"
+    done = reload(sessions, job.id)
+    assert done.status == "failed" and done.error_reason == "timeout"
+    assert "0.3s" in (done.error_message or "") and done.epoch < 400
+    assert newest_good_checkpoint(sessions, job.id) is not None
+
+
+def test_pickle_offered_as_checkpoint_is_never_loaded(sessions: sessionmaker[Session],
+                                                     settings: Settings) -> None:
+    import pickle
+
+    marker = Path("/tmp/trainyard-ckpt-pwned")
+    marker.unlink(missing_ok=True)
+
+    class Boom:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (marker.write_text, ("pwned",))
+
+    evil = pickle.dumps({"model": Boom()})
+    job = add_job(sessions, settings)
+    with sessions() as s:  # even with a matching sha256 it is not a safetensors file
+        s.add(Checkpoint(job_id=job.id, epoch=3, step=0, attempt=1, is_best=True,
+                         sha256=sha256(evil), size_bytes=len(evil), blob=evil,
+                         created_at=utcnow()))
+        s.commit()
+    assert newest_good_checkpoint(sessions, job.id) is None
+    assert execute(job.id, sessions, settings) == "succeeded"  # trained from scratch
+    assert not marker.exists(), "a pickle payload ran"
