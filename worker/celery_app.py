@@ -50,7 +50,13 @@ def child_init(**_: Any) -> None:
     from app.db import get_engine
 
     get_engine().dispose(close=False)  # never share the parent's sockets after fork
+    import torch
+
     import worker.execution  # noqa: F401  (load torch now, not when the first job arrives)
+
+    threads = get_settings().torch_threads
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 @signals.worker_shutting_down.connect

@@ -108,7 +108,7 @@ class Trainer:
         self.autocast: Callable[[], Any] = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
             if tr.precision == "bf16" else contextlib.nullcontext)
-        set_lr(self.optimizer, self.schedule.lr(0.0 if self.schedule.per_step else 0))
+        set_lr(self.optimizer, self.schedule.lr(0))
 
     # ------------------------------------------------------------------ set-up
 
@@ -153,7 +153,7 @@ class Trainer:
                 self.step = step
                 return reason
             if per_step_lr:
-                set_lr(self.optimizer, self.schedule.lr(self.epoch + (step + 1) / self.steps))
+                set_lr(self.optimizer, self.schedule.lr(self.epoch, (step + 1) / self.steps))
             idx = perm[step * bs : (step + 1) * bs]
             out, yb, loss = self.train_step(x[idx], y[idx])
             self.step_loss[step] = loss
@@ -258,7 +258,7 @@ class Trainer:
         step = int(bad[0]) + 1 if len(bad) else self.steps
         lr = self.optimizer.param_groups[0]["lr"]
         if self.schedule.per_step:  # the lr that step used, not the epoch's last one
-            lr = self.schedule.lr(self.epoch + step / self.steps)
+            lr = self.schedule.lr(self.epoch, step / self.steps)
         raise TrainingDiverged(
             f"diverged: loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at "
             f"epoch {self.epoch + 1} step {step} with lr={lr:g}; lower the learning rate, "
@@ -278,7 +278,7 @@ class Trainer:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.schedule.observe(flat)
         if not self.schedule.per_step:
-            set_lr(self.optimizer, self.schedule.lr(float(self.epoch)))
+            set_lr(self.optimizer, self.schedule.lr(self.epoch))
         stop = stop and self.can_stop_early
         if stop:
             self.stopped_early_at = self.epoch

@@ -72,13 +72,20 @@ class LrSchedule:
         self.plateau_best: float | None = None
         self.per_step = spec.warmup_epochs > 0 or isinstance(spec, s.Cosine | s.OneCycle)
 
-    def lr(self, progress: float) -> float:
+    def lr(self, epoch: float, frac: float = 0.0) -> float:
+        """The lr of a step in (0-based) ``epoch`` that ends ``frac`` of the way through it.
+
+        Epoch-wise decays (step, multistep, exponential) count whole epochs only, so a
+        warm-up's per-step calls never move them early; warm-up, cosine and one-cycle
+        follow the fractional progress ``epoch + frac``.
+        """
+        progress = epoch + frac
         warm = self.spec.warmup_epochs
         ramp = min(1.0, progress / warm) if warm > 0 else 1.0
-        return ramp * self._decayed(progress)
+        return ramp * self._decayed(progress, math.floor(epoch))
 
-    def _decayed(self, t: float) -> float:
-        sp, base, epoch = self.spec, self.base_lr, math.floor(t)
+    def _decayed(self, t: float, epoch: int) -> float:
+        sp, base = self.spec, self.base_lr
         match sp:
             case s.Step():
                 return base * sp.gamma ** (epoch // sp.step_size)
