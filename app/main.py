@@ -15,7 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import get_settings
 from app.errors import ApiError
-from app.routes import catalog, datasets, health, jobs
+from app.routes import catalog, datasets, experiments, health, jobs
+from app.schemas import V1_ERRORS
 from app.validation import SpecRejected
 
 log = logging.getLogger("trainyard.api")
@@ -26,7 +27,9 @@ def error_body(code: str, message: str,
     return {"error": {"code": code, "message": message, "fields": fields or []}}
 
 
-UNION_FIELDS = {"source", "model", "loss", "optimizer", "schedule"}
+UNION_FIELDS = {"source", "model", "loss", "optimizer", "schedule", "rows"}
+EXPERIMENT_KINDS = {"cross_validation", "sweep", "bagging", "boosting", "bias_variance",
+                    "batch_size", "optimizer_comparison"}
 
 
 def json_path(loc: tuple[Any, ...]) -> str:
@@ -35,6 +38,9 @@ def json_path(loc: tuple[Any, ...]) -> str:
     prev: Any = None
     for seg in loc:
         if (seg == "body" and not out) or (isinstance(seg, str) and "[" in seg):
+            continue
+        if not out and prev is None and seg in EXPERIMENT_KINDS:
+            prev = "#kind"  # the experiment's own union tag
             continue
         if isinstance(seg, str) and (prev in UNION_FIELDS or prev == "synthetic"):
             prev = "synthetic" if seg == "synthetic" and prev == "source" else "#tag"
@@ -146,8 +152,9 @@ def create_app() -> FastAPI:
                      "max_fields": settings.limits.max_form_fields,
                      "max_part_size": settings.limits.max_form_field_bytes},
     )
-    for module in (jobs, datasets, catalog, health):
-        app.include_router(module.router)
+    for module in (jobs, experiments, datasets, catalog):  # every /v1 route needs a key
+        app.include_router(module.router, responses=V1_ERRORS)
+    app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
     return app

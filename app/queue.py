@@ -16,6 +16,7 @@ from celery import Celery
 from app.config import Settings, get_settings
 
 RUN_JOB = "trainyard.run_job"
+ADVANCE_EXPERIMENT = "trainyard.advance_experiment"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -61,6 +62,12 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: str, queue: str) -> None:
     """Ring the doorbell: only the id travels; the task re-reads the row."""
     get_celery().send_task(RUN_JOB, args=[job_id], queue=queue,
+                           retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})
+
+
+def enqueue_advance(experiment_id: str, queue: str) -> None:
+    """Ask a worker to move an experiment to its next stage (idempotent, stage-fenced)."""
+    get_celery().send_task(ADVANCE_EXPERIMENT, args=[experiment_id], queue=queue,
                            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})
 
 

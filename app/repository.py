@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
-from app.models import ApiKey, Checkpoint, Dataset, Job, Metric, Tenant
+from app.models import ApiKey, Checkpoint, Dataset, Experiment, Job, Metric, Tenant
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -300,3 +300,106 @@ def list_datasets(session: Session, tenant_id: str, limit: int) -> Sequence[Data
     stmt = (select(Dataset).options(defer(Dataset.blob)).where(Dataset.tenant_id == tenant_id)
             .order_by(Dataset.created_at.desc()).limit(limit))
     return session.scalars(stmt).all()
+
+
+# ------------------------------------------------------------------ experiments
+
+
+def add_experiment(session: Session, experiment: Experiment) -> None:
+    session.add(experiment)
+
+
+def get_experiment(session: Session, tenant_id: str, experiment_id: str) -> Experiment | None:
+    stmt = select(Experiment).where(Experiment.id == experiment_id,
+                                    Experiment.tenant_id == tenant_id)
+    return session.scalars(stmt).first()
+
+
+def get_experiment_any_tenant(session: Session, experiment_id: str) -> Experiment | None:
+    return session.get(Experiment, experiment_id, populate_existing=True)
+
+
+def experiment_by_idempotency_key(session: Session, tenant_id: str,
+                                  key: str) -> Experiment | None:
+    stmt = select(Experiment).where(Experiment.tenant_id == tenant_id,
+                                    Experiment.idempotency_key == key)
+    return session.scalars(stmt).first()
+
+
+def list_experiments(session: Session, tenant_id: str, *, status: str | None, kind: str | None,
+                     before: tuple[datetime, str] | None, limit: int) -> Sequence[Experiment]:
+    stmt = select(Experiment).where(Experiment.tenant_id == tenant_id)
+    if status:
+        stmt = stmt.where(Experiment.status == status)
+    if kind:
+        stmt = stmt.where(Experiment.kind == kind)
+    if before is not None:
+        created, exp_id = before
+        stmt = stmt.where(or_(Experiment.created_at < created,
+                              and_(Experiment.created_at == created, Experiment.id < exp_id)))
+    order = (Experiment.created_at.desc(), Experiment.id.desc())
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+
+
+def children(session: Session, experiment_id: str) -> Sequence[Job]:
+    stmt = select(Job).where(Job.experiment_id == experiment_id).order_by(Job.created_at, Job.id)
+    return session.scalars(stmt).all()
+
+
+def child_counts(session: Session, experiment_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """experiment id -> status -> number of children."""
+    stmt = (select(Job.experiment_id, Job.status, func.count())
+            .where(Job.experiment_id.in_(experiment_ids)).group_by(Job.experiment_id, Job.status))
+    counts: dict[str, dict[str, int]] = {}
+    for exp_id, status, n in session.execute(stmt).all():
+        counts.setdefault(str(exp_id), {})[status] = int(n)
+    return counts
+
+
+def epoch_curves(session: Session, job_id: str) -> dict[str, list[float]]:
+    """``split_name`` -> values by epoch (for aligned per-epoch comparisons)."""
+    stmt = (select(Metric.split, Metric.name, Metric.value).where(Metric.job_id == job_id)
+            .order_by(Metric.epoch))
+    curves: dict[str, list[float]] = {}
+    for split, name, value in session.execute(stmt).all():
+        curves.setdefault(f"{split}_{name}", []).append(value)
+    return curves
+
+
+def bump_stage(session: Session, experiment_id: str, stage: int, now: datetime) -> bool:
+    """Move a running experiment past ``stage``; False if another advance got there first."""
+    stmt = (update(Experiment).where(Experiment.id == experiment_id, Experiment.stage == stage,
+                                     Experiment.status == "running")
+            .values(stage=stage + 1, updated_at=now))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish_experiment(session: Session, experiment_id: str, *, stage: int, status: str,
+                      result: dict[str, Any] | None, now: datetime,
+                      message: str | None = None) -> bool:
+    stmt = (update(Experiment).where(Experiment.id == experiment_id, Experiment.stage == stage,
+                                     Experiment.status == "running")
+            .values(status=status, result=result, error_message=message, finished_at=now,
+                    updated_at=now, stage=stage + 1))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def cancel_experiment(session: Session, experiment: Experiment, now: datetime) -> None:
+    """The experiment and every child: queued ones at once, running ones at a batch boundary."""
+    session.execute(update(Experiment).where(Experiment.id == experiment.id,
+                                             Experiment.status == "running")
+                    .values(status="cancelled", finished_at=now, updated_at=now))
+    kids = Job.experiment_id == experiment.id
+    session.execute(update(Job).where(kids, Job.status == "queued").values(
+        status="cancelled", cancel_requested=True, finished_at=now, updated_at=now))
+    session.execute(update(Job).where(kids, Job.status == "running").values(
+        cancel_requested=True, updated_at=now))
+    session.refresh(experiment)
+
+
+def experiments_to_advance(session: Session, limit: int = 100) -> Sequence[str]:
+    """Running experiments with no queued or running child (a lost advance message)."""
+    active = select(Job.id).where(Job.experiment_id == Experiment.id, Job.status.in_(ACTIVE))
+    stmt = (select(Experiment.id).where(Experiment.status == "running", ~active.exists())
+            .limit(limit))
+    return list(session.scalars(stmt).all())

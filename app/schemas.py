@@ -32,6 +32,7 @@ class JobOut(BaseModel):
     max_attempts: int
     cancel_requested: bool
     worker: str | None = Field(description="host:pid holding the lease while running.")
+    role: dict[str, Any] | None = Field(description="Its place in its experiment's design.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -49,7 +50,7 @@ class JobOut(BaseModel):
             id=job.id, name=job.name, status=job.status, experiment_id=job.experiment_id,
             queue=job.queue, progress=Progress(epoch=job.epoch, total=job.total_epochs),
             attempt=job.attempt, max_attempts=job.max_attempts,
-            cancel_requested=job.cancel_requested, worker=job.lease_owner,
+            cancel_requested=job.cancel_requested, worker=job.lease_owner, role=job.role,
             created_at=as_utc(job.created_at),
             started_at=job.started_at and as_utc(job.started_at),
             finished_at=job.finished_at and as_utc(job.finished_at), summary=job.summary,
@@ -136,6 +137,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERROR_DESCRIPTIONS = {
+    400: "The body could not be parsed (not JSON or form data).",
     401: "Missing, wrong or revoked API key.",
     404: "No such resource for this tenant.",
     409: "Idempotency-Key reused with a different body.",
@@ -146,3 +148,44 @@ ERROR_DESCRIPTIONS = {
 }
 # Every authenticated /v1 operation: no key, bad input, SQL down.
 V1_ERRORS = error_responses(401, 422, 503)
+
+
+class ExperimentProgress(BaseModel):
+    done: int = Field(description="Children that ended (succeeded, failed or cancelled).")
+    total: int = Field(description="Children so far (sequential designs add stages).")
+    succeeded: int
+    failed: int
+    stage: int
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    name: str
+    kind: str = Field(examples=["cross_validation", "sweep", "bagging", "boosting",
+                                "bias_variance", "batch_size", "optimizer_comparison"])
+    status: str = Field(examples=["running", "succeeded", "partial", "failed", "cancelled"])
+    progress: ExperimentProgress
+    created_at: datetime
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    request: dict[str, Any]
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, exp: Any, counts: dict[str, int]) -> ExperimentOut:
+        base = f"/v1/experiments/{exp.id}"
+        ended = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
+        return cls(id=exp.id, name=exp.name, kind=exp.kind, status=exp.status,
+                   progress=ExperimentProgress(done=ended, total=sum(counts.values()),
+                                               succeeded=counts.get("succeeded", 0),
+                                               failed=counts.get("failed", 0), stage=exp.stage),
+                   created_at=as_utc(exp.created_at),
+                   finished_at=exp.finished_at and as_utc(exp.finished_at), result=exp.result,
+                   error=exp.error_message, request=exp.request,
+                   links={"self": base, "jobs": f"{base}/jobs", "cancel": f"{base}/cancel"})
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentOut]
+    next_cursor: str | None

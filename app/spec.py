@@ -192,6 +192,41 @@ class Split(Strict):
     seed: int = Field(0, ge=0)
 
 
+class FoldRows(Strict):
+    """Train on the development rows (train + val) outside fold ``index`` of a k-fold
+    partition and validate on the fold. The test rows are never part of any fold."""
+
+    kind: Literal["fold"] = "fold"
+    k: int = Field(5, ge=2, le=50)
+    index: int = Field(0, ge=0, description="Which fold validates (0 .. k-1).")
+    repeat: int = Field(0, ge=0, le=100, description="Repeated k-fold: reshuffles the folds.")
+    seed: int = Field(0, ge=0)
+    stratify: bool = Field(True, description="Stratified folds for classification.")
+
+    @model_validator(mode="after")
+    def _index(self) -> FoldRows:
+        if self.index >= self.k:
+            raise ValueError(f"index must be < k ({self.k})")
+        return self
+
+
+class BootstrapRows(Strict):
+    """Train on n rows drawn with replacement from the n development rows (optionally
+    weighted); validate on the rows never drawn (out-of-bag)."""
+
+    kind: Literal["bootstrap"] = "bootstrap"
+    seed: int = Field(0, ge=0)
+    weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, max_length=100_000,
+        description="Draw probabilities, one per development row (sorted by row index).")
+
+
+Rows = Annotated[
+    Annotated[FoldRows, Tag("fold")] | Annotated[BootstrapRows, Tag("bootstrap")],
+    _kind_or("fold"),
+]
+
+
 class Data(Strict):
     source: Source = Field(
         default_factory=lambda: BuiltinSource(builtin="digits"),
@@ -214,6 +249,13 @@ class Data(Strict):
         "[channels, height, width] (2-D). digits defaults to [1, 8, 8].",
         examples=[[1, 8, 8]],
     )
+    rows: Rows | None = Field(
+        None, description="Resample the development rows (train + val): a k-fold split or a "
+        "bootstrap. Experiments use it for their children; test rows are never touched.")
+    target_offset: list[float] | None = Field(
+        None, max_length=100_000,
+        description="Regression: subtract these values (one per development row, sorted by "
+        "row index, original units) from the targets; gradient boosting fits residuals so.")
 
     @model_validator(mode="after")
     def _shape_positive(self) -> Data:
@@ -565,6 +607,17 @@ class Regularization(Strict):
 # ----------------------------------------------------------------------- training
 
 
+class Sharpness(Strict):
+    """Top Hessian eigenvalue (power iteration on Hessian-vector products) and
+    epsilon-sharpness (Keskar et al., 2017: the largest relative loss increase in the box
+    |delta_i| <= epsilon (|w_i| + 1), by projected gradient ascent)."""
+
+    epsilon: float = Field(1e-3, gt=0.0, le=1.0)
+    power_iterations: int = Field(20, ge=1, le=200)
+    ascent_steps: int = Field(10, ge=1, le=200)
+    max_rows: int = Field(2048, ge=1, le=100_000, description="Training rows used.")
+
+
 class Training(Strict):
     epochs: int = Field(30, ge=1, description="Passes over the training rows.")
     batch_size: int | Literal["full"] = Field(
@@ -578,6 +631,11 @@ class Training(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast forward.")
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the global grad norm.")
     checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    record_predictions: bool = Field(
+        False, description="Put the final model's predictions on the development and test "
+        "rows in the summary (class probabilities, or values in original units).")
+    sharpness: Sharpness | None = Field(
+        None, description="Measure the sharpness of the final minimum on the training loss.")
 
     @model_validator(mode="after")
     def _batch(self) -> Training:

@@ -48,7 +48,7 @@ def newest_good_checkpoint(sessions: sessionmaker[Session], job_id: str) -> byte
     return None
 
 
-def _dataset_loader(sessions: sessionmaker[Session]) -> Any:
+def dataset_loader(sessions: sessionmaker[Session]) -> Any:
     def load(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         with sessions() as session:
             blob = repo.dataset_blob(session, dataset_id)
@@ -60,7 +60,18 @@ def _dataset_loader(sessions: sessionmaker[Session]) -> Any:
 
 
 def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
-    """Run the job if this call wins its lease; returns what happened (for logs and tests)."""
+    """Run the job if this call wins its lease; returns what happened (for logs and tests).
+
+    When an experiment's child ends, its experiment is asked to advance."""
+    outcome = _execute(job_id, sessions, settings)
+    if outcome not in ("not-claimed", "lease-lost", "preempted"):
+        from worker.orchestrate import request_advance
+
+        request_advance(sessions, job_id)
+    return outcome
+
+
+def _execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
     owner = worker_identity()
     job = with_retry(sessions, lambda s: repo.claim(s, job_id, owner, utcnow(),
                                                     settings.lease_seconds))
@@ -73,7 +84,7 @@ def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) ->
     try:
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job_id),
-                           uploaded=_dataset_loader(sessions), task=job.task)  # type: ignore[arg-type]
+                           uploaded=dataset_loader(sessions), task=job.task)  # type: ignore[arg-type]
     except repo.LeaseLost:
         log.warning("job %s: lease lost (attempt %d); stopping this copy", job_id, attempt)
         return "lease-lost"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.queue import RUN_JOB
+from app.queue import ADVANCE_EXPERIMENT, RUN_JOB
 from worker.celery_app import celery
 
 
@@ -14,3 +14,11 @@ def run_job(job_id: str) -> str:
     from worker.execution import execute  # torch loads in the pool child, not the parent
 
     return execute(job_id, get_sessionmaker(), get_settings())
+
+
+@celery.task(name=ADVANCE_EXPERIMENT, acks_late=True, ignore_result=True)
+def advance_experiment(experiment_id: str) -> str:
+    """Next stage or result of an experiment whose children have ended (idempotent)."""
+    from worker.orchestrate import advance_experiment as advance
+
+    return advance(experiment_id, get_sessionmaker(), get_settings())

@@ -8,9 +8,8 @@ from fastapi import APIRouter
 
 from app.catalog import catalog
 from app.deps import TenantDep
-from app.schemas import V1_ERRORS
 
-router = APIRouter(prefix="/v1", tags=["catalog"], responses=V1_ERRORS)
+router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 @router.get("/catalog")

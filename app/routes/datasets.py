@@ -8,16 +8,16 @@ from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.schemas import V1_ERRORS, DatasetOut, DatasetPage, error_responses
+from app.schemas import DatasetOut, DatasetPage, error_responses
 from app.services import datasets as service
 from app.training.blobs import sha256
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={200: {"model": DatasetOut, "description": "Idempotent replay"},
-                        **error_responses(409, 413)})
+                        **error_responses(400, 409, 413)})
 async def upload_dataset(
     session: SessionDep, settings: SettingsDep, tenant: TenantDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],

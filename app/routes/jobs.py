@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.schemas import (
-    V1_ERRORS,
     CheckpointOut,
     JobOut,
     JobPage,
@@ -21,7 +20,7 @@ from app.services import checkpoint_files
 from app.services import jobs as service
 from app.spec import JobSpec
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = error_responses(404)
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]+)$",
@@ -30,7 +29,7 @@ CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]+)$",
 
 @router.post("", status_code=201, response_model=JobOut,
              responses={200: {"model": JobOut, "description": "Idempotent replay"},
-                        **error_responses(409, 413, 429)})
+                        **error_responses(400, 409, 413, 429)})
 def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: SettingsDep,
                tenant: TenantDep, idempotency_key: IdemKey = None) -> Any:
     """Queue a training job. The same Idempotency-Key and body returns the original job."""

@@ -17,6 +17,7 @@ from app import repository as repo
 from app.clock import as_utc, utcnow
 from app.config import Settings
 from app.models import Job
+from app.queue import enqueue_advance
 from app.services.jobs import enqueue_committed
 
 log = logging.getLogger("trainyard.reaper")
@@ -32,6 +33,19 @@ def _expired_needing_enqueue(job: Job, requeue_before: object) -> bool:
         return True
     enqueued = as_utc(job.enqueued_at)
     return enqueued < as_utc(job.lease_expires_at) or enqueued < requeue_before  # type: ignore[operator]
+
+
+def advance_stalled_experiments(sessions: sessionmaker[Session]) -> list[str]:
+    """Running experiments with no active child: their advance message may be lost."""
+    with sessions() as session:
+        stalled = repo.experiments_to_advance(session)
+        queues = {}
+        for experiment_id in stalled:
+            kids = repo.children(session, experiment_id)
+            queues[experiment_id] = kids[0].queue if kids else "cpu"
+    for experiment_id, queue in queues.items():
+        enqueue_advance(experiment_id, queue)
+    return list(stalled)
 
 
 def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, list[str]]:
@@ -60,6 +74,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
         session.commit()
         enqueue_committed(session, candidates)
         report["enqueued"] = [j.id for j in candidates]
+    report["advanced"] = advance_stalled_experiments(sessions)
     if report["enqueued"] or report["failed"]:
         log.info("reaper: re-enqueued %s, failed %s", report["enqueued"], report["failed"])
     return report

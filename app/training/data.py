@@ -16,6 +16,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from app import spec as s
+from app.training.resample import resample
 from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
 
 # Uploaded datasets are resolved by the caller (the worker reads them from SQL).
@@ -180,6 +181,8 @@ class Prepared:
     y_test: torch.Tensor
     features: Standardizer
     target: Standardizer  # regression targets; identity for classification
+    dev_index: np.ndarray | None = None  # sorted train+val row indices (predictions order)
+    x_dev: torch.Tensor | None = None  # those rows, standardized (record_predictions only)
 
     @property
     def has_val(self) -> bool:
@@ -194,11 +197,22 @@ def _check_shape(data: s.Data, info: DataInfo) -> tuple[int, ...]:
     return shape
 
 
-def prepare(data: s.Data, arrays: Arrays, device: torch.device) -> Prepared:
+def prepare(data: s.Data, arrays: Arrays, device: torch.device,
+            keep_dev: bool = False) -> Prepared:
     """Split, standardize on train only, and move every split to ``device`` once."""
     info, x, y = arrays.info, arrays.x, arrays.y
     shape = _check_shape(data, info)
     idx = split_indices(y, data.split, info)
+    dev = np.sort(np.concatenate([idx.train, idx.val]))
+    if data.target_offset is not None:
+        y = _offset_targets(y, dev, data.target_offset, info)
+    if data.rows is not None:
+        labels = y[dev] if info.task == "classification" else None
+        try:
+            train, val = resample(dev, labels, data.rows)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        idx = SplitIndices(train, val, idx.test)
     width = x.shape[1]
     features = Standardizer.fit(x[idx.train]) if data.standardize else Standardizer.identity(width)
     regression = info.task == "regression" and data.standardize_target
@@ -212,4 +226,17 @@ def prepare(data: s.Data, arrays: Arrays, device: torch.device) -> Prepared:
                 torch.from_numpy(ys).to(device))
 
     (xt, yt), (xv, yv), (xs, ys) = (to_device(i) for i in (idx.train, idx.val, idx.test))
-    return Prepared(info, shape, xt, yt, xv, yv, xs, ys, features, target)
+    x_dev = torch.from_numpy(features.apply(x[dev])).to(device) if keep_dev else None
+    return Prepared(info, shape, xt, yt, xv, yv, xs, ys, features, target, dev, x_dev)
+
+
+def _offset_targets(y: np.ndarray, dev: np.ndarray, offset: list[float],
+                    info: DataInfo) -> np.ndarray:
+    if info.task != "regression":
+        raise DataError("data.target_offset applies to regression data only")
+    if len(offset) != len(dev):
+        raise DataError(f"data.target_offset has {len(offset)} values for {len(dev)} "
+                        "development rows")
+    shifted = y.copy()
+    shifted[dev] -= np.asarray(offset, dtype=shifted.dtype)
+    return shifted

@@ -305,7 +305,45 @@ class Trainer:
                                          for k in ("loss", main)}
         if self.data.info.task == "classification":
             summary.update(self._classification_report())
+        if self.spec.training.record_predictions:
+            summary["predictions"] = self._predictions()
+        if self.spec.training.sharpness is not None:
+            summary["sharpness"] = self._sharpness(self.spec.training.sharpness)
         return summary
+
+    def _predictions(self) -> dict[str, list[Any]]:
+        """Class probabilities, or values in original units, for dev and test rows."""
+        rows = {"dev": self.data.x_dev, "test": self.data.x_test}
+        out: dict[str, list[Any]] = {}
+        for name, x in rows.items():
+            if x is None:
+                continue
+            raw = predict(self.model, x, self.autocast)
+            if self.data.info.task == "regression":
+                scale = self.data.target
+                values = raw.squeeze(1).cpu().double().numpy() * scale.std[0] + scale.mean[0]
+            elif self.binary_logit:
+                p = torch.sigmoid(raw)
+                values = torch.cat([1 - p, p], dim=1).cpu().numpy()
+            else:
+                values = torch.softmax(raw, dim=1).cpu().numpy()
+            out[name] = np.round(values, 6).tolist()
+        return out
+
+    def _sharpness(self, spec: s.Sharpness) -> dict[str, float]:
+        from app.training.sharpness import epsilon_sharpness, top_hessian_eigenvalue
+
+        x, y = self.data.x_train[: spec.max_rows], self.data.y_train[: spec.max_rows]
+        self.model.eval()
+
+        def closure() -> torch.Tensor:
+            return self.loss_fn(self.model(x).float(), y)
+
+        top = top_hessian_eigenvalue(self.model, closure, spec.power_iterations,
+                                     self.spec.training.seed)
+        sharp = epsilon_sharpness(self.model, closure, spec.epsilon, spec.ascent_steps)
+        return {"hessian_top_eigenvalue": top, "epsilon_sharpness": sharp,
+                "epsilon": spec.epsilon, "rows": int(x.shape[0])}
 
     def _summary_header(self) -> dict[str, Any]:
         tracker = self.tracker

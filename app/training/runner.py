@@ -12,5 +12,5 @@ def run_spec(spec: s.JobSpec, sink: Sink, resume: bytes | None = None,
              uploaded: ArrayLoader | None = None, task: s.Task | None = None) -> Outcome:
     device = resolve_device(spec.training.device)
     arrays = load_arrays(spec.data.source, uploaded, task)
-    data = prepare(spec.data, arrays, device)
+    data = prepare(spec.data, arrays, device, keep_dev=spec.training.record_predictions)
     return Trainer(spec, data, sink, device).run(resume)

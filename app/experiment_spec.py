@@ -1,0 +1,133 @@
+"""Experiments: a base job spec plus a design, run as ordinary child jobs.
+
+POST /v1/experiments takes one of these (discriminated by ``kind``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from app.spec import JobSpec, Optimizer, Sharpness, Strict
+
+
+class ExperimentBase(Strict):
+    name: str = Field("experiment", min_length=1, max_length=200)
+    base: JobSpec = Field(default_factory=JobSpec, description="The job every child varies.")
+
+
+class CrossValidation(ExperimentBase):
+    """k-fold cross-validation over the development rows; the test split stays untouched."""
+
+    kind: Literal["cross_validation"]
+    k: int = Field(5, ge=2, le=20)
+    repeats: int = Field(1, ge=1, le=10, description="Repeated k-fold with reshuffled folds.")
+    seed: int = Field(0, ge=0)
+    stratify: bool = True
+
+
+class LogUniform(Strict):
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+
+
+class Uniform(Strict):
+    uniform: tuple[float, float]
+
+
+class IntUniform(Strict):
+    int_uniform: tuple[int, int]
+
+
+Distribution = LogUniform | Uniform | IntUniform
+Values = Annotated[list[Any], Field(min_length=1, max_length=50)]
+
+
+class Objective(Strict):
+    metric: str = Field("val_loss", examples=["val_loss", "val_accuracy"],
+                        description="A validation metric; never a test metric.")
+    direction: Literal["auto", "min", "max"] = "auto"
+    cv_folds: int | None = Field(None, ge=2, le=10,
+                                 description="Score each trial by its k-fold CV mean.")
+
+    @model_validator(mode="after")
+    def _validation_only(self) -> Objective:
+        if not self.metric.startswith("val_"):
+            raise ValueError("the objective must be a validation metric (val_*): selecting "
+                             "on training or test metrics is not model selection")
+        return self
+
+
+class Sweep(ExperimentBase):
+    """Grid or random search over dotted spec paths; the best configuration is retrained
+    on train + val and evaluated once on the test split."""
+
+    kind: Literal["sweep"]
+    method: Literal["grid", "random"] = "grid"
+    parameters: dict[str, Values | Distribution] = Field(
+        min_length=1, examples=[{"optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
+                                 "training.batch_size": [32, 128]}])
+    trials: int | None = Field(None, ge=1, le=200, description="Budget (random: required).")
+    objective: Objective = Field(default_factory=Objective)
+    seed: int = Field(0, ge=0)
+    retrain_best: bool = True
+
+    @model_validator(mode="after")
+    def _method(self) -> Sweep:
+        ranges = [k for k, v in self.parameters.items() if not isinstance(v, list)]
+        if self.method == "grid" and ranges:
+            raise ValueError(f"grid search needs value lists; {ranges} are distributions")
+        if self.method == "random" and self.trials is None:
+            raise ValueError("random search needs a trial budget (trials)")
+        return self
+
+
+class Bagging(ExperimentBase):
+    """n models on bootstrap resamples, ensembled (soft vote or mean), with an OOB estimate."""
+
+    kind: Literal["bagging"]
+    n_models: int = Field(5, ge=2, le=50)
+    seed: int = Field(0, ge=0)
+
+
+class Boosting(ExperimentBase):
+    """SAMME (multi-class AdaBoost by weighted resampling) for classification; gradient
+    boosting on residuals for regression."""
+
+    kind: Literal["boosting"]
+    rounds: int = Field(5, ge=1, le=50)
+    learning_rate: float = Field(0.5, gt=0.0, le=1.0, description="Gradient-boosting shrinkage.")
+    seed: int = Field(0, ge=0)
+
+
+class BiasVariance(ExperimentBase):
+    """Bootstrap replicates per setting of one parameter; decomposition on the test rows."""
+
+    kind: Literal["bias_variance"]
+    parameter: str = Field("model.hidden", examples=["model.hidden", "regularization.l2"])
+    values: Values = Field(examples=[[[4], [16], [64], [256]]])
+    replicates: int = Field(10, ge=2, le=50)
+    seed: int = Field(0, ge=0)
+
+
+class BatchSize(ExperimentBase):
+    """The same spec at several batch sizes: generalization gap against sharpness."""
+
+    kind: Literal["batch_size"]
+    batch_sizes: list[int | Literal["full"]] = Field(min_length=2, max_length=12,
+                                                     examples=[[16, 64, 256, "full"]])
+    sharpness: Sharpness = Field(default_factory=Sharpness)
+
+
+class OptimizerComparison(ExperimentBase):
+    """Several optimizers from the same initial weights and the same data order."""
+
+    kind: Literal["optimizer_comparison"]
+    optimizers: list[Optimizer] = Field(min_length=2, max_length=10)
+
+
+Experiment = Annotated[
+    CrossValidation | Sweep | Bagging | Boosting | BiasVariance | BatchSize
+    | OptimizerComparison,
+    Field(discriminator="kind"),
+]

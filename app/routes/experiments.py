@@ -1,0 +1,64 @@
+"""/v1/experiments: multi-run studies whose children are ordinary jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.responses import JSONResponse
+
+from app import experiment_spec as e
+from app.deps import SessionDep, SettingsDep, TenantDep
+from app.schemas import ExperimentOut, ExperimentPage, JobOut
+from app.services import experiments as service
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+
+@router.post("", status_code=201, response_model=ExperimentOut,
+             responses={200: {"model": ExperimentOut, "description": "Idempotent replay"}})
+def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
+                      settings: SettingsDep, tenant: TenantDep,
+                      idempotency_key: Annotated[str | None, Header(
+                          alias="Idempotency-Key", max_length=200)] = None) -> Any:
+    """Plan, validate and queue every child of the first stage; they run on any worker."""
+    created_exp, created = service.submit(session, tenant_id=tenant, exp=exp, settings=settings,
+                                          idempotency_key=idempotency_key)
+    counts = service.progress(session, [created_exp]).get(created_exp.id, {})
+    body = ExperimentOut.of(created_exp, counts).model_dump(mode="json")
+    return JSONResponse(body, status_code=201 if created else 200,
+                        headers={"Location": f"/v1/experiments/{created_exp.id}"})
+
+
+@router.get("", response_model=ExperimentPage)
+def list_experiments(session: SessionDep, tenant: TenantDep,
+                     status: Annotated[str | None, Query(pattern="^(running|succeeded|partial|"
+                                                                 "failed|cancelled)$")] = None,
+                     kind: Annotated[str | None, Query(max_length=32)] = None,
+                     cursor: Annotated[str | None, Query(max_length=300)] = None,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 50) -> ExperimentPage:
+    rows, next_cursor = service.list_page(session, tenant, status=status, kind=kind,
+                                          cursor=cursor, limit=limit)
+    counts = service.progress(session, rows)
+    return ExperimentPage(items=[ExperimentOut.of(x, counts.get(x.id, {})) for x in rows],
+                          next_cursor=next_cursor)
+
+
+@router.get("/{experiment_id}", response_model=ExperimentOut)
+def get_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep) -> ExperimentOut:
+    exp = service.get(session, tenant, experiment_id)
+    return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
+
+
+@router.get("/{experiment_id}/jobs", response_model=list[JobOut])
+def experiment_jobs(experiment_id: str, session: SessionDep, tenant: TenantDep) -> list[JobOut]:
+    """The children, with their roles in the design and their summaries."""
+    return [JobOut.of(j) for j in service.jobs_of(session, tenant, experiment_id)]
+
+
+@router.post("/{experiment_id}/cancel", response_model=ExperimentOut)
+def cancel_experiment(experiment_id: str, session: SessionDep,
+                      tenant: TenantDep) -> ExperimentOut:
+    """Cancels every child: queued ones at once, running ones at the next batch boundary."""
+    exp = service.cancel(session, tenant, experiment_id)
+    return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))

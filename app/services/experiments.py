@@ -1,0 +1,132 @@
+"""Experiment verbs: submit (plan the first stage, validate every child, commit, enqueue),
+get, list, children, cancel. The aggregation runs on workers (``worker/orchestrate.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import experiment_spec as e
+from app import repository as repo
+from app.clock import new_id, utcnow
+from app.config import Settings
+from app.errors import Conflict, NotFound, TooMany, Unprocessable
+from app.models import Experiment, Job
+from app.services import jobs as job_service
+from app.training.experiments.plan import ChildPlan, first_stage
+from app.validation import Problem, SpecRejected
+
+EXPERIMENT = TypeAdapter(e.Experiment)
+
+
+def parse(raw: dict[str, Any]) -> Any:
+    return EXPERIMENT.validate_python(raw)
+
+
+def plan_children(exp: Any, settings: Settings) -> list[ChildPlan]:
+    """The first stage, refused with 422 if a child would not be a valid job."""
+    try:
+        plans = first_stage(exp)
+    except (ValidationError, ValueError) as exc:
+        raise SpecRejected([Problem(("base",), f"a child spec would be invalid: {exc}")]) from exc
+    cap = settings.limits.max_experiment_children
+    if len(plans) > cap:
+        raise SpecRejected([Problem(("kind",), f"{len(plans)} child jobs exceed the limit "
+                                    f"max_experiment_children {cap}")])
+    return plans
+
+
+def child_jobs(session: Session, tenant_id: str, experiment_id: str, plans: list[ChildPlan],
+               settings: Settings) -> list[Job]:
+    jobs = []
+    for plan in plans:
+        try:
+            info = job_service.validate(session, tenant_id, plan.spec, settings)
+        except SpecRejected as exc:
+            raise SpecRejected([Problem(("base", *p.loc), f"in child {plan.role}: {p.msg}")
+                                for p in exc.problems]) from exc
+        job = job_service.new_job(tenant_id, plan.spec, info, settings,
+                                  experiment_id=experiment_id)
+        job.role = plan.role
+        jobs.append(job)
+    return jobs
+
+
+def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
+           idempotency_key: str | None) -> tuple[Experiment, bool]:
+    raw = exp.model_dump(mode="json")
+    digest = job_service.body_hash(raw)
+    if idempotency_key:
+        existing = repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise Conflict(f"Idempotency-Key '{idempotency_key}' was used with a different "
+                               "body")
+            return existing, False
+    plans = plan_children(exp, settings)
+    active = repo.count_active_jobs(session, tenant_id)
+    if active + len(plans) > settings.limits.max_concurrent_jobs:
+        raise TooMany(f"{active} active jobs + {len(plans)} children exceed the limit "
+                      f"max_concurrent_jobs {settings.limits.max_concurrent_jobs}",
+                      headers={"Retry-After": "10"})
+    now = utcnow()
+    experiment = Experiment(id=new_id("exp"), tenant_id=tenant_id, name=exp.name, kind=exp.kind,
+                            request=raw, status="running", stage=0, created_at=now,
+                            updated_at=now, idempotency_key=idempotency_key,
+                            request_hash=digest)
+    repo.add_experiment(session, experiment)
+    jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
+    for job in jobs:
+        repo.add_job(session, job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return submit(session, tenant_id=tenant_id, exp=exp, settings=settings,
+                      idempotency_key=idempotency_key)
+    job_service.enqueue_committed(session, jobs)
+    return experiment, True
+
+
+def get(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
+    exp = repo.get_experiment(session, tenant_id, experiment_id)
+    if exp is None:
+        raise NotFound(f"no experiment '{experiment_id}'")
+    return exp
+
+
+def progress(session: Session, experiments: Sequence[Experiment]) -> dict[str, dict[str, int]]:
+    return repo.child_counts(session, [x.id for x in experiments])
+
+
+def list_page(session: Session, tenant_id: str, *, status: str | None, kind: str | None,
+              cursor: str | None, limit: int) -> tuple[Sequence[Experiment], str | None]:
+    before = job_service.decode_cursor(cursor) if cursor else None
+    rows = repo.list_experiments(session, tenant_id, status=status, kind=kind, before=before,
+                                 limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None  # type: ignore[arg-type]
+
+
+def jobs_of(session: Session, tenant_id: str, experiment_id: str) -> Sequence[Job]:
+    get(session, tenant_id, experiment_id)
+    return repo.children(session, experiment_id)
+
+
+def cancel(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
+    exp = get(session, tenant_id, experiment_id)
+    repo.cancel_experiment(session, exp, utcnow())
+    session.commit()
+    return exp
+
+
+def invalid(exc: ValidationError) -> Unprocessable:
+    fields = [{"loc": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+              for err in exc.errors()]
+    return Unprocessable("; ".join(f"{f['loc']}: {f['message']}" for f in fields[:5]),
+                         fields=fields)

@@ -1,0 +1,347 @@
+"""Turning finished children into an experiment's next stage or its result.
+
+``advance(exp, children, targets)`` returns either more children to run (sequential
+designs: boosting rounds, the sweep's final retrain) or the result: the numbers and the
+series a person would plot. Failed children are named in ``failures``, never waited on.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app import experiment_spec as e
+from app import spec as s
+from app.training.experiments.plan import Child, ChildPlan, boosting_round, child_spec
+from app.training.optim import metric_mode
+from app.training.resample import bootstrap_draws, out_of_bag
+
+
+@dataclass
+class Targets:
+    """The development and test targets of the base spec's split (original units)."""
+
+    task: str
+    n_classes: int
+    y_dev: np.ndarray
+    y_test: np.ndarray
+    truth_test: np.ndarray | None = None  # noise-free f(x) on test rows, when known
+    noise_variance: float | None = None  # the generator's noise variance, when known
+
+
+TargetLoader = Callable[[s.JobSpec], Targets]
+
+
+@dataclass
+class Step:
+    children: list[ChildPlan] | None = None
+    result: dict[str, Any] | None = None
+
+
+def failures(children: list[Child]) -> list[dict[str, Any]]:
+    return [{"job_id": c.job_id, "role": c.role, "status": c.status, "error": c.error}
+            for c in children if c.status != "succeeded"]
+
+
+def ok(children: list[Child]) -> list[Child]:
+    return [c for c in children if c.status == "succeeded" and c.summary]
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    names = sorted({k for r in rows for k in r})
+    return {n: mean_std([r[n] for r in rows if n in r]) for n in names}
+
+
+# ------------------------------------------------------------ cross-validation
+
+
+def cross_validation(children: list[Child]) -> dict[str, Any]:
+    done = ok(children)
+    folds = [{"repeat": c.role["repeat"], "fold": c.role["fold"], "job_id": c.job_id,
+              "val": c.summary["val"], "best_epoch": c.summary["best_epoch"]}  # type: ignore[index]
+             for c in sorted(done, key=lambda c: (c.role["repeat"], c.role["fold"]))]
+    return {"folds": folds, "val": summarize([f["val"] for f in folds]),
+            "failures": failures(children)}
+
+
+# ---------------------------------------------------------------------- sweep
+
+
+def trial_scores(children: list[Child], metric: str) -> list[dict[str, Any]]:
+    """One row per trial: its objective (mean over folds when cross-validated)."""
+    trials: dict[int, dict[str, Any]] = {}
+    for c in children:
+        if "trial" not in c.role:
+            continue
+        row = trials.setdefault(c.role["trial"], {"trial": c.role["trial"],
+                                                  "params": c.role["params"], "scores": [],
+                                                  "best_epochs": [], "failed": False})
+        if c.status == "succeeded" and c.summary:
+            split, name = metric.split("_", 1)
+            row["scores"].append(c.summary[split][name])
+            row["best_epochs"].append(c.summary.get("best_epoch") or c.summary[
+                "epochs_completed"])
+        else:
+            row["failed"] = True
+    for row in trials.values():
+        row["objective"] = statistics.fmean(row["scores"]) if row["scores"] and not row[
+            "failed"] else None
+    return [trials[t] for t in sorted(trials)]
+
+
+def leaderboard(rows: list[dict[str, Any]], metric: str, direction: str) -> list[dict[str, Any]]:
+    """Trials ranked by the objective only; test metrics play no part."""
+    scored = [r for r in rows if r["objective"] is not None]
+    maximize = metric_mode(metric, direction) == "max"
+    return sorted(scored, key=lambda r: r["objective"], reverse=maximize)
+
+
+def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
+    """The best configuration on train + val, for as many epochs as it needed."""
+    changes = dict(best["params"])
+    changes["data.split.val"] = 0.0
+    spec = child_spec(exp.base, f"{exp.name}-final", changes)
+    if spec.regularization.early_stopping is not None:
+        epochs = max(1, round(statistics.fmean(best["best_epochs"])))
+        spec = child_spec(spec, spec.name, {"regularization.early_stopping": None,
+                                            "training.epochs": epochs})
+    if isinstance(spec.schedule, s.ReduceOnPlateau):
+        spec = child_spec(spec, spec.name, {"schedule": {"kind": "constant"}})
+    return ChildPlan({"final": True, "params": best["params"]}, spec)
+
+
+def sweep(exp: e.Sweep, children: list[Child]) -> Step:
+    metric = exp.objective.metric
+    rows = trial_scores(children, metric)
+    board = leaderboard(rows, metric, exp.objective.direction)
+    final = [c for c in children if c.role.get("final")]
+    if board and exp.retrain_best and not final:
+        return Step(children=[final_retrain(exp, board[0])])
+    result: dict[str, Any] = {
+        "objective": exp.objective.model_dump(), "trials": rows, "leaderboard": [
+            {"trial": r["trial"], "params": r["params"], "objective": r["objective"]}
+            for r in board], "best": board[0]["params"] if board else None,
+        "failures": failures(children)}
+    if final and final[0].summary:
+        result["final"] = {"job_id": final[0].job_id, "test": final[0].summary["test"],
+                           "epochs": final[0].summary["epochs_completed"]}
+    return Step(result=result)
+
+
+# -------------------------------------------------------------------- bagging
+
+
+def score(pred: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
+    """accuracy for class probabilities; rmse/mae for values."""
+    if task == "classification":
+        return {"accuracy": float(np.mean(pred.argmax(axis=1) == y))}
+    err = pred - y
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def bagging(exp: e.Bagging, children: list[Child], targets: Targets) -> dict[str, Any]:
+    done = sorted(ok(children), key=lambda c: c.role["member"])
+    n_dev = len(targets.y_dev)
+    preds = [np.asarray(c.summary["predictions"]["test"]) for c in done]  # type: ignore[index]
+    members = [score(p, targets.y_test, targets.task) for p in preds]
+    oob_sum: np.ndarray | None = None
+    oob_count = np.zeros(n_dev)
+    for c in done:
+        dev_pred = np.asarray(c.summary["predictions"]["dev"])  # type: ignore[index]
+        draws = bootstrap_draws(n_dev, s.BootstrapRows(seed=exp.seed + c.role["member"]))
+        oob = out_of_bag(n_dev, draws)
+        oob_sum = np.zeros_like(dev_pred) if oob_sum is None else oob_sum
+        oob_sum[oob] += dev_pred[oob]
+        oob_count[oob] += 1
+    result: dict[str, Any] = {"members": [{"member": c.role["member"], "job_id": c.job_id,
+                                           "test": m} for c, m in zip(done, members,
+                                                                      strict=True)],
+                              "member_test": summarize(members), "failures": failures(children)}
+    if preds:
+        result["ensemble_test"] = score(np.mean(preds, axis=0), targets.y_test, targets.task)
+    if oob_sum is not None and (oob_count > 0).any():
+        covered = oob_count > 0
+        oob_pred = oob_sum[covered] / (oob_count[covered][:, None] if oob_sum.ndim > 1
+                                       else oob_count[covered])
+        result["oob_estimate"] = score(oob_pred, targets.y_dev[covered], targets.task)
+        result["oob_rows"] = int(covered.sum())
+    return result
+
+
+# ------------------------------------------------------------------- boosting
+
+
+def samme_update(weights: np.ndarray, wrong: np.ndarray,
+                 n_classes: int) -> tuple[np.ndarray, float, float]:
+    """One SAMME step: (new normalized weights, learner weight alpha, weighted error)."""
+    w = weights / weights.sum()
+    err = float(np.clip(np.sum(w * wrong), 1e-10, 1 - 1e-10))
+    alpha = math.log((1 - err) / err) + math.log(n_classes - 1)
+    updated = w * np.exp(alpha * wrong)
+    return updated / updated.sum(), alpha, err
+
+
+def samme_predict(votes: list[tuple[float, np.ndarray]], n_classes: int) -> np.ndarray:
+    """argmax_k sum_t alpha_t [h_t(x) = k]."""
+    total = np.zeros((len(votes[0][1]), n_classes))
+    for alpha, labels in votes:
+        total[np.arange(len(labels)), labels] += alpha
+    return total.argmax(axis=1)
+
+
+def boosting(exp: e.Boosting, children: list[Child], targets: Targets) -> Step:
+    rounds = sorted(children, key=lambda c: c.role["round"])
+    if any(c.status != "succeeded" for c in rounds):
+        return Step(result={"rounds": [], "failures": failures(children)})
+    if targets.task == "classification":
+        return _samme(exp, rounds, targets)
+    return _gradient(exp, rounds, targets)
+
+
+def _samme(exp: e.Boosting, rounds: list[Child], targets: Targets) -> Step:
+    k = targets.n_classes
+    weights = np.full(len(targets.y_dev), 1.0 / len(targets.y_dev))
+    votes: list[tuple[float, np.ndarray]] = []
+    history = []
+    stopped = None
+    for c in rounds:
+        pred = c.summary["predictions"]  # type: ignore[index]
+        wrong = (np.asarray(pred["dev"]).argmax(axis=1) != targets.y_dev).astype(float)
+        new_weights, alpha, err = samme_update(weights, wrong, k)
+        if err >= 1 - 1 / k:  # no better than chance: SAMME stops here
+            stopped = c.role["round"]
+            break
+        weights = new_weights
+        votes.append((alpha, np.asarray(pred["test"]).argmax(axis=1)))
+        accuracy = float(np.mean(samme_predict(votes, k) == targets.y_test))
+        history.append({"round": c.role["round"], "job_id": c.job_id, "learner_weight": alpha,
+                        "weighted_error": err, "ensemble_test": {"accuracy": accuracy},
+                        "learner_test": c.summary["test"]})  # type: ignore[index]
+    if stopped is None and len(rounds) < exp.rounds:
+        return Step(children=[boosting_round(exp, len(rounds), weights.tolist(), None)])
+    return Step(result={"algorithm": "samme", "rounds": history, "stopped_at_round": stopped,
+                        "failures": []})
+
+
+def _gradient(exp: e.Boosting, rounds: list[Child], targets: Targets) -> Step:
+    f_dev = np.zeros(len(targets.y_dev))
+    f_test = np.zeros(len(targets.y_test))
+    history = []
+    for c in rounds:
+        rate = 1.0 if c.role["round"] == 0 else exp.learning_rate
+        pred = c.summary["predictions"]  # type: ignore[index]
+        f_dev += rate * np.asarray(pred["dev"])
+        f_test += rate * np.asarray(pred["test"])
+        history.append({"round": c.role["round"], "job_id": c.job_id, "learner_weight": rate,
+                        "ensemble_test": score(f_test, targets.y_test, "regression"),
+                        "train_residual_rmse": float(np.sqrt(np.mean((targets.y_dev - f_dev)
+                                                                     ** 2)))})
+    if len(rounds) < exp.rounds:
+        return Step(children=[boosting_round(exp, len(rounds), None, f_dev.tolist())])
+    return Step(result={"algorithm": "gradient_boosting", "rounds": history, "failures": []})
+
+
+# ---------------------------------------------------------------- bias-variance
+
+
+def squared_decomposition(preds: np.ndarray, y: np.ndarray, truth: np.ndarray | None,
+                          noise: float | None) -> dict[str, float]:
+    """preds: (replicates, rows). E[(h - y)^2] = bias^2 + variance + noise, where bias^2
+    is measured against the noise-free truth when the generator knows it."""
+    mean = preds.mean(axis=0)
+    expected = float(np.mean((preds - y) ** 2))
+    variance = float(np.mean(preds.var(axis=0)))
+    out = {"expected_loss": expected, "variance": variance}
+    if truth is not None and noise is not None:
+        out |= {"bias2": float(np.mean((mean - truth) ** 2)), "noise": noise}
+    else:
+        out |= {"bias2_plus_noise": float(np.mean((mean - y) ** 2))}
+    out["sum"] = out.get("bias2", 0.0) + variance + out.get("noise", out.get(
+        "bias2_plus_noise", 0.0))
+    return out
+
+
+def zero_one_decomposition(labels: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Domingos (2000) for 0-1 loss with noise taken as 0. labels: (replicates, rows)."""
+    reps, rows = labels.shape
+    main = np.array([np.bincount(labels[:, j]).argmax() for j in range(rows)])
+    bias = (main != y).astype(float)
+    var = np.mean(labels != main, axis=0)
+    return {"expected_loss": float(np.mean(labels != y)), "bias": float(bias.mean()),
+            "variance": float(var.mean()),
+            "variance_unbiased": float(np.mean(var * (1 - bias))),
+            "variance_biased": float(np.mean(var * bias)), "replicates": reps}
+
+
+def bias_variance(exp: e.BiasVariance, children: list[Child], targets: Targets) -> dict[str, Any]:
+    curve = []
+    for setting, value in enumerate(exp.values):
+        members = [c for c in ok(children) if c.role["setting"] == setting]
+        if len(members) < 2:
+            continue
+        preds = np.stack([np.asarray(c.summary["predictions"]["test"])  # type: ignore[index]
+                          for c in members])
+        if targets.task == "regression":
+            terms = squared_decomposition(preds, targets.y_test, targets.truth_test,
+                                          targets.noise_variance)
+        else:
+            terms = zero_one_decomposition(preds.argmax(axis=2), targets.y_test)
+        curve.append({"value": value, "replicates": len(members), **terms})
+    loss = "squared" if targets.task == "regression" else "zero_one"
+    return {"parameter": exp.parameter, "loss": loss, "curve": curve,
+            "failures": failures(children)}
+
+
+# ------------------------------------------------------- batch size, optimizers
+
+
+def batch_size(children: list[Child]) -> dict[str, Any]:
+    def order(c: Child) -> float:
+        b = c.role["batch_size"]
+        return math.inf if b == "full" else float(b)
+
+    curve = [{"batch_size": c.role["batch_size"], "job_id": c.job_id,
+              "generalization_gap": c.summary["generalization_gap"],  # type: ignore[index]
+              "test": c.summary["test"], "train": c.summary["train"],  # type: ignore[index]
+              **{k: v for k, v in c.summary["sharpness"].items()  # type: ignore[index]
+                 if k in ("hessian_top_eigenvalue", "epsilon_sharpness")}}
+             for c in sorted(ok(children), key=order)]
+    return {"curve": curve, "failures": failures(children)}
+
+
+def optimizer_comparison(children: list[Child]) -> dict[str, Any]:
+    runs = [{"optimizer": c.spec["optimizer"], "job_id": c.job_id, "curves": c.curves,
+             "test": c.summary["test"], "best_epoch": c.summary["best_epoch"]}  # type: ignore[index]
+            for c in sorted(ok(children), key=lambda c: c.role["index"])]
+    epochs = max((len(v) for r in runs for v in r["curves"].values()), default=0)
+    return {"epochs": list(range(1, epochs + 1)), "runs": runs, "failures": failures(children)}
+
+
+def advance(exp: Any, children: list[Child], targets: TargetLoader) -> Step:
+    """The next stage, or the result, once every current child has ended."""
+    match exp:
+        case e.CrossValidation():
+            return Step(result=cross_validation(children))
+        case e.Sweep():
+            return sweep(exp, children)
+        case e.Bagging():
+            return Step(result=bagging(exp, children, targets(exp.base)))
+        case e.Boosting():
+            return boosting(exp, children, targets(exp.base))
+        case e.BiasVariance():
+            return Step(result=bias_variance(exp, children, targets(exp.base)))
+        case e.BatchSize():
+            return Step(result=batch_size(children))
+        case e.OptimizerComparison():
+            return Step(result=optimizer_comparison(children))
+    raise ValueError(f"unknown experiment kind {exp!r}")

@@ -1,0 +1,152 @@
+"""Which child jobs an experiment starts with. Pure Python (no torch): the API plans the
+first stage at submission, so a design that cannot run is refused before anything is queued.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import experiment_spec as e
+from app.spec import JobSpec
+
+
+@dataclass
+class ChildPlan:
+    role: dict[str, Any]  # what this child is in the design (fold, trial, round, ...)
+    spec: JobSpec
+
+
+@dataclass
+class Child:
+    """A child job as the aggregation sees it."""
+
+    role: dict[str, Any]
+    spec: dict[str, Any]
+    status: str
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    job_id: str = ""
+    curves: dict[str, list[float]] = field(default_factory=dict)  # split_name -> per epoch
+
+
+def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of a spec dict with the dotted ``path`` set to ``value``."""
+    out = copy.deepcopy(spec)
+    node = out
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"'{path}' goes through a non-object at '{key}'")
+    node[keys[-1]] = value
+    return out
+
+
+def child_spec(base: JobSpec, name: str, changes: dict[str, Any]) -> JobSpec:
+    raw = base.model_dump(mode="json")
+    for path, value in changes.items():
+        raw = with_value(raw, path, value)
+    raw["name"] = name[:200]
+    return JobSpec.model_validate(raw)
+
+
+def grid(parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the value lists, in a stable order."""
+    names = list(parameters)
+    return [dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(parameters[n] for n in names))]
+
+
+def sample(dist: Any, rng: random.Random) -> Any:
+    if isinstance(dist, list):
+        return rng.choice(dist)
+    if isinstance(dist, e.LogUniform):
+        lo, hi = dist.log_uniform
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    if isinstance(dist, e.Uniform):
+        return rng.uniform(*dist.uniform)
+    return rng.randint(*dist.int_uniform)
+
+
+def sweep_trials(sweep: e.Sweep) -> list[dict[str, Any]]:
+    if sweep.method == "grid":
+        combos = grid(sweep.parameters)
+        return combos[: sweep.trials] if sweep.trials else combos
+    rng = random.Random(sweep.seed)
+    return [{k: sample(v, rng) for k, v in sweep.parameters.items()}
+            for _ in range(sweep.trials or 0)]
+
+
+def folds(base: JobSpec, prefix: str, k: int, repeats: int, seed: int, stratify: bool,
+          role: dict[str, Any], changes: dict[str, Any] | None = None) -> list[ChildPlan]:
+    plans = []
+    for repeat in range(repeats):
+        for index in range(k):
+            rows = {"kind": "fold", "k": k, "index": index, "repeat": repeat, "seed": seed,
+                    "stratify": stratify}
+            spec = child_spec(base, f"{prefix}-r{repeat}f{index}",
+                              {**(changes or {}), "data.rows": rows})
+            plans.append(ChildPlan({**role, "repeat": repeat, "fold": index}, spec))
+    return plans
+
+
+def first_stage(exp: Any) -> list[ChildPlan]:
+    """The children an experiment starts with (sequential designs add more later)."""
+    base, name = exp.base, exp.name
+    match exp:
+        case e.CrossValidation():
+            return folds(base, name, exp.k, exp.repeats, exp.seed, exp.stratify, {})
+        case e.Sweep():
+            return sweep_stage(exp)
+        case e.Bagging():
+            return [ChildPlan({"member": i}, child_spec(base, f"{name}-bag{i}", {
+                "data.rows": {"kind": "bootstrap", "seed": exp.seed + i},
+                "training.record_predictions": True})) for i in range(exp.n_models)]
+        case e.Boosting():
+            return [boosting_round(exp, 0, None, None)]
+        case e.BiasVariance():
+            return [ChildPlan({"setting": s, "value": v, "replicate": b}, child_spec(
+                base, f"{name}-s{s}b{b}", {exp.parameter: v, "training.record_predictions": True,
+                                           "data.rows": {"kind": "bootstrap",
+                                                         "seed": exp.seed + b}}))
+                    for s, v in enumerate(exp.values) for b in range(exp.replicates)]
+        case e.BatchSize():
+            sharp = exp.sharpness.model_dump(mode="json")
+            return [ChildPlan({"batch_size": b}, child_spec(base, f"{name}-bs{b}", {
+                "training.batch_size": b, "training.sharpness": sharp}))
+                for b in exp.batch_sizes]
+        case e.OptimizerComparison():
+            return [ChildPlan({"optimizer": o.kind, "index": i}, child_spec(
+                base, f"{name}-{o.kind}{i}", {"optimizer": o.model_dump(mode="json")}))
+                for i, o in enumerate(exp.optimizers)]
+    raise ValueError(f"unknown experiment kind {exp!r}")
+
+
+def sweep_stage(exp: e.Sweep) -> list[ChildPlan]:
+    plans: list[ChildPlan] = []
+    for t, params in enumerate(sweep_trials(exp)):
+        role = {"trial": t, "params": params}
+        if exp.objective.cv_folds:
+            plans += folds(exp.base, f"{exp.name}-t{t}", exp.objective.cv_folds, 1, exp.seed,
+                           True, role, params)
+        else:
+            plans.append(ChildPlan(role, child_spec(exp.base, f"{exp.name}-t{t}", params)))
+    return plans
+
+
+def boosting_round(exp: e.Boosting, round_: int, weights: list[float] | None,
+                   offset: list[float] | None) -> ChildPlan:
+    """Round ``round_``: SAMME resamples by the weights; gradient boosting fits residuals."""
+    changes: dict[str, Any] = {"training.record_predictions": True}
+    if offset is not None:
+        changes["data.target_offset"] = offset
+    elif exp.base.loss.kind in ("cross_entropy", "nll", "bce"):
+        changes["data.rows"] = {"kind": "bootstrap", "seed": exp.seed + round_,
+                                "weights": weights}
+    return ChildPlan({"round": round_}, child_spec(exp.base, f"{exp.name}-round{round_}",
+                                                   changes))

@@ -1,0 +1,144 @@
+"""Every experiment kind driven end to end in-process on SQLite: plan, children trained by
+the real execution path, stages advanced, result stored. (Celery fan-out across worker
+processes is covered in tests/integration/test_experiments.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import Settings
+from app.db import make_engine
+from app.models import Base
+from app.services import experiments as service
+from worker.execution import execute
+from worker.orchestrate import advance_experiment
+
+MOONS = {"data": {"source": {"synthetic": "moons", "n_samples": 300, "noise": 0.25}},
+         "model": {"kind": "mlp", "hidden": [16]}, "optimizer": {"kind": "adam", "lr": 0.02},
+         "training": {"epochs": 4, "batch_size": 32}}
+SINE = {"data": {"source": {"synthetic": "function", "fn": "sin", "n_samples": 200,
+                            "noise": 0.1}},
+        "model": {"kind": "mlp", "hidden": [16], "activation": "tanh"}, "loss": {"kind": "mse"},
+        "optimizer": {"kind": "adam", "lr": 0.02}, "training": {"epochs": 5, "batch_size": 32}}
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Settings]]:
+    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'x.db'}")
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda *a: None)
+    monkeypatch.setattr("worker.orchestrate.enqueue_advance", lambda *a: None)
+    with sessions() as s:
+        repo.ensure_tenant(s, "t", utcnow())
+        s.commit()
+    yield sessions, Settings(home=tmp_path)
+    engine.dispose()
+
+
+def drive(env: tuple[Any, Settings], request: dict[str, Any]) -> dict[str, Any]:
+    """Submit, then run queued children and advance until the experiment ends."""
+    sessions, settings = env
+    with sessions() as s:
+        exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
+                                settings=settings, idempotency_key=None)
+    for _ in range(60):
+        with sessions() as s:
+            queued = [j.id for j in repo.children(s, exp.id) if j.status == "queued"]
+        for job_id in queued:
+            execute(job_id, sessions, settings)
+        advance_experiment(exp.id, sessions, settings)
+        with sessions() as s:
+            row = repo.get_experiment_any_tenant(s, exp.id)
+            assert row is not None
+            if row.status != "running":
+                kids = repo.children(s, exp.id)
+                return {"status": row.status, "result": row.result, "children": kids}
+    raise AssertionError("experiment did not finish")
+
+
+def test_cross_validation(env: Any) -> None:
+    out = drive(env, {"kind": "cross_validation", "k": 3, "base": MOONS})
+    assert out["status"] == "succeeded" and len(out["children"]) == 3
+    result = out["result"]
+    assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
+    acc = result["val"]["accuracy"]
+    assert acc["n"] == 3 and 0.6 < acc["mean"] <= 1 and acc["std"] >= 0
+
+
+def test_sweep_grid_retrains_best_on_train_plus_val(env: Any) -> None:
+    out = drive(env, {"kind": "sweep", "base": MOONS, "parameters": {
+        "optimizer.lr": [0.0001, 0.05], "model.hidden": [[4], [16]]},
+        "objective": {"metric": "val_accuracy"}})
+    result = out["result"]
+    assert len(result["trials"]) == 4 and out["status"] == "succeeded"
+    board = result["leaderboard"]
+    assert board[0]["objective"] == max(t["objective"] for t in result["trials"])
+    final = [j for j in out["children"] if (j.role or {}).get("final")]
+    assert len(final) == 1 and final[0].spec["data"]["split"]["val"] == 0.0
+    assert final[0].summary["rows"]["val"] == 0 and "accuracy" in result["final"]["test"]
+
+
+def test_bagging_oob_and_ensemble(env: Any) -> None:
+    out = drive(env, {"kind": "bagging", "n_models": 3, "base": MOONS})
+    result = out["result"]
+    assert len(result["members"]) == 3 and 0 < result["oob_rows"] <= 255
+    assert 0.5 < result["ensemble_test"]["accuracy"] <= 1
+    assert 0.5 < result["oob_estimate"]["accuracy"] <= 1
+
+
+def test_boosting_samme_and_gradient(env: Any) -> None:
+    cls = drive(env, {"kind": "boosting", "rounds": 3, "base": MOONS})
+    assert cls["result"]["algorithm"] == "samme"
+    rounds = cls["result"]["rounds"]
+    assert [r["round"] for r in rounds] == list(range(len(rounds))) and rounds
+    assert all(r["learner_weight"] > 0 for r in rounds)
+    reg = drive(env, {"kind": "boosting", "rounds": 3, "learning_rate": 0.5, "base": SINE})
+    history = reg["result"]["rounds"]
+    assert len(history) == 3 and reg["result"]["algorithm"] == "gradient_boosting"
+    offsets = [j.spec["data"]["target_offset"] for j in reg["children"]]
+    assert offsets[0] is None and len(offsets[1]) == len(offsets[2]) == 170
+    assert history[-1]["train_residual_rmse"] <= history[0]["train_residual_rmse"] + 1e-6
+
+
+def test_bias_variance_regression_terms_add_up(env: Any) -> None:
+    out = drive(env, {"kind": "bias_variance", "base": SINE, "parameter": "model.hidden",
+                      "values": [[2], [32]], "replicates": 3})
+    curve = out["result"]["curve"]
+    assert [c["value"] for c in curve] == [[2], [32]]
+    for point in curve:
+        assert point["noise"] == pytest.approx(0.01)
+        assert point["sum"] == pytest.approx(point["expected_loss"], rel=0.35)
+
+
+def test_batch_size_sharpness(env: Any) -> None:
+    out = drive(env, {"kind": "batch_size", "base": MOONS, "batch_sizes": [8, "full"],
+                      "sharpness": {"power_iterations": 5, "ascent_steps": 3}})
+    curve = out["result"]["curve"]
+    assert [c["batch_size"] for c in curve] == [8, "full"]
+    assert all("hessian_top_eigenvalue" in c and "epsilon_sharpness" in c for c in curve)
+
+
+def test_optimizer_comparison_same_init_aligned_curves(env: Any) -> None:
+    out = drive(env, {"kind": "optimizer_comparison", "base": MOONS, "optimizers": [
+        {"kind": "sgd", "lr": 0.1, "momentum": 0.9}, {"kind": "adam", "lr": 0.01}]})
+    result = out["result"]
+    assert result["epochs"] == [1, 2, 3, 4]
+    assert [r["optimizer"]["kind"] for r in result["runs"]] == ["sgd", "adam"]
+    assert all(len(r["curves"]["train_loss"]) == 4 for r in result["runs"])
+
+
+def test_failed_children_are_named_not_waited_on(env: Any) -> None:
+    diverging = {**MOONS, "optimizer": {"kind": "sgd", "lr": 1e4},
+                 "data": {"source": {"synthetic": "make_regression", "n_samples": 200}},
+                 "loss": {"kind": "mse"}}
+    out = drive(env, {"kind": "cross_validation", "k": 2, "base": diverging})
+    assert out["status"] == "failed"
+    assert {f["status"] for f in out["result"]["failures"]} == {"failed"}

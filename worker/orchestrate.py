@@ -1,0 +1,123 @@
+"""Advance an experiment when its current children have ended: start the next stage
+(boosting rounds, a sweep's final retrain) or store the aggregate result.
+
+Runs on a worker (it may load data to score ensembles). Any number of copies may run at
+once: the experiment's ``stage`` is bumped with a conditional UPDATE, so exactly one wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import Settings
+from app.models import Experiment, Job
+from app.queue import enqueue_advance
+from app.services import experiments as exp_service
+from app.services import jobs as job_service
+from app.training.experiments.aggregate import Step, advance
+from app.training.experiments.plan import Child
+from app.training.experiments.targets import load_targets
+from worker.execution import dataset_loader
+from worker.retry import with_retry
+
+log = logging.getLogger("trainyard.experiments")
+
+
+def _children(session: Session, exp: Experiment) -> list[Child]:
+    rows = repo.children(session, exp.id)
+    curves = exp.kind == "optimizer_comparison"
+    return [Child(role=j.role or {}, spec=j.spec, status=j.status, summary=j.summary,
+                  error=j.error_message, job_id=j.id,
+                  curves=repo.epoch_curves(session, j.id) if curves else {}) for j in rows]
+
+
+def final_status(result: dict[str, Any], children: list[Child]) -> str:
+    if not any(c.status == "succeeded" for c in children):
+        return "failed"
+    return "partial" if result.get("failures") else "succeeded"
+
+
+def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
+                       settings: Settings) -> str:
+    with sessions() as session:
+        exp = repo.get_experiment_any_tenant(session, experiment_id)
+        if exp is None or exp.status != "running":
+            return "not-running"
+        kids = _children(session, exp)
+        if any(c.status in repo.ACTIVE for c in kids):
+            return "waiting"
+        stage, tenant = exp.stage, exp.tenant_id
+        request = exp_service.parse(exp.request)
+    task = repo_job_task(sessions, kids)
+    try:
+        step = advance(request, kids, lambda spec: load_targets(
+            spec, dataset_loader(sessions), task))  # type: ignore[arg-type]
+    except Exception as exc:  # a result that cannot be computed must not stall forever
+        log.exception("experiment %s: aggregation failed", experiment_id)
+        return _fail(sessions, experiment_id, stage, f"{type(exc).__name__}: {exc}")
+    if step.children:
+        return _start_stage(sessions, settings, experiment_id, tenant, stage, step)
+    return _finish(sessions, experiment_id, stage, step, kids)
+
+
+def repo_job_task(sessions: sessionmaker[Session], kids: list[Child]) -> str | None:
+    """The data's task as the children's rows recorded it (needed for uploaded data)."""
+    if not kids:
+        return None
+    with sessions() as session:
+        job = repo.get_job_any_tenant(session, kids[0].job_id)
+        return job.task if job is not None else None
+
+
+def _start_stage(sessions: sessionmaker[Session], settings: Settings, experiment_id: str,
+                 tenant: str, stage: int, step: Step) -> str:
+    def write(session: Session) -> list[Job]:
+        if not repo.bump_stage(session, experiment_id, stage, utcnow()):
+            return []
+        jobs = exp_service.child_jobs(session, tenant, experiment_id, step.children or [],
+                                      settings)
+        for job in jobs:
+            repo.add_job(session, job)
+        return jobs
+
+    jobs = with_retry(sessions, write)
+    if jobs:
+        with sessions() as session:
+            job_service.enqueue_committed(session, jobs)
+    log.info("experiment %s: stage %d started %d children", experiment_id, stage + 1, len(jobs))
+    return f"stage-{stage + 1}" if jobs else "lost-race"
+
+
+def _finish(sessions: sessionmaker[Session], experiment_id: str, stage: int, step: Step,
+            kids: list[Child]) -> str:
+    result = step.result or {}
+    status = final_status(result, kids)
+    won = with_retry(sessions, lambda s: repo.finish_experiment(
+        s, experiment_id, stage=stage, status=status, result=result, now=utcnow()))
+    log.info("experiment %s: %s", experiment_id, status if won else "finished elsewhere")
+    return status if won else "lost-race"
+
+
+def _fail(sessions: sessionmaker[Session], experiment_id: str, stage: int, message: str) -> str:
+    with_retry(sessions, lambda s: repo.finish_experiment(
+        s, experiment_id, stage=stage, status="failed", result=None, now=utcnow(),
+        message=message))
+    return "failed"
+
+
+def request_advance(sessions: sessionmaker[Session], job_id: str) -> None:
+    """After a child ends: ask some worker to advance its experiment."""
+    with sessions() as session:
+        job = repo.get_job_any_tenant(session, job_id)
+        if job is None or job.experiment_id is None:
+            return
+        experiment_id, queue = job.experiment_id, job.queue
+    try:
+        enqueue_advance(experiment_id, queue)
+    except Exception as exc:  # the reaper advances experiments whose message was lost
+        log.warning("could not enqueue advance of %s: %s", experiment_id, exc)
