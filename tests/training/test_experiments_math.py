@@ -51,7 +51,7 @@ def test_folds_are_disjoint_cover_the_dev_rows_and_keep_class_shares() -> None:
 
 
 def test_out_of_bag_rows_are_exactly_those_not_drawn() -> None:
-    dev, y = dev_rows({"synthetic": "moons", "n_samples": 400})
+    dev, _y = dev_rows({"synthetic": "moons", "n_samples": 400})
     train, oob = resample(dev, None, s.BootstrapRows(seed=5))
     assert len(train) == len(dev) and len(set(train)) < len(dev)
     assert set(oob) == set(dev) - set(train)
