@@ -50,8 +50,17 @@ def json_path(loc: tuple[Any, ...]) -> str:
     return ".".join(out) or "body"
 
 
+def _field_path(err: Any) -> str:
+    path = json_path(tuple(err["loc"]))
+    tag = (err.get("ctx") or {}).get("discriminator")
+    if err["type"].startswith("union_tag") and isinstance(tag, str):
+        name = tag.strip("'")
+        return name if path == "body" else f"{path}.{name}"
+    return path
+
+
 def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
-    return [{"loc": json_path(tuple(err["loc"])), "message": err["msg"]} for err in exc.errors()]
+    return [{"loc": _field_path(err), "message": err["msg"]} for err in exc.errors()]
 
 
 class BodyLimit:

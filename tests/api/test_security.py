@@ -28,16 +28,20 @@ def test_cross_tenant_access_is_404_on_every_route_with_an_id(
     job = client.post("/v1/jobs", json=tiny_spec()).json()
     dataset = client.post("/v1/datasets", files={"file": ("d.csv", GOOD_CSV)},
                           data={"target": "label"}).json()
-    ids = {"job_id": job["id"], "dataset_id": dataset["id"], "ref": "latest"}
+    exp = client.post("/v1/experiments", json={"kind": "cross_validation", "k": 2,
+                                                "base": tiny_spec()}).json()
+    ids = {"job_id": job["id"], "dataset_id": dataset["id"], "ref": "latest",
+           "experiment_id": exp["id"]}
     routes = id_routes(client)
     assert len(routes) >= 6
     for method, path in routes:
         url = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
         theirs = other_client.request(method, url)
-        missing = other_client.request(method, re.sub(r"(job|ds)_[0-9a-f]+", r"\1_0", url))
+        missing = other_client.request(method, re.sub(r"(job|ds|exp)_[0-9a-f]+", r"\1_0", url))
         assert theirs.status_code == 404, (method, url, theirs.text)
         assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "not_found"
     assert other_client.get("/v1/datasets").json()["items"] == []
+    assert other_client.get("/v1/experiments").json()["items"] == []
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued", "untouched"
 
 

@@ -35,7 +35,8 @@ class Child:
 
 
 def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A deep copy of a spec dict with the dotted ``path`` set to ``value``."""
+    """A deep copy of a spec dict with the dotted ``path`` set to ``value``. Setting a
+    block's ``kind`` to another kind resets that block (set its parameters after it)."""
     out = copy.deepcopy(spec)
     node = out
     keys = path.split(".")
@@ -43,6 +44,8 @@ def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ValueError(f"'{path}' goes through a non-object at '{key}'")
+    if keys[-1] == "kind" and node.get("kind") != value:
+        node.clear()  # another kind of block: its parameters start from their defaults
     node[keys[-1]] = value
     return out
 
