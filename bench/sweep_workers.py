@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_latency import Stack, free_port, wait_for  # noqa: E402
+from submit_latency import Stack, free_port, wait_for
 
 SWEEP = {
     "name": "bench-sweep", "kind": "sweep",
