@@ -80,6 +80,12 @@ def job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | 
     return session.scalars(stmt).first()
 
 
+def _older_than(model: type[Job] | type[Experiment], before: tuple[datetime, str]) -> Any:
+    """Keyset pagination: rows after (created_at, id) in newest-first order."""
+    created, row_id = before
+    return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
+
+
 def list_jobs(session: Session, tenant_id: str, *, status: str | None, name: str | None,
               experiment_id: str | None, before: tuple[datetime, str] | None,
               limit: int) -> Sequence[Job]:
@@ -92,9 +98,7 @@ def list_jobs(session: Session, tenant_id: str, *, status: str | None, name: str
     if experiment_id:
         stmt = stmt.where(Job.experiment_id == experiment_id)
     if before is not None:
-        created, job_id = before
-        stmt = stmt.where(or_(Job.created_at < created,
-                              and_(Job.created_at == created, Job.id < job_id)))
+        stmt = stmt.where(_older_than(Job, before))
     return session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
 
 
@@ -334,9 +338,7 @@ def list_experiments(session: Session, tenant_id: str, *, status: str | None, ki
     if kind:
         stmt = stmt.where(Experiment.kind == kind)
     if before is not None:
-        created, exp_id = before
-        stmt = stmt.where(or_(Experiment.created_at < created,
-                              and_(Experiment.created_at == created, Experiment.id < exp_id)))
+        stmt = stmt.where(_older_than(Experiment, before))
     order = (Experiment.created_at.desc(), Experiment.id.desc())
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
 

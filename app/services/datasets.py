@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Limits
-from app.errors import Conflict, NotFound, TooLarge, Unprocessable
+from app.errors import NotFound, TooLarge, Unprocessable
 from app.models import Dataset
+from app.services.jobs import replay
 from app.training.blobs import sha256
 
 MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
@@ -209,13 +210,10 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
 
 def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_key: str | None,
            request_hash: str) -> tuple[Dataset, bool]:
-    if idempotency_key:
-        existing = repo.dataset_by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise Conflict(f"Idempotency-Key '{idempotency_key}' was used with a different "
-                               "upload")
-            return existing, False
+    if idempotency_key and (existing := replay(
+            repo.dataset_by_idempotency_key(session, tenant_id, idempotency_key),
+            idempotency_key, request_hash)):
+        return existing, False
     dataset.tenant_id, dataset.idempotency_key = tenant_id, idempotency_key
     dataset.request_hash = request_hash
     repo.add_dataset(session, dataset)

@@ -14,7 +14,7 @@ from app import experiment_spec as e
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
-from app.errors import Conflict, NotFound, TooMany, Unprocessable
+from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Experiment, Job
 from app.services import jobs as job_service
 from app.training.experiments.plan import ChildPlan, first_stage
@@ -60,13 +60,10 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
            idempotency_key: str | None) -> tuple[Experiment, bool]:
     raw = exp.model_dump(mode="json")
     digest = job_service.body_hash(raw)
-    if idempotency_key:
-        existing = repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            if existing.request_hash != digest:
-                raise Conflict(f"Idempotency-Key '{idempotency_key}' was used with a different "
-                               "body")
-            return existing, False
+    if idempotency_key and (existing := job_service.replay(
+            repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key),
+            idempotency_key, digest)):
+        return existing, False
     plans = plan_children(exp, settings)
     active = repo.count_active_jobs(session, tenant_id)
     if active + len(plans) > settings.limits.max_concurrent_jobs:

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -66,11 +66,22 @@ def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Se
                created_at=now, updated_at=now)
 
 
-def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
-    existing = repo.job_by_idempotency_key(session, tenant_id, key)
+class _Replayable(Protocol):
+    request_hash: str | None
+
+
+R = TypeVar("R", bound=_Replayable)
+
+
+def replay(existing: R | None, key: str, digest: str) -> R | None:
+    """The resource an Idempotency-Key already created, or 409 if the body differs."""
     if existing is not None and existing.request_hash != digest:
         raise Conflict(f"Idempotency-Key '{key}' was used with a different body")
     return existing
+
+
+def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    return replay(repo.job_by_idempotency_key(session, tenant_id, key), key, digest)
 
 
 def enqueue_committed(session: Session, jobs: Sequence[Job]) -> None:
