@@ -13,7 +13,8 @@ from app.spec import JobSpec, Optimizer, Sharpness, Strict
 
 
 class ExperimentBase(Strict):
-    name: str = Field("experiment", min_length=1, max_length=200)
+    name: str = Field("experiment", min_length=1, max_length=200,
+                      pattern=r"^[^\x00-\x1f\x7f]+$")
     base: JobSpec = Field(default_factory=JobSpec, description="The job every child varies.")
 
 

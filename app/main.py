@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +55,8 @@ def _field_path(err: Any) -> str:
     tag = (err.get("ctx") or {}).get("discriminator")
     if err["type"].startswith("union_tag") and isinstance(tag, str):
         name = tag.strip("'")
+        if name.endswith("()"):  # spec._kind_or: a non-object has no tag; else its kind is bad
+            return path if err["type"] == "union_tag_not_found" else f"{path}.kind"
         return name if path == "body" else f"{path}.{name}"
     return path
 
@@ -141,6 +143,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
+
+    @app.exception_handler(DataError)
+    async def unstorable(_r: Request, exc: DataError) -> JSONResponse:
+        log.info("refused a value the database cannot store: %s", exc.orig)
+        return JSONResponse(error_body("validation_error", "a value cannot be stored (for "
+                                       "example it contains a NUL character)"), 422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

@@ -620,7 +620,7 @@ class Sharpness(Strict):
 
 class Training(Strict):
     epochs: int = Field(30, ge=1, description="Passes over the training rows.")
-    batch_size: int | Literal["full"] = Field(
+    batch_size: Annotated[int, Field(ge=1)] | Literal["full"] = Field(
         64,
         description='1: stochastic GD, k: mini-batch GD, "full": batch GD (every row, '
         "one step per epoch).",
@@ -636,12 +636,6 @@ class Training(Strict):
         "rows in the summary (class probabilities, or values in original units).")
     sharpness: Sharpness | None = Field(
         None, description="Measure the sharpness of the final minimum on the training loss.")
-
-    @model_validator(mode="after")
-    def _batch(self) -> Training:
-        if isinstance(self.batch_size, int) and self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1 or 'full'")
-        return self
 
 
 def _job_examples(schema: dict[str, Any]) -> None:
@@ -664,7 +658,8 @@ class JobSpec(Strict):
         json_schema_extra=lambda schema: _job_examples(schema),
     )
 
-    name: str = Field("job", min_length=1, max_length=200, examples=["digits-mlp-adam"])
+    name: str = Field("job", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$",
+                      examples=["digits-mlp-adam"])
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=MLP)
     loss: Loss = Field(default_factory=CrossEntropy)

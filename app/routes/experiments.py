@@ -9,14 +9,16 @@ from fastapi.responses import JSONResponse
 
 from app import experiment_spec as e
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.schemas import ExperimentOut, ExperimentPage, JobOut
+from app.schemas import ExperimentOut, ExperimentPage, JobOut, error_responses
 from app.services import experiments as service
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+NOT_FOUND = error_responses(404)
 
 
 @router.post("", status_code=201, response_model=ExperimentOut,
-             responses={200: {"model": ExperimentOut, "description": "Idempotent replay"}})
+             responses={200: {"model": ExperimentOut, "description": "Idempotent replay"},
+                        **error_responses(400, 409, 413, 429)})
 def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
                       settings: SettingsDep, tenant: TenantDep,
                       idempotency_key: Annotated[str | None, Header(
@@ -44,19 +46,19 @@ def list_experiments(session: SessionDep, tenant: TenantDep,
                           next_cursor=next_cursor)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentOut)
+@router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
 def get_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep) -> ExperimentOut:
     exp = service.get(session, tenant, experiment_id)
     return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
 
 
-@router.get("/{experiment_id}/jobs", response_model=list[JobOut])
+@router.get("/{experiment_id}/jobs", response_model=list[JobOut], responses=NOT_FOUND)
 def experiment_jobs(experiment_id: str, session: SessionDep, tenant: TenantDep) -> list[JobOut]:
     """The children, with their roles in the design and their summaries."""
     return [JobOut.of(j) for j in service.jobs_of(session, tenant, experiment_id)]
 
 
-@router.post("/{experiment_id}/cancel", response_model=ExperimentOut)
+@router.post("/{experiment_id}/cancel", response_model=ExperimentOut, responses=NOT_FOUND)
 def cancel_experiment(experiment_id: str, session: SessionDep,
                       tenant: TenantDep) -> ExperimentOut:
     """Cancels every child: queued ones at once, running ones at the next batch boundary."""

@@ -70,7 +70,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
 def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
                 name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
                 split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
-                after: Annotated[int, Query(ge=0)] = 0,
+                after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricsPage:
     """Points newer than ``after`` (a cursor), optionally filtered by name and split."""
     job, points = service.metrics(session, tenant, job_id, after=after, limit=limit,

@@ -63,7 +63,10 @@ def parse_csv(content: bytes, target: str | None) -> Parsed:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _bad("file", "CSV must be UTF-8 text") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    try:  # newline="": the csv module's own line handling (CR-only files too)
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise _bad("file", f"not a readable CSV: {exc}") from None
     if len(rows) < 2:
         raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
@@ -210,6 +213,7 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
 
 def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_key: str | None,
            request_hash: str) -> tuple[Dataset, bool]:
+    idempotency_key = idempotency_key or None  # an empty header is no key
     if idempotency_key and (existing := replay(
             repo.dataset_by_idempotency_key(session, tenant_id, idempotency_key),
             idempotency_key, request_hash)):
@@ -219,8 +223,10 @@ def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_ke
     repo.add_dataset(session, dataset)
     try:
         session.commit()
-    except IntegrityError:
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
+        if idempotency_key is None:
+            raise
         return create(session, tenant_id=tenant_id, dataset=dataset,
                       idempotency_key=idempotency_key, request_hash=request_hash)
     return dataset, True

@@ -60,6 +60,7 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
            idempotency_key: str | None) -> tuple[Experiment, bool]:
     raw = exp.model_dump(mode="json")
     digest = job_service.body_hash(raw)
+    idempotency_key = idempotency_key or None  # an empty header is no key
     if idempotency_key and (existing := job_service.replay(
             repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key),
             idempotency_key, digest)):
@@ -81,8 +82,10 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
         repo.add_job(session, job)
     try:
         session.commit()
-    except IntegrityError:
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
+        if idempotency_key is None:
+            raise
         return submit(session, tenant_id=tenant_id, exp=exp, settings=settings,
                       idempotency_key=idempotency_key)
     job_service.enqueue_committed(session, jobs)

@@ -102,6 +102,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
            idempotency_key: str | None, raw: Any) -> tuple[Job, bool]:
     """Validate, INSERT, COMMIT, enqueue. Returns (job, created)."""
     digest = body_hash(raw)
+    idempotency_key = idempotency_key or None  # an empty header is no key
     if idempotency_key and (job := _replay(session, tenant_id, idempotency_key, digest)):
         return job, False
     info = validate(session, tenant_id, spec, settings)
@@ -116,6 +117,8 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
+        if idempotency_key is None:
+            raise
         return submit(session, tenant_id=tenant_id, spec=spec, settings=settings,
                       idempotency_key=idempotency_key, raw=raw)
     enqueue_committed(session, [job])

@@ -146,3 +146,8 @@ def test_catalog_lists_every_option(client: TestClient) -> None:
 def test_readyz_reports_sql_and_broker(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"sql": "ok", "broker": "ok"}
+
+
+def test_control_characters_in_names_are_refused(client: TestClient) -> None:
+    r = submit(client, tiny_spec(name="bad\x00name"))
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["loc"] == "name"
