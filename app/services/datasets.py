@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import repository as repo
@@ -24,7 +23,7 @@ from app.clock import new_id, utcnow
 from app.config import Limits
 from app.errors import NotFound, TooLarge, Unprocessable
 from app.models import Dataset
-from app.services.jobs import replay
+from app.services.jobs import commit_unless_raced, replay
 from app.training.blobs import sha256
 
 MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
@@ -221,12 +220,7 @@ def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_ke
     dataset.tenant_id, dataset.idempotency_key = tenant_id, idempotency_key
     dataset.request_hash = request_hash
     repo.add_dataset(session, dataset)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        if idempotency_key is None:
-            raise
+    if not commit_unless_raced(session, idempotency_key):
         return create(session, tenant_id=tenant_id, dataset=dataset,
                       idempotency_key=idempotency_key, request_hash=request_hash)
     return dataset, True

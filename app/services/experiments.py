@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import experiment_spec as e
@@ -80,12 +79,7 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
     for job in jobs:
         repo.add_job(session, job)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        if idempotency_key is None:
-            raise
+    if not job_service.commit_unless_raced(session, idempotency_key):
         return submit(session, tenant_id=tenant_id, exp=exp, settings=settings,
                       idempotency_key=idempotency_key)
     job_service.enqueue_committed(session, jobs)

@@ -80,6 +80,19 @@ def replay(existing: R | None, key: str, digest: str) -> R | None:
     return existing
 
 
+def commit_unless_raced(session: Session, idempotency_key: str | None) -> bool:
+    """COMMIT; False when a concurrent request with the same Idempotency-Key won the
+    insert (the caller then replays it)."""
+    try:
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        return False
+
+
 def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
     return replay(repo.job_by_idempotency_key(session, tenant_id, key), key, digest)
 
@@ -113,12 +126,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
     job = new_job(tenant_id, spec, info, settings, idempotency_key=idempotency_key,
                   request_hash=digest)
     repo.add_job(session, job)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        if idempotency_key is None:
-            raise
+    if not commit_unless_raced(session, idempotency_key):
         return submit(session, tenant_id=tenant_id, spec=spec, settings=settings,
                       idempotency_key=idempotency_key, raw=raw)
     enqueue_committed(session, [job])
