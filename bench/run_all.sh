@@ -21,6 +21,10 @@ echo "== bench/sink_overhead.py"
 "$PY" bench/sink_overhead.py ${POSTGRES:+--postgres "$POSTGRES"}
 
 echo
+echo "== bench/sweep_workers.py"
+"$PY" bench/sweep_workers.py
+
+echo
 echo "== bench/submit_latency.py (embedded: SQLite + filesystem broker)"
 "$PY" bench/submit_latency.py
 
