@@ -247,3 +247,34 @@ def test_postgres_restart_mid_training(tmp_path: Path, postgres_url: str, redis_
         assert_complete(postgres_url, job_id, 30)
     finally:
         stack.stop_all()
+
+
+def test_job_outliving_the_visibility_timeout_runs_once(tmp_path: Path, postgres_url: str,
+                                                        redis_url: str) -> None:
+    """Redis redelivers an unacked message after the visibility timeout; the lease decides."""
+    import redis as redis_lib
+
+    from tests.conftest import FAST
+
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    stack = Stack(tmp_path, {"TRAINYARD_DATABASE_URL": postgres_url,
+                             "TRAINYARD_BROKER_URL": redis_url, **FAST,
+                             "TRAINYARD_BROKER_VISIBILITY_TIMEOUT": "2"})
+    try:
+        stack.cli("migrate")
+        stack.key = stack.new_key("visibility")
+        stack.start_api()
+        stack.start_worker("w1")
+        stack.start_worker("w2")
+        with stack.client() as http:
+            job_id = http.post("/v1/jobs", json=slow_digits(epochs=60)).json()["id"]
+            done = wait_job(http, job_id, timeout=240)
+        assert done["status"] == "succeeded" and done["attempt"] == 1
+        attempts = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
+                        j=job_id)
+        assert [r.attempt for r in attempts] == [1]
+        assert_complete(postgres_url, job_id, 60)
+        logs = stack.log("w1") + stack.log("w2")
+        assert "'not-claimed'" in logs, "the broker should have redelivered the message"
+    finally:
+        stack.stop_all()
