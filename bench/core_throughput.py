@@ -16,7 +16,8 @@ the same torch.get_num_threads(); numpy/sklearn BLAS is limited to the same coun
                opt.step()`` on an nn.Sequential of Linear/ReLU with Adam(lr=1e-3).
   hand+appmlp  the same loop on the model the core builds (``build_model``), to separate
                the cost of the core's module structure from the cost of its loop.
-  trainer      ``Trainer.train_epoch()`` on an ``app.training.data.Prepared`` holding the
+  trainer      the core as it is: ``Trainer.train_epoch()`` (its optimizer from
+               ``build_optimizer``) on an ``app.training.data.Prepared`` holding the
                same tensors (train = all n rows; val and test are separate 30,000-row
                blocks, like a default 70/15/15 job). Only train_epoch() is timed;
                end_epoch() (val evaluation, metrics, checkpoint pack, sink report) is
@@ -25,9 +26,15 @@ the same torch.get_num_threads(); numpy/sklearn BLAS is limited to the same coun
                batch_size=b, shuffle=True)`` (default collate).
   sklearn      reference: ``MLPClassifier((512, 512), solver="adam", batch_size=b,
                alpha=0)``; ``partial_fit`` passes over float32 rows.
-  trainer+fused  the trainer with its optimizer's param groups switched to torch's fused
-               CPU Adam kernel (group["fused"] = True) -- the change proposed in
-               bench/README.md, measured side by side (--no-proposal drops it).
+
+Equal-terms rows (--no-equal-terms drops them). The core builds its optimizer with torch's
+fused kernel (app/training/optim.py, since 5061b91), the minimal loop uses torch's CPU
+default (a Python loop over the tensors), so "trainer" vs "hand" compares loops AND
+optimizer implementations. These two rows separate the two:
+  trainer/loopadam  the Trainer with its optimizer forced to the default for-loop
+               implementation (group["fused"] = None, group["foreach"] = False): the
+               core's loop and bookkeeping against the hand loop, same optimizer.
+  hand+fused   the minimal loop with Adam(fused=True): the same optimizer as the core.
 
 Work: every contender trains the same measured "epochs": a full epoch of n rows, or,
 where ``--rows-per-measure`` says fewer rows (batch 32: 60,000 by default), the first
@@ -213,7 +220,7 @@ class TrainerContender(Contender):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], b: int, checkpoint_every: int,
-                 fused: bool = False) -> None:
+                 loop_adam: bool = False) -> None:
         from app import spec as s
         from app.training.data import Prepared, Standardizer
         from app.training.loop import Trainer
@@ -238,10 +245,10 @@ class TrainerContender(Contender):
                         Standardizer.identity(d), Standardizer.identity(1))
         self.sink = StepBudgetSink()
         self.trainer = Trainer(spec, data, self.sink, torch.device("cpu"))  # seeds itself
-        if fused:  # the proposed change: what build_optimizer(..., fused=True) would give
-            self.name = "trainer+fused"
+        if loop_adam:  # the optimizer implementation the hand loop gets by default on CPU
+            self.name = "trainer/loopadam"
             for group in self.trainer.optimizer.param_groups:
-                group["fused"] = True
+                group["fused"], group["foreach"] = None, False
         self.full_steps, self.n, self.b = self.trainer.steps, n, b
 
     def begin(self, rows: int) -> None:
@@ -333,7 +340,7 @@ def run_epoch(contenders: list[Contender], rows: int, b: int, chunk_steps: int,
 def bench_batch(b: int, x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor],
                 test: tuple[torch.Tensor, torch.Tensor], rows: int, repeats: int,
                 warmup_rows: int, chunk_rows: int, with_sklearn: bool, with_dataloader: bool,
-                checkpoint_every: int, with_proposal: bool, pause: float) -> dict[str, object]:
+                checkpoint_every: int, equal_terms: bool, pause: float) -> dict[str, object]:
     from app import spec as s
     from app.training.models import build_model
 
@@ -344,8 +351,13 @@ def bench_batch(b: int, x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tenso
     app_mlp = build_model(s.MLP(hidden=list(HIDDEN)), (d,), N_CLASSES)
     contenders.append(HandLoop("hand+appmlp", app_mlp, x, y, b))
     contenders.append(TrainerContender(x, y, val, test, b, checkpoint_every))
-    if with_proposal:
-        contenders.append(TrainerContender(x, y, val, test, b, checkpoint_every, fused=True))
+    if equal_terms:
+        contenders.append(TrainerContender(x, y, val, test, b, checkpoint_every,
+                                           loop_adam=True))
+        torch.manual_seed(SEED)
+        fused = HandLoop("hand+fused", plain_mlp(d), x, y, b)
+        fused.opt = torch.optim.Adam(fused.model.parameters(), lr=1e-3, fused=True)
+        contenders.append(fused)
     if with_dataloader:
         torch.manual_seed(SEED)
         contenders.append(Loader(plain_mlp(d), x, y, b))
@@ -391,21 +403,29 @@ def bench_batch(b: int, x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tenso
             "epoch_end_ms": (1e3 * statistics.median(c.end_times)) if c.end_times else None,
             "interleaved": c not in apart,
         }
+    by_name = {c.name: c for c in contenders}
+    equal = {}
+    for slow, base in (("trainer/loopadam", "hand"), ("trainer", "hand+fused")):
+        if slow in by_name and base in by_name:
+            equal[f"{slow} vs {base}"] = statistics.median(
+                h / t for he, ce in zip(by_name[base].epochs, by_name[slow].epochs, strict=True)
+                for h, t in zip(he, ce, strict=True))
     return {"batch_size": b, "rows_per_measure": rows, "steps_per_measure": steps,
-            "chunk_steps": chunk_steps, "repeats": repeats, "results": results}
+            "chunk_steps": chunk_steps, "repeats": repeats, "results": results,
+            "equal_terms": equal}
 
 
 def print_table(res: dict[str, Any]) -> None:
     print(f"\nbatch {res['batch_size']}: {res['rows_per_measure']} rows "
           f"({res['steps_per_measure']} steps) per measured epoch, {res['repeats']} epochs "
           f"per contender, alternating every {res['chunk_steps']} steps")
-    print(f"  {'contender':<14} {'samples/s':>10} {'us/step':>8} {'x hand':>7} "
+    print(f"  {'contender':<16} {'samples/s':>10} {'us/step':>8} {'x hand':>7} "
           f"{'(IQR)':>13} {'x hand, epoch totals':>21} {'epoch end':>10}")
     for name, r in res["results"].items():
         end = f"{r['epoch_end_ms']:.0f} ms" if r["epoch_end_ms"] is not None else ""
         if not r["interleaved"]:
             end += " (apart*)"
-        print(f"  {name:<14} {r['samples_per_s']:>10,.0f} {r['us_per_step']:>8.0f} "
+        print(f"  {name:<16} {r['samples_per_s']:>10,.0f} {r['us_per_step']:>8.0f} "
               f"{r['ratio_to_hand']:>7.3f} {r['ratio_q1']:>6.3f}..{r['ratio_q3']:<6.3f} "
               f"{r['ratio_of_epoch_times']:>21.3f} {end:>10}")
 
@@ -427,9 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer checkpoint_every (affects only the epoch-end column)")
     p.add_argument("--no-sklearn", action="store_true")
     p.add_argument("--no-dataloader", action="store_true")
-    p.add_argument("--no-proposal", action="store_true",
-                   help="drop the trainer+fused row (the Trainer with its Adam switched to "
-                        "torch's fused CPU kernel, the change proposed in bench/README.md)")
+    p.add_argument("--no-equal-terms", action="store_true",
+                   help="drop the trainer/loopadam and hand+fused rows")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     args = p.parse_args(argv)
@@ -464,7 +483,14 @@ def main(argv: list[str] | None = None) -> int:
 
     git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                          capture_output=True, text=True).stdout.strip() or "?"
-    header = {"git": git, "python": platform.python_version(), "torch": torch.__version__,
+    from app import spec as s
+    from app.training.optim import build_optimizer
+
+    group = build_optimizer(s.Adam(), nn.Linear(2, 2)).param_groups[0]
+    impl = ("fused" if group.get("fused") else "foreach" if group.get("foreach")
+            else "for-loop (torch's CPU default)")
+    header = {"git": git, "core_adam": impl, "python": platform.python_version(),
+              "torch": torch.__version__,
               "numpy": np.__version__, "sklearn": sklearn.__version__,
               "torch_threads": threads, "interop_threads": torch.get_num_interop_threads(),
               "cpus": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "-"),
@@ -477,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = min(n, per_measure.get(b, n))
         res = bench_batch(b, x, y, val, test, rows, repeats, warmup, args.chunk_rows,
                           not args.no_sklearn, not args.no_dataloader, args.checkpoint_every,
-                          not args.no_proposal, 0.0 if args.quick else 0.5)
+                          not args.no_equal_terms, 0.0 if args.quick else 0.5)
         print_table(res)
         results.append(res)
         if any(not r["interleaved"] for r in res["results"].values()):
@@ -490,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             print("(--quick: a smoke run; its figures mean nothing)")
             break
         print(f"claim (trainer >= 0.95x hand) at batch {res['batch_size']}: "
-              f"{'MET' if ratio >= 0.95 else 'NOT MET'} ({ratio:.3f}x)")
+              f"{'MET' if ratio >= 0.95 else 'NOT MET'} ({ratio:.3f}x); same optimizer on "
+              "both sides: " + ", ".join(f"{k} {v:.3f}x" for k, v in res["equal_terms"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=1))
     del limiter
