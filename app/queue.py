@@ -29,7 +29,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
                 "processed_folder": str(folder / "processed"), "store_processed": False,
                 "polling_interval": 0.2}
     timeout = settings.broker_visibility_timeout or settings.job_time_limit_seconds * 1.5 + 600
-    return {"visibility_timeout": timeout}
+    # kombu scans for expired unacked messages every interval * throttle seconds (100 s by
+    # default), so a short timeout would otherwise wait far past itself. One cheap scan per
+    # quarter timeout, at most every 10 s, keeps redelivery close to the timeout.
+    restore_every = max(1.0, min(10.0, timeout / 4))
+    return {"visibility_timeout": timeout, "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1}
 
 
 def make_celery(settings: Settings) -> Celery:
