@@ -149,21 +149,23 @@ def _client() -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from app.client import watch
-
-    spec = json.loads(Path(args.spec).read_text())
+    body = json.loads(Path(args.spec).read_text())
     client = _client()
-    job = client.submit(spec, idempotency_key=args.idempotency_key)
-    print(f"{job['id']} {job['status']}  {client.base}/v1/jobs/{job['id']}")
-    if args.watch:
-        return 0 if watch(client, job["id"]) == "succeeded" else 1
-    return 0
+    made = client.submit(body, idempotency_key=args.idempotency_key)
+    print(f"{made['id']} {made['status']}  {client.base}{made['links']['self']}")
+    return _watch(client, made["id"]) if args.watch else 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from app.client import watch
+    return _watch(_client(), args.id)
 
-    return 0 if watch(_client(), args.job_id) == "succeeded" else 1
+
+def _watch(client: Any, resource_id: str) -> int:
+    """Exit status 0 only when the job or experiment succeeded."""
+    from app.client import is_experiment_id, watch, watch_experiment
+
+    follow = watch_experiment if is_experiment_id(resource_id) else watch
+    return 0 if follow(client, resource_id) == "succeeded" else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -176,8 +178,21 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from app.client import headline
+
+    page = _client().list_experiments(status=args.status, kind=args.kind, limit=args.limit)
+    for exp in page["items"]:
+        progress = exp["progress"]
+        done = f"{progress['done']}/{progress['total']}"
+        summary = headline(exp) if exp["status"] != "running" else ""
+        print(f"{exp['id']}  {exp['status']:<9} {done:>7} {exp['kind']:<20} "
+              f"{exp['name'][:30]:<30} {summary}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_client().get_job(args.job_id), indent=2))
+    print(json.dumps(_client().get(args.id), indent=2))
     return 0
 
 
@@ -230,20 +245,25 @@ def parser() -> argparse.ArgumentParser:
     wk.set_defaults(func=cmd_worker)
     command("migrate", "upgrade the schema to head").set_defaults(func=cmd_migrate)
     command("reap", "one reaper pass").set_defaults(func=cmd_reap)
-    sm = command("submit", "submit a spec file")
+    sm = command("submit", "submit a job spec or an experiment (a JSON file with a 'kind')")
     sm.add_argument("spec")
     sm.add_argument("--watch", action="store_true")
     sm.add_argument("--idempotency-key")
     sm.set_defaults(func=cmd_submit)
-    wa = command("watch", "follow a job until it ends")
-    wa.add_argument("job_id")
+    wa = command("watch", "follow a job or an experiment until it ends")
+    wa.add_argument("id", help="job_... or exp_...")
     wa.set_defaults(func=cmd_watch)
     jb = command("jobs", "list jobs")
     jb.add_argument("--status")
     jb.add_argument("--limit", type=int, default=20)
     jb.set_defaults(func=cmd_jobs)
-    sh = command("show", "one job as JSON")
-    sh.add_argument("job_id")
+    ex = command("experiments", "list experiments")
+    ex.add_argument("--status")
+    ex.add_argument("--kind")
+    ex.add_argument("--limit", type=int, default=20)
+    ex.set_defaults(func=cmd_experiments)
+    sh = command("show", "one job or experiment as JSON")
+    sh.add_argument("id", help="job_... or exp_...")
     sh.set_defaults(func=cmd_show)
     ks = command("keys", "API keys: create TENANT | list | revoke KEY_ID")
     ks.add_argument("action", choices=["create", "list", "revoke"])
@@ -255,10 +275,21 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parser().parse_args(argv)
+    import httpx
+
+    from app.client import ApiFailure
+
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ApiFailure as exc:  # the API's own message names the field and the reason
+        print(f"trainyard {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"trainyard {args.command}: cannot reach the API ({exc}); is `trainyard run` or "
+              "`trainyard api` running, and is TRAINYARD_URL right?", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -43,8 +43,24 @@ class Client:
         return response.json()
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        """A job spec, or an experiment (a body with a top-level ``kind``)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._check(self.http.post("/v1/jobs", json=spec, headers=headers))
+        path = "/v1/experiments" if is_experiment(spec) else "/v1/jobs"
+        return self._check(self.http.post(path, json=spec, headers=headers))
+
+    def get(self, resource_id: str) -> Any:
+        """A job or an experiment, by the prefix of its id."""
+        if is_experiment_id(resource_id):
+            return self.get_experiment(resource_id)
+        return self.get_job(resource_id)
+
+    def get_experiment(self, experiment_id: str) -> Any:
+        return self._check(self.http.get(f"/v1/experiments/{experiment_id}"))
+
+    def list_experiments(self, status: str | None = None, kind: str | None = None,
+                         limit: int = 20) -> Any:
+        params = {k: v for k, v in (("status", status), ("kind", kind)) if v}
+        return self._check(self.http.get("/v1/experiments", params={**params, "limit": limit}))
 
     def get_job(self, job_id: str) -> Any:
         return self._check(self.http.get(f"/v1/jobs/{job_id}"))
@@ -57,6 +73,14 @@ class Client:
 
     def metrics(self, job_id: str, after: int = 0) -> Any:
         return self._check(self.http.get(f"/v1/jobs/{job_id}/metrics", params={"after": after}))
+
+
+def is_experiment(body: dict[str, Any]) -> bool:
+    return "kind" in body  # a job spec has no top-level kind; every experiment has one
+
+
+def is_experiment_id(resource_id: str) -> bool:
+    return resource_id.startswith("exp_")
 
 
 def wait_ready(client: Client, stop: dict[str, bool], timeout: float = 120.0) -> bool:
@@ -121,3 +145,37 @@ def _print_outcome(job: dict[str, Any]) -> None:
               flush=True)
     else:
         print(f"{job['id']} {job['status']}", flush=True)
+
+
+def watch_experiment(client: Client, experiment_id: str, interval: float = 1.0) -> str:
+    """Poll an experiment until it ends, printing its progress; returns the final status."""
+    last: tuple[int, int] | None = None
+    while True:
+        exp = client.get_experiment(experiment_id)
+        progress = exp["progress"]
+        done, total = progress["done"], progress["total"]
+        if (done, total) != last:
+            print(f"[{_bar(done, total)}] {exp['status']:<9} {done}/{total} children done",
+                  flush=True)
+            last = (done, total)
+        if exp["status"] != "running":
+            break
+        time.sleep(interval)
+    print(f"{exp['id']} {exp['status']}: {headline(exp)}", flush=True)
+    return str(exp["status"])
+
+
+def headline(exp: dict[str, Any]) -> str:
+    """The one line a person looks for first; ``trainyard show ID`` prints the whole result."""
+    result = exp.get("result") or {}
+    if exp["status"] == "failed" and exp.get("error"):
+        return str(exp["error"])
+    if exp["kind"] == "cross_validation" and result.get("val"):
+        return "  ".join(f"val {name} {v['mean']:.4f} ± {v['std']:.4f}"
+                         for name, v in result["val"].items())
+    if exp["kind"] == "sweep" and result.get("best") is not None:
+        final = result.get("final", {}).get("test", {})
+        tested = "  ".join(f"test {k} {v:.4f}" for k, v in final.items())
+        return f"best {result['best']}  {tested}".rstrip()
+    failures = len(result.get("failures") or [])
+    return f"result keys {sorted(result)}; {failures} failed children"

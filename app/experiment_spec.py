@@ -59,6 +59,18 @@ class Objective(Strict):
         return self
 
 
+class MedianStopping(Strict):
+    """The median stopping rule (Golovin et al., Google Vizier, 2017): at the end of epoch s a
+    trial stops when its best objective so far is worse than the median, over the completed
+    trials, of their running means of the objective over epochs 1..s."""
+
+    rule: Literal["median"] = "median"
+    grace_epochs: int = Field(3, ge=1, le=10_000,
+                              description="No trial is stopped before this many epochs.")
+    min_completed: int = Field(3, ge=1, le=200, description=(
+        "Completed trials that reached the epoch needed before any trial is stopped."))
+
+
 class Sweep(ExperimentBase):
     """Grid or random search over dotted spec paths; the best configuration is retrained
     on train + val and evaluated once on the test split."""
@@ -72,6 +84,8 @@ class Sweep(ExperimentBase):
     objective: Objective = Field(default_factory=Objective)
     seed: int = Field(0, ge=0)
     retrain_best: bool = True
+    early_termination: MedianStopping | None = Field(None, description=(
+        "Stop poor trials early; stopped trials are listed but never chosen as best."))
 
     @model_validator(mode="after")
     def _method(self) -> Sweep:
@@ -80,6 +94,9 @@ class Sweep(ExperimentBase):
             raise ValueError(f"grid search needs value lists; {ranges} are distributions")
         if self.method == "random" and self.trials is None:
             raise ValueError("random search needs a trial budget (trials)")
+        if self.early_termination is not None and self.objective.cv_folds:
+            raise ValueError("early_termination compares one validation curve per trial; "
+                             "with objective.cv_folds a trial has one per fold")
         return self
 
 

@@ -368,6 +368,22 @@ def epoch_curves(session: Session, job_id: str) -> dict[str, list[float]]:
     return curves
 
 
+def metric_curve(session: Session, job_id: str, split: str, name: str) -> list[float]:
+    """One metric's values by epoch."""
+    stmt = (select(Metric.value).where(Metric.job_id == job_id, Metric.split == split,
+                                       Metric.name == name).order_by(Metric.epoch))
+    return [float(v) for v in session.scalars(stmt)]
+
+
+def succeeded_children(session: Session, experiment_id: str,
+                       skip: Sequence[str]) -> Sequence[Job]:
+    """An experiment's succeeded children, less those in ``skip`` (already seen)."""
+    stmt = select(Job).where(Job.experiment_id == experiment_id, Job.status == "succeeded")
+    if skip:
+        stmt = stmt.where(Job.id.notin_(skip))
+    return session.scalars(stmt).all()
+
+
 def bump_stage(session: Session, experiment_id: str, stage: int, now: datetime) -> bool:
     """Move a running experiment past ``stage``; False if another advance got there first."""
     stmt = (update(Experiment).where(Experiment.id == experiment_id, Experiment.stage == stage,

@@ -212,6 +212,9 @@ class StepBudgetSink:
     def epoch_end(self, report: object) -> None:
         self.reports += 1
 
+    def should_prune(self, epoch: int, metrics: dict[str, float]) -> None:
+        return None
+
 
 class TrainerContender(Contender):
     """Trainer.train_epoch() on a Prepared holding the same tensors."""

@@ -102,6 +102,9 @@ class TimedSink:
         self.should_stop_s += time.perf_counter() - t0
         return reason
 
+    def should_prune(self, epoch: int, metrics: dict[str, float]) -> str | None:
+        return self.inner.should_prune(epoch, metrics)
+
 
 class TimedTrainer(Trainer):
     pack_s = 0.0
@@ -124,6 +127,9 @@ class DropCheckpoints:
 
     def should_stop(self) -> str | None:
         return self.inner.should_stop()
+
+    def should_prune(self, epoch: int, metrics: dict[str, float]) -> str | None:
+        return self.inner.should_prune(epoch, metrics)
 
 
 @dataclass

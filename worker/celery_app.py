@@ -51,6 +51,7 @@ def child_init(**_: Any) -> None:
 
     get_engine().dispose(close=False)  # never share the parent's sockets after fork
     import torch
+    import torch._dynamo  # the first optimizer imports it lazily: ~1.2 s of the first job
 
     import worker.execution  # noqa: F401  (load torch now, not when the first job arrives)
 

@@ -24,6 +24,7 @@ from app.training.blobs import CorruptBlob, read_metadata, verify
 from app.training.data import DataError
 from app.training.loop import Outcome, TrainingDiverged
 from app.training.runner import run_spec
+from worker.pruning import trial_pruner
 from worker.retry import with_retry
 from worker.sinks import SqlSink
 
@@ -80,7 +81,8 @@ def _execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -
         return "not-claimed"
     attempt = job.attempt
     log.info("job %s: attempt %d on %s", job_id, attempt, owner)
-    sink = SqlSink(sessions, settings, job_id=job_id, attempt=attempt)
+    sink = SqlSink(sessions, settings, job_id=job_id, attempt=attempt,
+                   pruner=trial_pruner(sessions, job))
     try:
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job_id),

@@ -1,4 +1,5 @@
-"""The SQL-backed sink: one transaction per epoch, a rate-limited heartbeat, stop requests."""
+"""The SQL-backed sink: one transaction per epoch, a rate-limited heartbeat, stop requests,
+and (for sweep trials) the early-termination rule."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from app.config import Settings
 from app.models import Checkpoint
 from app.training.blobs import sha256
 from app.training.sink import EpochReport
+from worker.pruning import TrialPruner
 from worker.retry import with_retry
 
 # Set when this worker is shutting down (SIGTERM): running jobs checkpoint and hand back.
@@ -23,9 +25,9 @@ class SqlSink:
     """Writes a job's epochs to SQL; every write is fenced by the claimed attempt."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, *, job_id: str,
-                 attempt: int) -> None:
+                 attempt: int, pruner: TrialPruner | None = None) -> None:
         self.sessions, self.settings = sessions, settings
-        self.job_id, self.attempt = job_id, attempt
+        self.job_id, self.attempt, self.pruner = job_id, attempt, pruner
         self.started = time.monotonic()
         self.next_heartbeat = self.started + settings.heartbeat_seconds
 
@@ -41,6 +43,12 @@ class SqlSink:
         cancel = with_retry(self.sessions, lambda s: repo.heartbeat(
             s, self.job_id, self.attempt, utcnow(), self.settings.lease_seconds))
         return "cancelled" if cancel else None
+
+    def should_prune(self, epoch: int, metrics: dict[str, float]) -> str | None:
+        pruner = self.pruner
+        if pruner is None:
+            return None
+        return with_retry(self.sessions, lambda s: pruner.decide(s, epoch, metrics))
 
     def epoch_end(self, report: EpochReport) -> None:
         rows = [{"job_id": self.job_id, "epoch": report.epoch, "split": split, "name": name,

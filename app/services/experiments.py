@@ -4,7 +4,7 @@ get, list, children, cancel. The aggregation runs on workers (``worker/orchestra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
@@ -16,8 +16,9 @@ from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Experiment, Job
 from app.services import jobs as job_service
+from app.spec import Task
 from app.training.experiments.plan import ChildPlan, first_stage
-from app.validation import Problem, SpecRejected
+from app.validation import Problem, SpecRejected, epoch_metric_names
 
 EXPERIMENT = TypeAdapter(e.Experiment)
 
@@ -55,6 +56,19 @@ def child_jobs(session: Session, tenant_id: str, experiment_id: str, plans: list
     return jobs
 
 
+def check_objective(sweep: e.Sweep, task: Task) -> None:
+    """The objective must be a validation metric these trials log, or nothing can be ranked."""
+    has_val = bool(sweep.objective.cv_folds) or sweep.base.data.split.val > 0
+    if not has_val:
+        raise SpecRejected([Problem(("objective", "metric"), "the trials have no validation "
+                                    "split (base.data.split.val is 0): set it above 0 or use "
+                                    "objective.cv_folds")])
+    logged = sorted(m for m in epoch_metric_names(task, True) if m.startswith("val_"))
+    if sweep.objective.metric not in logged:
+        raise SpecRejected([Problem(("objective", "metric"), f"'{sweep.objective.metric}' is "
+                                    f"not logged for a {task} task; choose one of {logged}")])
+
+
 def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
            idempotency_key: str | None) -> tuple[Experiment, bool]:
     raw = exp.model_dump(mode="json")
@@ -77,6 +91,8 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
                             request_hash=digest)
     repo.add_experiment(session, experiment)
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
+    if isinstance(exp, e.Sweep):
+        check_objective(exp, cast(Task, jobs[0].task))
     for job in jobs:
         repo.add_job(session, job)
     if not job_service.commit_unless_raced(session, idempotency_key):

@@ -105,6 +105,7 @@ class Trainer:
         self.epoch, self.step = 0, 0  # completed epochs; next step inside the current epoch
         self.perm: torch.Tensor | None = None
         self.stopped_early_at: int | None = None
+        self.pruned: dict[str, Any] | None = None  # {"epoch", "reason"} when the sink ended it
         self.autocast: Callable[[], Any] = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
             if tr.precision == "bf16" else contextlib.nullcontext)
@@ -265,7 +266,7 @@ class Trainer:
             "add warm-up or gradient clipping")
 
     def end_epoch(self) -> bool:
-        """Report the finished epoch; True when early stopping ends the run."""
+        """Report the finished epoch; True when early stopping (or the sink) ends the run."""
         metrics = self.epoch_metrics()
         flat = flatten(metrics)
         self.epoch += 1
@@ -280,6 +281,8 @@ class Trainer:
         if not self.schedule.per_step:
             set_lr(self.optimizer, self.schedule.lr(self.epoch))
         stop = stop and self.can_stop_early
+        if not stop and (why := self.sink.should_prune(self.epoch, flat)) is not None:
+            self.pruned, stop = {"epoch": self.epoch, "reason": why}, True
         if stop:
             self.stopped_early_at = self.epoch
         due = (self.epoch % self.spec.training.checkpoint_every == 0 or is_best or stop
@@ -353,8 +356,9 @@ class Trainer:
             "best_epoch": tracker.best_epoch if tracker.best_epoch > 0 else None,
             "monitor": tracker.spec.monitor,
             "best_value": tracker.best,
-            "early_stopped": self.stopped_early_at is not None,
+            "early_stopped": self.stopped_early_at is not None and self.pruned is None,
             "stopped_epoch": self.stopped_early_at,
+            "pruned": self.pruned,
             "restored_best_weights": self.best_weights is not None,
             "parameters": count_parameters(self.model),
             "rows": {"train": int(self.data.x_train.shape[0]), "val": int(self.data.x_val.shape[0]),
@@ -389,7 +393,8 @@ class Trainer:
         state = {"version": 1, "epoch": self.epoch, "step": self.step, "optim": optim_meta,
                  "schedule": self.schedule.state_dict(), "tracker": self.tracker.state_dict(),
                  "np_rng": self.np_rng.bit_generator.state, "stopped_early_at":
-                 self.stopped_early_at, "lr": self.optimizer.param_groups[0]["lr"]}
+                 self.stopped_early_at, "pruned": self.pruned,
+                 "lr": self.optimizer.param_groups[0]["lr"]}
         return ckpt.pack(tensors, state)
 
     def load(self, blob: bytes) -> None:
@@ -413,6 +418,7 @@ class Trainer:
         self.tracker.load_state_dict(state["tracker"])
         self.np_rng.bit_generator.state = state["np_rng"]
         self.stopped_early_at = state["stopped_early_at"]
+        self.pruned = state.get("pruned")  # absent in checkpoints written before pruning
         set_lr(self.optimizer, state["lr"])
 
 

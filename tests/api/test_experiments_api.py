@@ -46,6 +46,14 @@ def test_grid_sweep_plans_exactly_the_grid(client: TestClient) -> None:
     ({"kind": "cross_validation", "base": {"model": {"kind": "mlp", "hidden": [-1]}}},
      "base.model.hidden.0"),
     ({"kind": "nope"}, "kind"),
+    ({"kind": "sweep", "parameters": {"optimizer.lr": [0.1]},
+      "objective": {"metric": "val_rmse"}}, "objective.metric"),
+    ({"kind": "sweep", "parameters": {"optimizer.lr": [0.1]},
+      "base": {"data": {"split": {"val": 0.0, "test": 0.2}}}}, "objective.metric"),
+    ({"kind": "sweep", "parameters": {"optimizer.lr": [0.1]},
+      "early_termination": {"grace_epochs": 0}}, "early_termination.grace_epochs"),
+    ({"kind": "sweep", "parameters": {"optimizer.lr": [0.1]}, "objective": {"cv_folds": 3},
+      "early_termination": {}}, "body"),
 ])
 def test_bad_designs_are_422_with_a_path(client: TestClient, body: dict[str, Any],
                                          loc: str) -> None:

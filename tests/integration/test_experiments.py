@@ -22,8 +22,9 @@ SINE = {"data": {"source": {"synthetic": "function", "n_samples": 200, "noise": 
 
 EVERY_KIND = [
     {"kind": "cross_validation", "k": 3, "base": MOONS},
-    {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.001, 0.05]},
-     "objective": {"metric": "val_accuracy"}},
+    {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.001, 0.05, 1e-6]},
+     "objective": {"metric": "val_accuracy"},
+     "early_termination": {"grace_epochs": 1, "min_completed": 1}},
     {"kind": "bagging", "n_models": 2, "base": MOONS},
     {"kind": "boosting", "rounds": 2, "base": MOONS},
     {"kind": "bias_variance", "base": SINE, "values": [[2], [16]], "replicates": 2},
@@ -61,6 +62,19 @@ def run_every_kind(stack: Stack) -> None:
             assert all(k["experiment_id"] == exp_id and k["role"] is not None for k in kids)
             job = http.get(f"/v1/jobs/{kids[0]['id']}").json()  # children are ordinary jobs
             assert job["status"] == "succeeded"
+            if request["kind"] == "sweep":
+                assert_stopped_trials_consistent(exp["result"], kids)
+
+
+def assert_stopped_trials_consistent(result: dict[str, Any], kids: list[dict[str, Any]]) -> None:
+    """Which trials the median rule stops depends on which finish first; what it reports
+    must agree with the trials themselves whichever way the race went."""
+    stopped = {s["trial"] for s in result["early_termination"]["stopped"]}
+    ran = {k["role"]["trial"]: k["summary"] for k in kids if "trial" in k["role"]}
+    assert stopped == {t for t, summary in ran.items() if summary["pruned"]}
+    assert stopped.isdisjoint(r["trial"] for r in result["leaderboard"])
+    assert result["early_termination"]["epochs_run"] == sum(
+        summary["epochs_completed"] for summary in ran.values())
 
 
 def test_every_kind_on_postgres_and_redis(distributed: Stack) -> None:

@@ -43,15 +43,22 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, 
     engine.dispose()
 
 
-def drive(env: tuple[Any, Settings], request: dict[str, Any]) -> dict[str, Any]:
-    """Submit, then run queued children and advance until the experiment ends."""
+def by_trial(job: Any) -> int:
+    return int((job.role or {}).get("trial", 0))
+
+
+def drive(env: tuple[Any, Settings], request: dict[str, Any],
+          order: Any = by_trial) -> dict[str, Any]:
+    """Submit, then run queued children (one at a time, in ``order``) and advance until the
+    experiment ends."""
     sessions, settings = env
     with sessions() as s:
         exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
                                 settings=settings, idempotency_key=None)
     for _ in range(60):
         with sessions() as s:
-            queued = [j.id for j in repo.children(s, exp.id) if j.status == "queued"]
+            queued = [j.id for j in sorted(repo.children(s, exp.id), key=order)
+                      if j.status == "queued"]
         for job_id in queued:
             execute(job_id, sessions, settings)
         advance_experiment(exp.id, sessions, settings)
@@ -84,6 +91,27 @@ def test_sweep_grid_retrains_best_on_train_plus_val(env: Any) -> None:
     final = [j for j in out["children"] if (j.role or {}).get("final")]
     assert len(final) == 1 and final[0].spec["data"]["split"]["val"] == 0.0
     assert final[0].summary["rows"]["val"] == 0 and "accuracy" in result["final"]["test"]
+
+
+def test_sweep_early_termination_stops_a_poor_trial_by_the_median_rule(env: Any) -> None:
+    """Trials run one after another here, so the fourth (a learning rate too small to move
+    the loss) meets three completed trials and is stopped once its grace epochs are over."""
+    base = {**MOONS, "training": {"epochs": 6, "batch_size": 32}}
+    out = drive(env, {"kind": "sweep", "base": base, "retrain_best": False,
+                      "parameters": {"optimizer.lr": [0.05, 0.03, 0.02, 1e-6]},
+                      "early_termination": {"grace_epochs": 2, "min_completed": 3}})
+    assert out["status"] == "succeeded"
+    result = out["result"]
+    trials = {j.role["trial"]: j.summary for j in out["children"]}
+    assert [trials[t]["epochs_completed"] for t in range(4)] == [6, 6, 6, 2]
+    assert trials[3]["pruned"]["epoch"] == 2 and "median" in trials[3]["pruned"]["reason"]
+    assert all(trials[t]["pruned"] is None for t in range(3))
+    assert [r["trial"] for r in result["leaderboard"]] != [] and all(
+        r["trial"] != 3 for r in result["leaderboard"])
+    stopped = result["early_termination"]
+    assert [s["trial"] for s in stopped["stopped"]] == [3] and stopped["stopped"][0]["epoch"] == 2
+    assert (stopped["epochs_run"], stopped["epochs_budget"]) == (20, 24)
+    assert stopped["rule"] == "median"
 
 
 def test_bagging_oob_and_ensemble(env: Any) -> None:

@@ -85,12 +85,14 @@ def trial_scores(children: list[Child], metric: str) -> list[dict[str, Any]]:
             continue
         row = trials.setdefault(c.role["trial"], {"trial": c.role["trial"],
                                                   "params": c.role["params"], "scores": [],
-                                                  "best_epochs": [], "failed": False})
+                                                  "best_epochs": [], "failed": False,
+                                                  "pruned": None})
         if c.status == "succeeded" and c.summary:
             split, name = metric.split("_", 1)
             row["scores"].append(c.summary[split][name])
             row["best_epochs"].append(c.summary.get("best_epoch") or c.summary[
                 "epochs_completed"])
+            row["pruned"] = c.summary.get("pruned")
         else:
             row["failed"] = True
     for row in trials.values():
@@ -100,8 +102,9 @@ def trial_scores(children: list[Child], metric: str) -> list[dict[str, Any]]:
 
 
 def leaderboard(rows: list[dict[str, Any]], metric: str, direction: str) -> list[dict[str, Any]]:
-    """Trials ranked by the objective only; test metrics play no part."""
-    scored = [r for r in rows if r["objective"] is not None]
+    """Full-budget trials ranked by the objective only; test metrics play no part. Trials
+    stopped early are left out: a configuration is never chosen on a shortened run."""
+    scored = [r for r in rows if r["objective"] is not None and r["pruned"] is None]
     maximize = metric_mode(metric, direction) == "max"
     return sorted(scored, key=lambda r: r["objective"], reverse=maximize)
 
@@ -132,10 +135,24 @@ def sweep(exp: e.Sweep, children: list[Child]) -> Step:
             {"trial": r["trial"], "params": r["params"], "objective": r["objective"]}
             for r in board], "best": board[0]["params"] if board else None,
         "failures": failures(children)}
+    if exp.early_termination is not None:
+        result["early_termination"] = early_termination(exp, rows, children)
     if final and final[0].summary:
         result["final"] = {"job_id": final[0].job_id, "test": final[0].summary["test"],
                            "epochs": final[0].summary["epochs_completed"]}
     return Step(result=result)
+
+
+def early_termination(exp: e.Sweep, rows: list[dict[str, Any]],
+                      children: list[Child]) -> dict[str, Any]:
+    """Which trials the rule stopped, and the epochs it saved against every trial's budget."""
+    trials = [c for c in ok(children) if "trial" in c.role]
+    run = sum(c.summary["epochs_completed"] for c in trials)  # type: ignore[index]
+    budget = sum(s.JobSpec.model_validate(c.spec).training.epochs for c in trials)
+    return {**exp.early_termination.model_dump(),  # type: ignore[union-attr]
+            "stopped": [{"trial": r["trial"], "params": r["params"], **r["pruned"]}
+                        for r in rows if r["pruned"] is not None],
+            "epochs_run": run, "epochs_budget": budget}
 
 
 # -------------------------------------------------------------------- bagging
