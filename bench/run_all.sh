@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the three benchmarks at full size, one after another (never two at once), and
+# Runs the benchmarks at full size, one after another (never two at once), and
 # prints their output. Run from anywhere; uses the repository's .venv when present.
 #
 #   bench/run_all.sh                 # embedded / SQLite only
@@ -23,6 +23,10 @@ echo "== bench/sink_overhead.py"
 echo
 echo "== bench/sweep_workers.py"
 "$PY" bench/sweep_workers.py
+
+echo
+echo "== bench/sweep_early_termination.py"
+"$PY" bench/sweep_early_termination.py
 
 echo
 echo "== bench/submit_latency.py (embedded: SQLite + filesystem broker)"
