@@ -1,4 +1,5 @@
-"""The catalog: every spec option with its parameters, generated from ``app.spec``.
+"""The catalog: every spec option and experiment kind with its parameters, generated from
+``app.spec`` and ``app.experiment_spec``.
 
 Built from the pydantic models' JSON schemas, so it cannot drift from what the
 API accepts.
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app import experiment_spec as e
 from app import spec as s
 
 COMPONENTS: dict[str, tuple[str, list[type[BaseModel]]]] = {
@@ -29,6 +31,9 @@ BLOCKS: dict[str, type[BaseModel]] = {
     "regularization.early_stopping": s.EarlyStopping, "regularization.mixup": s.Mix,
     "regularization.cutmix": s.Mix, "regularization.augment": s.Augment, "training": s.Training,
 }
+EXPERIMENTS: list[type[BaseModel]] = [e.CrossValidation, e.Sweep, e.Bagging, e.Boosting,
+                                      e.BiasVariance, e.BatchSize, e.OptimizerComparison]
+VALUES = ("default", "enum", "const", "examples")  # user data, shown as it is
 KEEP = ("type", "default", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
         "exclusiveMaximum", "minItems", "maxItems", "items", "anyOf", "description", "examples")
 
@@ -37,17 +42,18 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, dict):
         if "$ref" in node:
             return {"object": node["$ref"].rsplit("/", 1)[-1]}
-        return {k: _resolve(v, defs) for k, v in node.items() if k in KEEP or k == "prefixItems"}
+        return {k: v if k in VALUES else _resolve(v, defs) for k, v in node.items()
+                if k in KEEP or k == "prefixItems"}
     if isinstance(node, list):
         return [_resolve(v, defs) for v in node]
     return node
 
 
-def parameters(model: type[BaseModel], skip: str | None = None) -> dict[str, Any]:
+def parameters(model: type[BaseModel], *skip: str) -> dict[str, Any]:
     schema = model.model_json_schema()
     defs = schema.get("$defs", {})
     return {name: _resolve(prop, defs) for name, prop in schema.get("properties", {}).items()
-            if name != skip}
+            if name not in skip}
 
 
 def _option_name(model: type[BaseModel], key: str) -> str:
@@ -62,7 +68,8 @@ def _option_name(model: type[BaseModel], key: str) -> str:
 
 
 def _summary(model: type[BaseModel]) -> str:
-    return (model.__doc__ or "").strip().split("\n")[0]
+    """The docstring's first paragraph on one line."""
+    return " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 @lru_cache(maxsize=1)
@@ -75,7 +82,7 @@ def catalog() -> dict[str, Any]:
             name = _option_name(model, tag)
             options[name] = {"select_with": {tag: name} if tag != "dataset" else {"dataset": "ID"},
                              "description": _summary(model),
-                             "parameters": parameters(model, skip=tag)}
+                             "parameters": parameters(model, tag)}
         if path == "data.source":
             options["builtin"]["select_with"] = {"builtin": list(typing.get_args(
                 s.BuiltinSource.model_fields["builtin"].annotation))}
@@ -83,4 +90,12 @@ def catalog() -> dict[str, Any]:
                             "builtin | synthetic | dataset", "options": options}
     blocks = {path: {"description": _summary(m), "parameters": parameters(m)}
               for path, m in BLOCKS.items()}
-    return {"version": 1, "components": components, "blocks": blocks}
+    experiments = {_option_name(m, "kind"): {
+        "description": _summary(m),
+        "parameters": parameters(m, "kind", "base")} for m in EXPERIMENTS}
+    blocks["sweep.objective"] = {"description": _summary(e.Objective),
+                                 "parameters": parameters(e.Objective)}
+    blocks["sweep.early_termination"] = {"description": _summary(e.MedianStopping),
+                                         "parameters": parameters(e.MedianStopping)}
+    return {"version": 1, "components": components, "blocks": blocks,
+            "experiments": experiments}

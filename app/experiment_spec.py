@@ -45,6 +45,8 @@ Values = Annotated[list[Any], Field(min_length=1, max_length=50)]
 
 
 class Objective(Strict):
+    """What a sweep ranks its trials by: a validation metric, or its k-fold CV mean."""
+
     metric: str = Field("val_loss", examples=["val_loss", "val_accuracy"],
                         description="A validation metric; never a test metric.")
     direction: Literal["auto", "min", "max"] = "auto"

@@ -228,6 +228,8 @@ Rows = Annotated[
 
 
 class Data(Strict):
+    """Where the rows come from, how they are split, and how each row is shaped."""
+
     source: Source = Field(
         default_factory=lambda: BuiltinSource(builtin="digits"),
         examples=[{"builtin": "digits"}, {"synthetic": "moons", "noise": 0.2}],
@@ -364,14 +366,20 @@ class BCE(Strict):
 
 
 class MSE(Strict):
+    """Mean squared error (regression); the maximum-likelihood loss under Gaussian noise."""
+
     kind: Literal["mse"] = "mse"
 
 
 class MAE(Strict):
+    """Mean absolute error (regression); robust to outliers, fits the conditional median."""
+
     kind: Literal["mae"] = "mae"
 
 
 class Huber(Strict):
+    """Squared error for small residuals, absolute error for large ones (regression)."""
+
     kind: Literal["huber"] = "huber"
     delta: float = Field(1.0, gt=0.0, description="Quadratic below delta, linear above.")
 
@@ -492,6 +500,8 @@ class ScheduleBase(Strict):
 
 
 class Constant(ScheduleBase):
+    """The base lr throughout (after any warm-up)."""
+
     kind: Literal["constant"] = "constant"
 
 
@@ -574,6 +584,9 @@ class EarlyStopping(Strict):
 
 
 class Mix(Strict):
+    """Train on blends of two examples and their labels (mixup: whole inputs; cutmix: a
+    patch of one pasted into the other)."""
+
     alpha: float = Field(0.2, gt=0.0, le=100.0, description="Beta(alpha, alpha) mixing ratio.")
 
 
@@ -586,6 +599,8 @@ class Augment(Strict):
 
 
 class Regularization(Strict):
+    """Everything that trades training fit for generalization."""
+
     early_stopping: EarlyStopping | None = None
     l1: float = Field(0.0, ge=0.0, le=10.0, description="Adds l1 * sum|w| to the loss.")
     l2: float = Field(0.0, ge=0.0, le=10.0, description="Adds l2 * sum w^2 to the loss.")
@@ -619,6 +634,8 @@ class Sharpness(Strict):
 
 
 class Training(Strict):
+    """How long, in what batches, with which seed and on which device."""
+
     epochs: int = Field(30, ge=1, description="Passes over the training rows.")
     batch_size: Annotated[int, Field(ge=1)] | Literal["full"] = Field(
         64,

@@ -141,6 +141,22 @@ def test_catalog_lists_every_option(client: TestClient) -> None:
     assert set(comps["model"]["options"]) == {"mlp", "cnn"}
     assert "function" in comps["data.source"]["options"]
     assert "early_stopping" in cat["blocks"]["regularization"]["parameters"]
+    assert all(o["description"] for c in comps.values() for o in c["options"].values())
+    assert all(b["description"] for b in cat["blocks"].values())
+
+
+def test_catalog_lists_every_experiment_kind(client: TestClient) -> None:
+    cat = client.get("/v1/catalog").json()
+    kinds = cat["experiments"]
+    assert set(kinds) == {"cross_validation", "sweep", "bagging", "boosting", "bias_variance",
+                          "batch_size", "optimizer_comparison"}
+    sweep = kinds["sweep"]["parameters"]
+    assert "base" not in sweep and "kind" not in sweep
+    # example values are user data: shown whole, not filtered like schema keywords
+    assert sweep["parameters"]["examples"][0]["optimizer.lr"] == {"log_uniform": [1e-4, 1e-1]}
+    assert kinds["cross_validation"]["parameters"]["k"]["minimum"] == 2
+    rule = cat["blocks"]["sweep.early_termination"]
+    assert rule["parameters"]["grace_epochs"]["default"] == 3 and "median" in rule["description"]
 
 
 def test_readyz_reports_sql_and_broker(client: TestClient) -> None:
