@@ -191,16 +191,27 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120,
 @pytest.fixture()
 def distributed(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Stack]:
     """API + migrations on the local Postgres and Redis (workers started by the test)."""
+    with distributed_stack(tmp_path, postgres_url, redis_url) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def distributed_stack(home: Path, postgres_url: str, redis_url: str,
+                      **env: str) -> Iterator[Stack]:
+    """The ``distributed`` fixture's stack with extra settings (``TRAINYARD_...=value``);
+    Redis db flushed first, every process stopped at the end."""
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    stack = Stack(tmp_path, {"TRAINYARD_DATABASE_URL": postgres_url,
-                             "TRAINYARD_BROKER_URL": redis_url, **FAST})
-    stack.cli("migrate")
-    stack.key = stack.new_key(f"tenant-{secrets.token_hex(3)}")
-    stack.start_api()
-    yield stack
-    stack.stop_all()
+    stack = Stack(home, {"TRAINYARD_DATABASE_URL": postgres_url,
+                         "TRAINYARD_BROKER_URL": redis_url, **FAST, **env})
+    try:
+        stack.cli("migrate")
+        stack.key = stack.new_key(f"tenant-{secrets.token_hex(3)}")
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop_all()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import Stack, tiny_spec, wait_for, wait_job
+from tests.conftest import Stack, distributed_stack, tiny_spec, wait_for, wait_job
 from tests.integration.test_distributed import parent_pid, slow_digits
 
 pytestmark = pytest.mark.reliability
@@ -219,56 +219,33 @@ def restorable_postgres() -> Iterator[None]:
 
 def test_postgres_restart_mid_training(tmp_path: Path, postgres_url: str, redis_url: str,
                                        restorable_postgres: None) -> None:
-    import redis as redis_lib
-
-    from tests.conftest import FAST
-
-    redis_lib.Redis.from_url(redis_url).flushdb()
-    stack = Stack(tmp_path, {"TRAINYARD_DATABASE_URL": postgres_url,
-                             "TRAINYARD_BROKER_URL": redis_url, **FAST,
-                             "TRAINYARD_LEASE_SECONDS": "60"})
-    try:
-        stack.cli("migrate")
-        stack.key = stack.new_key("pg-restart")
-        stack.start_api()
+    with distributed_stack(tmp_path, postgres_url, redis_url,
+                           TRAINYARD_LEASE_SECONDS="60") as stack, stack.client() as http:
         stack.start_worker("w1")
-        with stack.client() as http:
-            job_id = http.post("/v1/jobs", json=slow_digits(epochs=30)).json()["id"]
-            wait_for(lambda: running(http, job_id, 3), 120, 0.05)
-            pg("stop")
-            during = [http.get(f"/v1/jobs/{job_id}").status_code for _ in range(3)]
-            ready = http.get("/readyz").status_code
-            time.sleep(2)
-            pg("start")
-            wait_for(pg_up, 30)
-            assert set(during) == {503} and ready == 503
-            done = wait_job(http, job_id, timeout=180)
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=30)).json()["id"]
+        wait_for(lambda: running(http, job_id, 3), 120, 0.05)
+        pg("stop")
+        during = [http.get(f"/v1/jobs/{job_id}").status_code for _ in range(3)]
+        ready = http.get("/readyz").status_code
+        time.sleep(2)
+        pg("start")
+        wait_for(pg_up, 30)
+        assert set(during) == {503} and ready == 503
+        done = wait_job(http, job_id, timeout=180)
         assert done["status"] == "succeeded" and done["attempt"] == 1, stack.log("w1")
         assert_complete(postgres_url, job_id, 30)
-    finally:
-        stack.stop_all()
 
 
 def test_job_outliving_the_visibility_timeout_runs_once(tmp_path: Path, postgres_url: str,
                                                         redis_url: str) -> None:
     """Redis redelivers an unacked message after the visibility timeout; the lease decides."""
-    import redis as redis_lib
-
-    from tests.conftest import FAST
-
-    redis_lib.Redis.from_url(redis_url).flushdb()
-    stack = Stack(tmp_path, {"TRAINYARD_DATABASE_URL": postgres_url,
-                             "TRAINYARD_BROKER_URL": redis_url, **FAST,
-                             "TRAINYARD_BROKER_VISIBILITY_TIMEOUT": "2"})
-    try:
-        stack.cli("migrate")
-        stack.key = stack.new_key("visibility")
-        stack.start_api()
+    with distributed_stack(tmp_path, postgres_url, redis_url,
+                           TRAINYARD_BROKER_VISIBILITY_TIMEOUT="2") as stack, \
+            stack.client() as http:
         stack.start_worker("w1")
         stack.start_worker("w2")
-        with stack.client() as http:
-            job_id = http.post("/v1/jobs", json=slow_digits(epochs=60)).json()["id"]
-            done = wait_job(http, job_id, timeout=240)
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=60)).json()["id"]
+        done = wait_job(http, job_id, timeout=240)
         assert done["status"] == "succeeded" and done["attempt"] == 1
         attempts = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
                         j=job_id)
@@ -276,5 +253,3 @@ def test_job_outliving_the_visibility_timeout_runs_once(tmp_path: Path, postgres
         assert_complete(postgres_url, job_id, 60)
         logs = stack.log("w1") + stack.log("w2")
         assert "'not-claimed'" in logs, "the broker should have redelivered the message"
-    finally:
-        stack.stop_all()
