@@ -3,6 +3,9 @@
 - A reaper thread runs in each worker's main process (several reapers are safe).
 - SIGTERM (warm shutdown) sets PREEMPT in the pool's children, so a running job
   checkpoints at the next batch boundary and is handed back, not failed.
+- torch is imported in each pool child (``child_init``), never in the main process before
+  it forks: children forked from a process that had loaded torch trained a tiny job 4x
+  slower under load (bench/README.md). tests/training/test_boundary.py guards this.
 """
 
 from __future__ import annotations

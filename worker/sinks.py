@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,8 +15,10 @@ from app.config import Settings
 from app.models import Checkpoint
 from app.training.blobs import sha256
 from app.training.sink import EpochReport
-from worker.pruning import TrialPruner
 from worker.retry import with_retry
+
+if TYPE_CHECKING:  # the worker's main process imports this module and must not load torch
+    from worker.pruning import TrialPruner
 
 # Set when this worker is shutting down (SIGTERM): running jobs checkpoint and hand back.
 PREEMPT = threading.Event()

@@ -30,3 +30,10 @@ def test_shapes_and_spec_do_not_import_torch_or_sklearn() -> None:
                         ["torch", "sklearn", "numpy", "pydantic"])
     assert seen["pydantic"], "the probe must actually have imported app.spec"
     assert not seen["torch"] and not seen["sklearn"], seen
+
+
+def test_the_worker_main_process_does_not_import_torch() -> None:
+    """Pool children fork from it; each imports torch itself in child_init."""
+    seen = loaded_after("import worker.celery_app", ["torch", "celery", "worker.sinks"])
+    assert seen["celery"] and seen["worker.sinks"], "the probe must import the worker app"
+    assert not seen["torch"], "torch loaded before the fork slows every pool child"
