@@ -54,6 +54,10 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=int(settings.job_time_limit_seconds) + 300,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # A pool child imports torch in its init (never the parent; see worker/celery_app.py),
+        # which takes 3-6 s on a busy machine. Celery's default of 4 s killed such children
+        # as they started, in an endless respawn loop.
+        worker_proc_alive_timeout=60.0,
         task_create_missing_queues=True,
     )
     return celery

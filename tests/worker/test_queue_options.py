@@ -30,3 +30,11 @@ def test_embedded_broker_gets_folders_not_a_timeout(tmp_path: Path) -> None:
     options = broker_options(Settings(home=tmp_path))
     assert "visibility_timeout" not in options
     assert Path(options["data_folder_in"]).is_dir()
+
+
+def test_pool_children_may_take_their_time_to_load_torch(tmp_path: Path) -> None:
+    """Celery kills a child whose init runs past worker_proc_alive_timeout (default 4 s);
+    loading torch there takes longer on a busy machine (the poison-job fault test)."""
+    from app.queue import make_celery
+
+    assert make_celery(Settings(home=tmp_path)).conf.worker_proc_alive_timeout >= 30
