@@ -122,6 +122,17 @@ class TrainerVariant:
         return self.c.chunk(k)
 
 
+def time_interleaved(variants: list[Any], chunk: int, rounds: int) -> None:
+    """One warm-up chunk each, then ``rounds`` chunks per variant in a seeded random order,
+    so drift on the machine falls on every variant alike."""
+    for v in variants:
+        v.run(chunk)
+    rng = random.Random(ct.SEED)
+    for _ in range(rounds):
+        for v in rng.sample(variants, len(variants)):
+            v.times.append(v.run(chunk))
+
+
 def ladder(x: torch.Tensor, y: torch.Tensor, b: int, chunk: int, rounds: int) -> None:
     variants: list[Any] = [
         Variant("hand", x, y, b),
@@ -132,12 +143,7 @@ def ladder(x: torch.Tensor, y: torch.Tensor, b: int, chunk: int, rounds: int) ->
         TrainerVariant("Trainer", x, y, b, loop_adam=False),
         Variant("hand+fused", x, y, b, fused=True),
     ]
-    for v in variants:
-        v.run(chunk)
-    rng = random.Random(ct.SEED)
-    for _ in range(rounds):
-        for v in rng.sample(variants, len(variants)):
-            v.times.append(v.run(chunk))
+    time_interleaved(variants, chunk, rounds)
     hand = variants[0]
     print(f"\nladder: batch {b}, {rounds} rounds x {chunk} steps, random order "
           f"(load {os.getloadavg()[0]:.2f})")
@@ -189,12 +195,7 @@ def ablation(x: torch.Tensor, y: torch.Tensor, b: int, chunk: int, rounds: int) 
         trainer("no argmax/eq/sum", no_correct=True),
         trainer("all three", True, True, True),
     ]
-    for v in variants:
-        v.run(chunk)
-    rng = random.Random(ct.SEED)
-    for _ in range(rounds):
-        for v in rng.sample(variants, len(variants)):
-            v.times.append(v.run(chunk))
+    time_interleaved(variants, chunk, rounds)
     base = variants[0]
     print(f"\nablation of the shipped Trainer: batch {b}, {rounds} rounds x {chunk} steps "
           f"(load {os.getloadavg()[0]:.2f})")

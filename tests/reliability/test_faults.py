@@ -48,6 +48,15 @@ def assert_complete(db_url: str, job_id: str, epochs: int) -> dict[tuple[int, st
     return keyed
 
 
+def assert_trained_once(db_url: str, done: dict[str, Any], epochs: int) -> None:
+    """Succeeded on its first attempt, which wrote every metric row: each epoch once."""
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+    attempts = rows(db_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
+                    j=done["id"])
+    assert [r.attempt for r in attempts] == [1]
+    assert_complete(db_url, done["id"], epochs)
+
+
 def running(http: httpx.Client, job_id: str, min_epoch: int = 0) -> dict[str, Any] | None:
     job = http.get(f"/v1/jobs/{job_id}").json()
     ok = job["status"] == "running" and job["worker"] and job["progress"]["epoch"] >= min_epoch
@@ -121,11 +130,7 @@ def test_duplicate_delivery_trains_once(distributed: Stack, redis_url: str,
         for _ in range(3):  # the same id delivered again, at once, to both workers
             celery.send_task(RUN_JOB, args=[job_id], queue="cpu")
         done = wait_job(http, job_id, timeout=120)
-    assert done["status"] == "succeeded" and done["attempt"] == 1
-    attempts = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
-                    j=job_id)
-    assert [r.attempt for r in attempts] == [1]
-    assert_complete(postgres_url, job_id, 8)
+    assert_trained_once(postgres_url, done, 8)
 
 
 def test_repeated_sigkill_resumes_exactly(distributed: Stack, postgres_url: str) -> None:
@@ -246,10 +251,6 @@ def test_job_outliving_the_visibility_timeout_runs_once(tmp_path: Path, postgres
         stack.start_worker("w2")
         job_id = http.post("/v1/jobs", json=slow_digits(epochs=60)).json()["id"]
         done = wait_job(http, job_id, timeout=240)
-        assert done["status"] == "succeeded" and done["attempt"] == 1
-        attempts = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
-                        j=job_id)
-        assert [r.attempt for r in attempts] == [1]
-        assert_complete(postgres_url, job_id, 60)
+        assert_trained_once(postgres_url, done, 60)
         logs = stack.log("w1") + stack.log("w2")
         assert "'not-claimed'" in logs, "the broker should have redelivered the message"
