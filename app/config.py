@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     job_time_limit_seconds: float = 6 * 3600.0
     broker_visibility_timeout: float | None = None  # default: above the job time limit
     torch_threads: int = 0  # per pool child; 0: cores / --concurrency (`trainyard worker`)
+    worker_heartbeat_seconds: float = 5.0  # a worker's beat in the `workers` registry
+    worker_lost_seconds: float = 30.0  # no beat for this long: the worker counts as gone
+    # a queued job fails `no_worker` once its queue has had no live worker this long; 0: never
+    no_worker_after_seconds: float = 600.0
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -183,3 +183,21 @@ class Experiment(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class Worker(Base):
+    """One live-or-dead worker process: the registry behind `no_worker`, metrics, dashboard.
+
+    ``id`` is opaque and random per process; ``node`` (Celery's ``name@host``) is for
+    operators only and never reaches a tenant.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    node: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
+    stopped_at: Mapped[datetime | None]
