@@ -37,3 +37,56 @@ def test_the_worker_main_process_does_not_import_torch() -> None:
     seen = loaded_after("import worker.celery_app", ["torch", "celery", "worker.sinks"])
     assert seen["celery"] and seen["worker.sinks"], "the probe must import the worker app"
     assert not seen["torch"], "torch loaded before the fork slows every pool child"
+
+
+def core_modules() -> list[str]:
+    """Every module of the training core, experiments included."""
+    core = ROOT / "app" / "training"
+    return sorted("app.training." + ".".join(p.relative_to(core).with_suffix("").parts)
+                  for p in core.rglob("*.py") if p.name != "__init__.py")
+
+
+SERVICE_STACK = ["fastapi", "starlette", "sqlalchemy", "celery", "kombu", "app.db",
+                 "app.models", "app.repository", "app.services", "app.routes", "app.main",
+                 "worker"]
+
+
+def test_every_core_module_is_service_free() -> None:
+    modules = core_modules()
+    assert "app.training.experiments.aggregate" in modules and len(modules) > 15
+    seen = loaded_after("\n".join(f"import {m}" for m in modules), [*SERVICE_STACK, "torch"])
+    assert seen["torch"], "the probe must actually have imported the core"
+    assert not any(seen[name] for name in SERVICE_STACK), seen
+
+
+def test_the_api_process_loads_neither_torch_nor_sklearn() -> None:
+    seen = loaded_after("import app.main\napp.main.create_app()",
+                        ["torch", "sklearn", "fastapi", "worker"])
+    assert seen["fastapi"], "the probe must actually have built the app"
+    assert not seen["torch"] and not seen["sklearn"] and not seen["worker"], seen
+
+
+# The `trainyard` command is the composition root: it starts workers, so it may import them.
+COMPOSITION_ROOT = {ROOT / "app" / "cli.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (lazy imports inside functions too)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_no_module_under_app_imports_worker() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p)
+                                                  if m == "worker" or m.startswith("worker."))
+                 for p in (ROOT / "app").rglob("*.py") if p not in COMPOSITION_ROOT}
+    offenders = {path: mods for path, mods in offenders.items() if mods}
+    assert imported_modules(ROOT / "app" / "cli.py") & {"worker.celery_app"}, "probe"
+    assert offenders == {}, offenders
