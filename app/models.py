@@ -79,6 +79,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_updated", "status", "updated_at"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),  # the per-tenant active count
         UniqueConstraint("tenant_id", "idempotency_key"),
     )
 
@@ -113,7 +114,12 @@ class Job(Base):
 
 class Metric(Base):
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", "split", "name"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "epoch", "split", "name"),
+        # polling (job_id = ? AND id > after ORDER BY id): without it the planner walks the
+        # primary key from `after` through every later row of every other job
+        Index("ix_metrics_job_id_id", "job_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -1,0 +1,98 @@
+"""The read path's queries use an index on Postgres, checked with EXPLAIN on the statements the
+repository really sends, over tables large enough that the planner has a choice.
+
+A plan, not a timing: bench/README.md measures the latency; this keeps a missing index (or a
+query the index cannot serve) from landing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from tests.conftest import PG_ADMIN, _pg_admin
+from tests.integration.test_migrations import alembic
+
+pytestmark = pytest.mark.integration
+
+JOBS, METRIC_ROWS_PER_JOB = 2_000, 100  # 200k metric rows: the planner prefers indexes by far
+
+
+@pytest.fixture(scope="module")
+def big_db(postgres_url: str) -> Iterator[sa.Engine]:
+    """A database of its own (the shared one holds other tests' live jobs), filled in SQL."""
+    name = f"trainyard_plans_{secrets.token_hex(4)}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{base}/{name}"
+    assert alembic(url, "upgrade", "head").returncode == 0
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO tenants VALUES ('t', now()), ('u', now())"))
+        conn.execute(sa.text(
+            "INSERT INTO jobs (id, tenant_id, name, spec, task, queue, status, attempt, "
+            "max_attempts, cancel_requested, epoch, total_epochs, created_at, updated_at) "
+            "SELECT 'job_' || g, CASE WHEN g % 2 = 0 THEN 't' ELSE 'u' END, 'n', '{}', "
+            "'classification', 'cpu', CASE WHEN g % 100 = 0 THEN 'running' ELSE 'succeeded' END,"
+            " 1, 3, false, 1, 1, now(), now() FROM generate_series(1, :n) AS g"), {"n": JOBS})
+        conn.execute(sa.text(
+            "INSERT INTO metrics (job_id, epoch, split, name, value, attempt) "
+            "SELECT 'job_' || (1 + g % :jobs), g, 'train', 'loss', 0.5, 1 "
+            "FROM generate_series(1, :rows) AS g"),
+            {"jobs": JOBS, "rows": JOBS * METRIC_ROWS_PER_JOB})
+        conn.execute(sa.text("ANALYZE"))
+    yield engine
+    engine.dispose()
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def plan_of(engine: sa.Engine, call: Callable[[Session], Any]) -> str:
+    """EXPLAIN of the one SELECT a repository call sends, with its real parameters."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with Session(engine) as session:
+            call(session)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(sent) == 1, sent
+    statement, parameters = sent[0]
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
+            row = cursor.fetchone()
+    assert row is not None
+    return json.dumps(row[0])
+
+
+def test_polling_a_jobs_metrics_reads_its_index(big_db: sa.Engine) -> None:
+    from app import repository as repo
+
+    plan = plan_of(big_db, lambda s: repo.metrics_page(
+        s, "job_7", after=150_000, limit=1000, names=[], splits=[]))
+    assert "ix_metrics_job_id_id" in plan, plan
+    assert '"Seq Scan"' not in plan, plan
+
+
+def test_counting_a_tenants_active_jobs_reads_its_index(big_db: sa.Engine) -> None:
+    from app import repository as repo
+
+    plan = plan_of(big_db, lambda s: repo.count_active_jobs(s, "t"))
+    assert "ix_jobs_tenant_status" in plan, plan
+    assert '"Seq Scan"' not in plan, plan
