@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     job_time_limit_seconds: float = 6 * 3600.0
     broker_visibility_timeout: float | None = None  # default: above the job time limit
     torch_threads: int = 0  # per pool child; 0: cores / --concurrency (`trainyard worker`)
+    # a worker retries SQL this long, then hands the job back (an outage is not a failure)
+    db_retry_seconds: float = 300.0
+    # a stopping worker waits this long for its pool, then kills it (below stop_grace_period)
+    worker_stop_seconds: float = 45.0
     worker_heartbeat_seconds: float = 5.0  # a worker's beat in the `workers` registry
     worker_lost_seconds: float = 30.0  # no beat for this long: the worker counts as gone
     # a queued job fails `no_worker` once its queue has had no live worker this long; 0: never

@@ -1,4 +1,10 @@
-"""Database writes that survive a database blink: retry with exponential backoff."""
+"""Database writes that survive a database blink: retry with exponential backoff.
+
+A connection error is retried for ``TRAINYARD_DB_RETRY_SECONDS``; past that the write
+raises ``DatabaseUnavailable``, which the worker treats as an infrastructure fault (the job
+is handed back, not failed). Its message never carries the driver's text (host, address,
+SQL): that goes to the log only.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,30 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import get_settings
+
 log = logging.getLogger("trainyard.worker")
 T = TypeVar("T")
 
 
+class DatabaseUnavailable(RuntimeError):
+    """SQL stayed unreachable for the whole retry window."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused connection, as opposed to a bad statement."""
+    return isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError)
+                                            or exc.connection_invalidated)
+
+
 def with_retry(sessions: sessionmaker[Session], work: Callable[[Session], T], *,
-               give_up_after: float = 300.0) -> T:
+               give_up_after: float | None = None) -> T:
     """Run ``work`` in one transaction; on a connection error, back off and run it again.
 
     Safe because every worker write is idempotent (upserts, fenced UPDATEs).
     """
-    delay, deadline = 0.2, time.monotonic() + give_up_after
+    window = get_settings().db_retry_seconds if give_up_after is None else give_up_after
+    delay, deadline = 0.2, time.monotonic() + window
     while True:
         try:
             with sessions() as session:
@@ -28,9 +47,12 @@ def with_retry(sessions: sessionmaker[Session], work: Callable[[Session], T], *,
                 session.commit()
                 return result
         except DBAPIError as exc:
-            transient = isinstance(exc, OperationalError) or exc.connection_invalidated
-            if not transient or time.monotonic() + delay > deadline:
+            if not is_transient(exc):
                 raise
+            if time.monotonic() + delay > deadline:
+                log.error("database unreachable for %.0fs; giving up: %s", window, exc)
+                raise DatabaseUnavailable(
+                    f"the database was unreachable for {window:g}s") from exc
             log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
