@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.spec import JobSpec, Optimizer, Sharpness, Strict
+from app.spec import Float, Int, JobSpec, Optimizer, Sharpness, Strict
 
 
 class ExperimentBase(Strict):
@@ -22,26 +22,27 @@ class CrossValidation(ExperimentBase):
     """k-fold cross-validation over the development rows; the test split stays untouched."""
 
     kind: Literal["cross_validation"]
-    k: int = Field(5, ge=2, le=20)
-    repeats: int = Field(1, ge=1, le=10, description="Repeated k-fold with reshuffled folds.")
-    seed: int = Field(0, ge=0)
+    k: Int = Field(5, ge=2, le=20)
+    repeats: Int = Field(1, ge=1, le=10, description="Repeated k-fold with reshuffled folds.")
+    seed: Int = Field(0, ge=0)
     stratify: bool = True
 
 
 class LogUniform(Strict):
-    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    log_uniform: tuple[Annotated[Float, Field(gt=0)], Annotated[Float, Field(gt=0)]]
 
 
 class Uniform(Strict):
-    uniform: tuple[float, float]
+    uniform: tuple[Float, Float]
 
 
 class IntUniform(Strict):
-    int_uniform: tuple[int, int]
+    int_uniform: tuple[Int, Int]
 
 
 Distribution = LogUniform | Uniform | IntUniform
 Values = Annotated[list[Any], Field(min_length=1, max_length=50)]
+MAX_SWEEP_PARAMETERS = 32  # dotted paths swept at once (a grid multiplies them)
 
 
 class Objective(Strict):
@@ -50,7 +51,7 @@ class Objective(Strict):
     metric: str = Field("val_loss", examples=["val_loss", "val_accuracy"],
                         description="A validation metric; never a test metric.")
     direction: Literal["auto", "min", "max"] = "auto"
-    cv_folds: int | None = Field(None, ge=2, le=10,
+    cv_folds: Int | None = Field(None, ge=2, le=10,
                                  description="Score each trial by its k-fold CV mean.")
 
     @model_validator(mode="after")
@@ -67,9 +68,9 @@ class MedianStopping(Strict):
     trials, of their running means of the objective over epochs 1..s."""
 
     rule: Literal["median"] = "median"
-    grace_epochs: int = Field(3, ge=1, le=10_000,
+    grace_epochs: Int = Field(3, ge=1, le=10_000,
                               description="No trial is stopped before this many epochs.")
-    min_completed: int = Field(3, ge=1, le=200, description=(
+    min_completed: Int = Field(3, ge=1, le=200, description=(
         "Completed trials that reached the epoch needed before any trial is stopped."))
 
 
@@ -80,11 +81,12 @@ class Sweep(ExperimentBase):
     kind: Literal["sweep"]
     method: Literal["grid", "random"] = "grid"
     parameters: dict[str, Values | Distribution] = Field(
-        min_length=1, examples=[{"optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
-                                 "training.batch_size": [32, 128]}])
-    trials: int | None = Field(None, ge=1, le=200, description="Budget (random: required).")
+        min_length=1, max_length=MAX_SWEEP_PARAMETERS,
+        examples=[{"optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
+                   "training.batch_size": [32, 128]}])
+    trials: Int | None = Field(None, ge=1, le=200, description="Budget (random: required).")
     objective: Objective = Field(default_factory=Objective)
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0)
     retrain_best: bool = True
     early_termination: MedianStopping | None = Field(None, description=(
         "Stop poor trials early; stopped trials are listed but never chosen as best."))
@@ -106,8 +108,8 @@ class Bagging(ExperimentBase):
     """n models on bootstrap resamples, ensembled (soft vote or mean), with an OOB estimate."""
 
     kind: Literal["bagging"]
-    n_models: int = Field(5, ge=2, le=50)
-    seed: int = Field(0, ge=0)
+    n_models: Int = Field(5, ge=2, le=50)
+    seed: Int = Field(0, ge=0)
 
 
 class Boosting(ExperimentBase):
@@ -115,9 +117,9 @@ class Boosting(ExperimentBase):
     boosting on residuals for regression."""
 
     kind: Literal["boosting"]
-    rounds: int = Field(5, ge=1, le=50)
-    learning_rate: float = Field(0.5, gt=0.0, le=1.0, description="Gradient-boosting shrinkage.")
-    seed: int = Field(0, ge=0)
+    rounds: Int = Field(5, ge=1, le=50)
+    learning_rate: Float = Field(0.5, gt=0.0, le=1.0, description="Gradient-boosting shrinkage.")
+    seed: Int = Field(0, ge=0)
 
 
 class BiasVariance(ExperimentBase):
@@ -126,15 +128,15 @@ class BiasVariance(ExperimentBase):
     kind: Literal["bias_variance"]
     parameter: str = Field("model.hidden", examples=["model.hidden", "regularization.l2"])
     values: Values = Field(examples=[[[4], [16], [64], [256]]])
-    replicates: int = Field(10, ge=2, le=50)
-    seed: int = Field(0, ge=0)
+    replicates: Int = Field(10, ge=2, le=50)
+    seed: Int = Field(0, ge=0)
 
 
 class BatchSize(ExperimentBase):
     """The same spec at several batch sizes: generalization gap against sharpness."""
 
     kind: Literal["batch_size"]
-    batch_sizes: list[int | Literal["full"]] = Field(min_length=2, max_length=12,
+    batch_sizes: list[Int | Literal["full"]] = Field(min_length=2, max_length=12,
                                                      examples=[[16, 64, 256, "full"]])
     sharpness: Sharpness = Field(default_factory=Sharpness)
 

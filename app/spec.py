@@ -12,11 +12,30 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StrictInt,
+    Tag,
+    model_validator,
+)
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 Norm = Literal["none", "batch", "layer", "group", "instance"]
 Task = Literal["classification", "regression"]
+# JSON true/false is not a number: lax int/float would turn `"min_lr": false` into 0.0.
+# Strict per type (not model-wide strict, which refuses JSON arrays for tuples); a float
+# still accepts an integer.
+Int = StrictInt
+Float = StrictFloat
+# Structural list caps, far above the configurable Limits (max_layers 32, max_epochs 1000),
+# so a huge list is refused while parsing and the Limits still name the real cap.
+MAX_LIST_LAYERS = 256
+MAX_LIST_MILESTONES = 10_000
+MAX_LIST_CLASSES = 10_000
 
 
 def _kind_or(default: str) -> Discriminator:
@@ -58,53 +77,53 @@ class BuiltinSource(Strict):
 
 
 class GeneratorBase(Strict):
-    n_samples: int = Field(1000, ge=20, le=1_000_000, description="Rows to generate.")
-    seed: int = Field(0, ge=0, description="Generator seed (data is a pure function of it).")
+    n_samples: Int = Field(1000, ge=20, le=1_000_000, description="Rows to generate.")
+    seed: Int = Field(0, ge=0, description="Generator seed (data is a pure function of it).")
 
 
 class MoonsSource(GeneratorBase):
     """Two interleaving half circles (binary classification)."""
 
     synthetic: Literal["moons"] = Field(examples=["moons"])
-    noise: float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+    noise: Float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
 
 
 class CirclesSource(GeneratorBase):
     """A small circle inside a large one (binary classification)."""
 
     synthetic: Literal["circles"] = Field(examples=["circles"])
-    noise: float = Field(0.1, ge=0.0, le=10.0, description="Std of Gaussian noise.")
-    factor: float = Field(0.5, gt=0.0, lt=1.0, description="Inner/outer radius ratio.")
+    noise: Float = Field(0.1, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+    factor: Float = Field(0.5, gt=0.0, lt=1.0, description="Inner/outer radius ratio.")
 
 
 class BlobsSource(GeneratorBase):
     """Isotropic Gaussian blobs (multi-class classification)."""
 
     synthetic: Literal["blobs"] = Field(examples=["blobs"])
-    n_features: int = Field(2, ge=1, le=10_000)
-    centers: int = Field(3, ge=2, le=1000, description="Number of blobs = classes.")
-    cluster_std: float = Field(1.0, gt=0.0, le=100.0)
+    n_features: Int = Field(2, ge=1, le=10_000)
+    centers: Int = Field(3, ge=2, le=1000, description="Number of blobs = classes.")
+    cluster_std: Float = Field(1.0, gt=0.0, le=100.0)
 
 
 class SpiralsSource(GeneratorBase):
     """Interleaved spiral arms in 2-D, one class per arm (not linearly separable)."""
 
     synthetic: Literal["spirals"] = Field(examples=["spirals"])
-    n_classes: int = Field(2, ge=2, le=20, description="Number of arms = classes.")
-    turns: float = Field(1.5, gt=0.0, le=10.0, description="Revolutions per arm.")
-    noise: float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
+    n_classes: Int = Field(2, ge=2, le=20, description="Number of arms = classes.")
+    turns: Float = Field(1.5, gt=0.0, le=10.0, description="Revolutions per arm.")
+    noise: Float = Field(0.2, ge=0.0, le=10.0, description="Std of Gaussian noise.")
 
 
 class MakeClassificationSource(GeneratorBase):
     """scikit-learn's make_classification: informative, redundant and noise features."""
 
     synthetic: Literal["make_classification"] = Field(examples=["make_classification"])
-    n_features: int = Field(20, ge=2, le=10_000)
-    n_informative: int = Field(5, ge=1, le=10_000)
-    n_redundant: int = Field(2, ge=0, le=10_000)
-    n_classes: int = Field(2, ge=2, le=1000)
-    class_sep: float = Field(1.0, gt=0.0, le=100.0)
-    flip_y: float = Field(0.01, ge=0.0, le=1.0, description="Fraction of labels flipped.")
+    n_features: Int = Field(20, ge=2, le=10_000)
+    n_informative: Int = Field(5, ge=1, le=10_000)
+    n_redundant: Int = Field(2, ge=0, le=10_000)
+    n_classes: Int = Field(2, ge=2, le=1000)
+    class_sep: Float = Field(1.0, gt=0.0, le=100.0)
+    flip_y: Float = Field(0.01, ge=0.0, le=1.0, description="Fraction of labels flipped.")
 
     @model_validator(mode="after")
     def _features_add_up(self) -> MakeClassificationSource:
@@ -119,9 +138,9 @@ class MakeRegressionSource(GeneratorBase):
     """scikit-learn's make_regression: a random linear model plus Gaussian noise."""
 
     synthetic: Literal["make_regression"] = Field(examples=["make_regression"])
-    n_features: int = Field(10, ge=1, le=10_000)
-    n_informative: int = Field(5, ge=1, le=10_000)
-    noise: float = Field(10.0, ge=0.0, le=1e6, description="Std of the output noise.")
+    n_features: Int = Field(10, ge=1, le=10_000)
+    n_informative: Int = Field(5, ge=1, le=10_000)
+    noise: Float = Field(10.0, ge=0.0, le=1e6, description="Std of the output noise.")
 
 
 class FunctionSource(GeneratorBase):
@@ -129,9 +148,9 @@ class FunctionSource(GeneratorBase):
 
     synthetic: Literal["function"] = Field(examples=["function"])
     fn: Literal["sin", "cos", "abs", "square", "step", "sawtooth"] = Field("sin")
-    x_min: float = Field(-math.pi, ge=-1e4, le=1e4)
-    x_max: float = Field(math.pi, ge=-1e4, le=1e4)
-    noise: float = Field(0.05, ge=0.0, le=100.0, description="Std of the output noise.")
+    x_min: Float = Field(-math.pi, ge=-1e4, le=1e4)
+    x_max: Float = Field(math.pi, ge=-1e4, le=1e4)
+    noise: Float = Field(0.05, ge=0.0, le=100.0, description="Std of the output noise.")
 
     @model_validator(mode="after")
     def _range(self) -> FunctionSource:
@@ -186,10 +205,10 @@ Source = Annotated[
 class Split(Strict):
     """Train/validation/test split. Test rows are never used for any selection."""
 
-    val: float = Field(0.15, ge=0.0, le=0.5, description="Fraction of rows for validation.")
-    test: float = Field(0.15, gt=0.0, le=0.5, description="Fraction of rows held out for test.")
+    val: Float = Field(0.15, ge=0.0, le=0.5, description="Fraction of rows for validation.")
+    test: Float = Field(0.15, gt=0.0, le=0.5, description="Fraction of rows held out for test.")
     stratify: bool = Field(True, description="Keep class proportions in every split.")
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0)
 
 
 class FoldRows(Strict):
@@ -197,10 +216,10 @@ class FoldRows(Strict):
     partition and validate on the fold. The test rows are never part of any fold."""
 
     kind: Literal["fold"] = "fold"
-    k: int = Field(5, ge=2, le=50)
-    index: int = Field(0, ge=0, description="Which fold validates (0 .. k-1).")
-    repeat: int = Field(0, ge=0, le=100, description="Repeated k-fold: reshuffles the folds.")
-    seed: int = Field(0, ge=0)
+    k: Int = Field(5, ge=2, le=50)
+    index: Int = Field(0, ge=0, description="Which fold validates (0 .. k-1).")
+    repeat: Int = Field(0, ge=0, le=100, description="Repeated k-fold: reshuffles the folds.")
+    seed: Int = Field(0, ge=0)
     stratify: bool = Field(True, description="Stratified folds for classification.")
 
     @model_validator(mode="after")
@@ -215,8 +234,8 @@ class BootstrapRows(Strict):
     weighted); validate on the rows never drawn (out-of-bag)."""
 
     kind: Literal["bootstrap"] = "bootstrap"
-    seed: int = Field(0, ge=0)
-    weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+    seed: Int = Field(0, ge=0)
+    weights: list[Annotated[Float, Field(ge=0.0)]] | None = Field(
         None, max_length=100_000,
         description="Draw probabilities, one per development row (sorted by row index).")
 
@@ -243,7 +262,7 @@ class Data(Strict):
         description="Regression: fit the net on standardized targets (train statistics); "
         "rmse/mae/r2 are always reported in the original units.",
     )
-    input_shape: list[int] | None = Field(
+    input_shape: list[Int] | None = Field(
         None,
         min_length=2,
         max_length=3,
@@ -254,7 +273,7 @@ class Data(Strict):
     rows: Rows | None = Field(
         None, description="Resample the development rows (train + val): a k-fold split or a "
         "bootstrap. Experiments use it for their children; test rows are never touched.")
-    target_offset: list[float] | None = Field(
+    target_offset: list[Float] | None = Field(
         None, max_length=100_000,
         description="Regression: subtract these values (one per development row, sorted by "
         "row index, original units) from the targets; gradient boosting fits residuals so.")
@@ -273,20 +292,20 @@ class MLP(Strict):
     """Stacked affine maps each followed by a nonlinearity. hidden=[] is a linear model."""
 
     kind: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [256, 256],
+    hidden: list[Annotated[Int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 256], max_length=MAX_LIST_LAYERS,
         description="Hidden layer widths; [] gives linear/logistic regression.",
         examples=[[256, 256]],
     )
     activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Drop probability after each layer.")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="Drop probability after each layer.")
     norm: Norm = Field(
         "none",
         description="Per hidden layer: batch (BatchNorm1d), layer (LayerNorm), group "
         "(GroupNorm over groups of features), instance (per-sample statistics over the "
         "feature vector, no affine; for a vector this equals an affine-free layer norm).",
     )
-    groups: int = Field(2, ge=1, description="Groups for norm=group; must divide each width.")
+    groups: Int = Field(2, ge=1, description="Groups for norm=group; must divide each width.")
     residual: bool = Field(
         False, description="Skip connections around hidden layers of equal width."
     )
@@ -309,17 +328,18 @@ class CNN(Strict):
     """
 
     kind: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
-        default_factory=lambda: [32, 64], min_length=1, description="Channels per stage."
+    channels: list[Annotated[Int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [32, 64], min_length=1, max_length=MAX_LIST_LAYERS,
+        description="Channels per stage."
     )
-    kernel_size: int = Field(3, ge=1, le=15)
+    kernel_size: Int = Field(3, ge=1, le=15)
     pool: Literal["max", "avg", "none"] = Field("max", description="2x downsampling per stage.")
     activation: Activation = "relu"
     norm: Norm = "batch"
-    groups: int = Field(4, ge=1, description="Groups for norm=group; must divide each stage.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    groups: Int = Field(4, ge=1, description="Groups for norm=group; must divide each stage.")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     residual: bool = False
-    blocks_per_stage: int = Field(1, ge=1, le=8, description="Basic blocks per stage (residual).")
+    blocks_per_stage: Int = Field(1, ge=1, le=8, description="Basic blocks per stage (residual).")
     init: Literal["default", "kaiming", "xavier"] = "default"
 
     @model_validator(mode="after")
@@ -345,9 +365,9 @@ class CrossEntropy(Strict):
     """Softmax cross-entropy, computed through log-softmax (no overflow)."""
 
     kind: Literal["cross_entropy"] = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
-        None, description="One positive weight per class."
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: list[Annotated[Float, Field(gt=0)]] | None = Field(
+        None, max_length=MAX_LIST_CLASSES, description="One positive weight per class."
     )
 
 
@@ -355,14 +375,15 @@ class NLL(Strict):
     """Negative log-likelihood of log-softmax outputs (= cross-entropy without smoothing)."""
 
     kind: Literal["nll"] = "nll"
-    class_weights: list[Annotated[float, Field(gt=0)]] | None = None
+    class_weights: list[Annotated[Float, Field(gt=0)]] | None = Field(
+        None, max_length=MAX_LIST_CLASSES, description="One positive weight per class.")
 
 
 class BCE(Strict):
     """Binary cross-entropy on one logit (sigmoid inside the loss, stable)."""
 
     kind: Literal["bce"] = "bce"
-    pos_weight: float = Field(1.0, gt=0.0, description="Weight of positive examples.")
+    pos_weight: Float = Field(1.0, gt=0.0, description="Weight of positive examples.")
 
 
 class MSE(Strict):
@@ -381,7 +402,7 @@ class Huber(Strict):
     """Squared error for small residuals, absolute error for large ones (regression)."""
 
     kind: Literal["huber"] = "huber"
-    delta: float = Field(1.0, gt=0.0, description="Quadratic below delta, linear above.")
+    delta: Float = Field(1.0, gt=0.0, description="Quadratic below delta, linear above.")
 
 
 Loss = Annotated[
@@ -397,9 +418,9 @@ CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "nll", "bce"})
 
 # ---------------------------------------------------------------------- optimizer
 
-LR = Annotated[float, Field(gt=0.0, le=1e4, description="Learning rate (step size).")]
-WeightDecay = Annotated[float, Field(ge=0.0, le=10.0)]
-Eps = Annotated[float, Field(gt=0.0, le=1.0, description="Added to denominators (stability).")]
+LR = Annotated[Float, Field(gt=0.0, le=1e4, description="Learning rate (step size).")]
+WeightDecay = Annotated[Float, Field(ge=0.0, le=10.0)]
+Eps = Annotated[Float, Field(gt=0.0, le=1.0, description="Added to denominators (stability).")]
 
 
 class OptimizerBase(Strict):
@@ -415,8 +436,8 @@ class SGD(OptimizerBase):
 
     kind: Literal["sgd"] = "sgd"
     lr: LR = 0.01
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    dampening: float = Field(0.0, ge=0.0, le=1.0)
+    momentum: Float = Field(0.0, ge=0.0, lt=1.0)
+    dampening: Float = Field(0.0, ge=0.0, le=1.0)
     nesterov: bool = False
     weight_decay: WeightDecay = 0.0
 
@@ -432,9 +453,9 @@ class Adagrad(OptimizerBase):
 
     kind: Literal["adagrad"] = "adagrad"
     lr: LR = 0.01
-    lr_decay: float = Field(0.0, ge=0.0, le=1.0)
+    lr_decay: Float = Field(0.0, ge=0.0, le=1.0)
     weight_decay: WeightDecay = 0.0
-    initial_accumulator_value: float = Field(0.0, ge=0.0)
+    initial_accumulator_value: Float = Field(0.0, ge=0.0)
     eps: Eps = 1e-10
 
 
@@ -443,7 +464,7 @@ class Adadelta(OptimizerBase):
 
     kind: Literal["adadelta"] = "adadelta"
     lr: LR = 1.0
-    rho: float = Field(0.9, ge=0.0, le=1.0)
+    rho: Float = Field(0.9, ge=0.0, le=1.0)
     eps: Eps = 1e-6
     weight_decay: WeightDecay = 0.0
 
@@ -453,10 +474,10 @@ class RMSprop(OptimizerBase):
 
     kind: Literal["rmsprop"] = "rmsprop"
     lr: LR = 0.01
-    alpha: float = Field(0.99, ge=0.0, lt=1.0, description="Smoothing constant of the EMA.")
+    alpha: Float = Field(0.99, ge=0.0, lt=1.0, description="Smoothing constant of the EMA.")
     eps: Eps = 1e-8
     weight_decay: WeightDecay = 0.0
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    momentum: Float = Field(0.0, ge=0.0, lt=1.0)
     centered: bool = False
 
 
@@ -466,7 +487,7 @@ class Adam(OptimizerBase):
     kind: Literal["adam"] = "adam"
     lr: LR = 1e-3
     betas: tuple[
-        Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]
+        Annotated[Float, Field(ge=0.0, lt=1.0)], Annotated[Float, Field(ge=0.0, lt=1.0)]
     ] = (0.9, 0.999)
     eps: Eps = 1e-8
     weight_decay: WeightDecay = 0.0
@@ -494,7 +515,7 @@ Optimizer = Annotated[
 
 
 class ScheduleBase(Strict):
-    warmup_epochs: float = Field(
+    warmup_epochs: Float = Field(
         0.0, ge=0.0, le=1000.0, description="Linear warm-up from 0 to the base lr (per step)."
     )
 
@@ -509,40 +530,41 @@ class Step(ScheduleBase):
     """lr x gamma every step_size epochs."""
 
     kind: Literal["step"] = "step"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    step_size: Int = Field(10, ge=1)
+    gamma: Float = Field(0.1, gt=0.0, le=1.0)
 
 
 class MultiStep(ScheduleBase):
     """lr x gamma at each milestone epoch."""
 
     kind: Literal["multistep"] = "multistep"
-    milestones: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20])
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    milestones: list[Annotated[Int, Field(ge=1)]] = Field(
+        default_factory=lambda: [10, 20], max_length=MAX_LIST_MILESTONES)
+    gamma: Float = Field(0.1, gt=0.0, le=1.0)
 
 
 class Exponential(ScheduleBase):
     """lr x gamma every epoch."""
 
     kind: Literal["exponential"] = "exponential"
-    gamma: float = Field(0.95, gt=0.0, le=1.0)
+    gamma: Float = Field(0.95, gt=0.0, le=1.0)
 
 
 class Cosine(ScheduleBase):
     """Cosine annealing from the base lr to min_lr over the run (per step)."""
 
     kind: Literal["cosine"] = "cosine"
-    min_lr: float = Field(0.0, ge=0.0)
+    min_lr: Float = Field(0.0, ge=0.0)
 
 
 class OneCycle(ScheduleBase):
     """Up from max_lr/div_factor to max_lr, then cosine down to max_lr/final_div_factor."""
 
     kind: Literal["one_cycle"] = "one_cycle"
-    max_lr: float | None = Field(None, gt=0.0, description="Defaults to the optimizer's lr.")
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
-    div_factor: float = Field(25.0, ge=1.0)
-    final_div_factor: float = Field(1e4, ge=1.0)
+    max_lr: Float | None = Field(None, gt=0.0, description="Defaults to the optimizer's lr.")
+    pct_start: Float = Field(0.3, gt=0.0, lt=1.0)
+    div_factor: Float = Field(25.0, ge=1.0)
+    final_div_factor: Float = Field(1e4, ge=1.0)
 
 
 class ReduceOnPlateau(ScheduleBase):
@@ -551,10 +573,10 @@ class ReduceOnPlateau(ScheduleBase):
     kind: Literal["reduce_on_plateau"] = "reduce_on_plateau"
     monitor: str = Field("val_loss", examples=["val_loss", "val_accuracy"])
     mode: Literal["auto", "min", "max"] = "auto"
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(3, ge=0)
-    threshold: float = Field(1e-4, ge=0.0)
-    min_lr: float = Field(0.0, ge=0.0)
+    factor: Float = Field(0.1, gt=0.0, lt=1.0)
+    patience: Int = Field(3, ge=0)
+    threshold: Float = Field(1e-4, ge=0.0)
+    min_lr: Float = Field(0.0, ge=0.0)
 
 
 Schedule = Annotated[
@@ -578,8 +600,8 @@ class EarlyStopping(Strict):
     mode: Literal["auto", "min", "max"] = Field(
         "auto", description="auto: max for accuracy/f1/r2, min otherwise."
     )
-    patience: int = Field(5, ge=0, le=10_000)
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: Int = Field(5, ge=0, le=10_000)
+    min_delta: Float = Field(0.0, ge=0.0)
     restore_best: bool = Field(True, description="End with the weights of the best epoch.")
 
 
@@ -587,13 +609,13 @@ class Mix(Strict):
     """Train on blends of two examples and their labels (mixup: whole inputs; cutmix: a
     patch of one pasted into the other)."""
 
-    alpha: float = Field(0.2, gt=0.0, le=100.0, description="Beta(alpha, alpha) mixing ratio.")
+    alpha: Float = Field(0.2, gt=0.0, le=100.0, description="Beta(alpha, alpha) mixing ratio.")
 
 
 class Augment(Strict):
     """Image/sequence augmentation (needs data.input_shape or image data)."""
 
-    shift: int = Field(0, ge=0, le=64, description="Random shift up to this many positions "
+    shift: Int = Field(0, ge=0, le=64, description="Random shift up to this many positions "
                        "per axis (zero-padded crop).")
     flip: bool = Field(False, description="Random flip of the last axis with probability 0.5.")
 
@@ -602,10 +624,10 @@ class Regularization(Strict):
     """Everything that trades training fit for generalization."""
 
     early_stopping: EarlyStopping | None = None
-    l1: float = Field(0.0, ge=0.0, le=10.0, description="Adds l1 * sum|w| to the loss.")
-    l2: float = Field(0.0, ge=0.0, le=10.0, description="Adds l2 * sum w^2 to the loss.")
-    input_noise: float = Field(0.0, ge=0.0, le=10.0, description="Std of Gaussian input noise.")
-    weight_noise: float = Field(
+    l1: Float = Field(0.0, ge=0.0, le=10.0, description="Adds l1 * sum|w| to the loss.")
+    l2: Float = Field(0.0, ge=0.0, le=10.0, description="Adds l2 * sum w^2 to the loss.")
+    input_noise: Float = Field(0.0, ge=0.0, le=10.0, description="Std of Gaussian input noise.")
+    weight_noise: Float = Field(
         0.0, ge=0.0, le=1.0, description="Std of Gaussian noise on weights during each step."
     )
     mixup: Mix | None = None
@@ -627,27 +649,27 @@ class Sharpness(Strict):
     epsilon-sharpness (Keskar et al., 2017: the largest relative loss increase in the box
     |delta_i| <= epsilon (|w_i| + 1), by projected gradient ascent)."""
 
-    epsilon: float = Field(1e-3, gt=0.0, le=1.0)
-    power_iterations: int = Field(20, ge=1, le=200)
-    ascent_steps: int = Field(10, ge=1, le=200)
-    max_rows: int = Field(2048, ge=1, le=100_000, description="Training rows used.")
+    epsilon: Float = Field(1e-3, gt=0.0, le=1.0)
+    power_iterations: Int = Field(20, ge=1, le=200)
+    ascent_steps: Int = Field(10, ge=1, le=200)
+    max_rows: Int = Field(2048, ge=1, le=100_000, description="Training rows used.")
 
 
 class Training(Strict):
     """How long, in what batches, with which seed and on which device."""
 
-    epochs: int = Field(30, ge=1, description="Passes over the training rows.")
-    batch_size: Annotated[int, Field(ge=1)] | Literal["full"] = Field(
+    epochs: Int = Field(30, ge=1, description="Passes over the training rows.")
+    batch_size: Annotated[Int, Field(ge=1)] | Literal["full"] = Field(
         64,
         description='1: stochastic GD, k: mini-batch GD, "full": batch GD (every row, '
         "one step per epoch).",
         examples=[64, 1, "full"],
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast forward.")
-    grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the global grad norm.")
-    checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    grad_clip_norm: Float | None = Field(None, gt=0.0, description="Clip the global grad norm.")
+    checkpoint_every: Int = Field(1, ge=1, description="Epochs between checkpoints.")
     record_predictions: bool = Field(
         False, description="Put the final model's predictions on the development and test "
         "rows in the summary (class probabilities, or values in original units).")
