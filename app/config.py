@@ -29,7 +29,13 @@ class Limits(BaseSettings):
     max_dataset_bytes: int = 64 * 1024 * 1024
     max_dataset_rows: int = 1_000_000
     max_dataset_columns: int = 10_000
-    max_request_bytes: int = 80 * 1024 * 1024
+    max_request_bytes: int = 80 * 1024 * 1024  # ceiling over every body, uploads included
+    # JSON bodies (jobs, experiments): the largest legitimate spec holds two 100,000-float
+    # lists (bootstrap weights, target_offset), about 5 MB; the cap sits just above that.
+    max_json_bytes: int = 8 * 1024 * 1024
+    # An upload's values once decoded (rows x features x 8, the float64 copy parsing builds),
+    # checked from NPZ headers and CSV counts before anything is decoded: bounds a zip bomb.
+    max_dataset_decoded_bytes: int = 256 * 1024 * 1024
     max_form_files: int = 1  # multipart file parts per upload
     max_form_fields: int = 16  # multipart non-file fields per upload
     max_form_field_bytes: int = 64 * 1024
@@ -61,7 +67,7 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = 5.0  # a worker's beat in the `workers` registry
     worker_lost_seconds: float = 30.0  # no beat for this long: the worker counts as gone
     # a queued job fails `no_worker` once its queue has had no live worker this long; 0: never
-    no_worker_after_seconds: float = 600.0
+    no_worker_after_seconds: float = 900.0  # above a GPU node's cold start (autoscaling)
     limits: Limits = Field(default_factory=Limits)
 
     @property
