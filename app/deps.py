@@ -30,6 +30,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def current_tenant(request: Request, session: SessionDep,
                    _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The key's tenant. ``app.main.Gate`` has checked it before the body was read; the
+    dependency stays so OpenAPI shows the security scheme (and an app without Gate is safe)."""
+    checked = request.scope.get("trainyard.tenant")
+    if isinstance(checked, str):
+        return checked
     tenant = keys.authenticate(session, request.headers.get("authorization"))
     session.rollback()  # end the read transaction; handlers start their own
     return tenant

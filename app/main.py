@@ -1,4 +1,5 @@
-"""The app factory: routers, one error shape, request-size cap, 503 when SQL is down."""
+"""The app factory: routers, one error shape, auth and size caps before any body byte is
+read, 503 when SQL is down."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import get_settings
+from app.config import Limits, get_settings
+from app.db import get_sessionmaker
 from app.errors import ApiError
 from app.routes import catalog, datasets, experiments, health, jobs
 from app.schemas import V1_ERRORS
+from app.services import keys
 from app.validation import SpecRejected
 
 log = logging.getLogger("trainyard.api")
@@ -65,47 +69,100 @@ def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
     return [{"loc": _field_path(err), "message": err["msg"]} for err in exc.errors()]
 
 
-class BodyLimit:
-    """413 for bodies over the cap, with or without Content-Length (chunked)."""
+UPLOAD_ROUTES = {("POST", "/v1/datasets")}  # multipart: the dataset cap, not the JSON one
+TENANT_SCOPE_KEY = "trainyard.tenant"  # set by Gate, read by deps.current_tenant
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive``: FastAPI re-raises HTTPExceptions met while reading a body
+    (any other error there becomes a 400), so a chunked body over the cap gets 413 too."""
+
+    def __init__(self, limit: str, max_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds the limit {limit} {max_bytes:,}")
+
+
+def body_cap(scope: Scope, limits: Limits) -> tuple[str, int]:
+    """The cap that applies to this request, and its setting's name."""
+    if (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES:
+        # the file, the form fields and their multipart headers
+        form = limits.max_form_fields * limits.max_form_field_bytes + 64 * 1024
+        cap = ("max_dataset_bytes", limits.max_dataset_bytes + form)
+    else:
+        cap = ("max_json_bytes", limits.max_json_bytes)
+    return cap if cap[1] <= limits.max_request_bytes else ("max_request_bytes",
+                                                             limits.max_request_bytes)
+
+
+def authenticate(scope: Scope) -> JSONResponse | None:
+    """Check the bearer key (runs in a worker thread: it queries SQL). None when valid."""
+    headers = dict(scope["headers"])
+    raw = headers.get(b"authorization")
+    session = get_sessionmaker()()
+    try:
+        scope[TENANT_SCOPE_KEY] = keys.authenticate(session, raw.decode("latin-1") if raw
+                                                    else None)
+        return None
+    except ApiError as exc:
+        return JSONResponse(error_body(exc.code, exc.message), exc.status)
+    except DBAPIError as exc:
+        return _db_down(exc)
+    finally:
+        session.close()
+
+
+class Gate:
+    """Before the app reads a single body byte: the API key on every /v1 route (so an
+    unauthenticated body is never parsed), then the body cap for the route, with or
+    without Content-Length (chunked): 413 either way."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app, self.limits = app, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        if path == "/v1" or path.startswith("/v1/"):
+            refusal = await run_in_threadpool(authenticate, scope)
+            if refusal is not None:
+                await refusal(scope, _empty_receive, send)
+                return
+        limit, max_bytes = body_cap(scope, self.limits)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _refuse(send, BodyTooLarge(limit, max_bytes))
             return
-        seen = 0
-
-        async def counting() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(error_body("too_large", f"request body exceeds the limit "
-                                           f"max_request_bytes {self.max_bytes:,}"), 413)
-        await response({"type": "http"}, _empty_receive, send)
+        await self.app(scope, _counting(receive, limit, max_bytes), send)
 
 
-class _TooLarge(Exception):
-    pass
+def _counting(receive: Receive, limit: str, max_bytes: int) -> Receive:
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > max_bytes:
+            raise BodyTooLarge(limit, max_bytes)
+        return message
+
+    return counting
+
+
+async def _refuse(send: Send, exc: BodyTooLarge) -> None:
+    response = JSONResponse(error_body("too_large", str(exc.detail)), 413)
+    await response({"type": "http"}, _empty_receive, send)
 
 
 async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+def _db_down(exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(error_body("unavailable", "the database is unavailable; retry "
+                                   "shortly"), 503, headers={"Retry-After": "5"})
 
 
 def allowed_methods(request: Request, fallback: str) -> str:
@@ -138,7 +195,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(exc.status_code, "http_error")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
@@ -153,9 +211,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def db_down(_r: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", exc)
-        return JSONResponse(error_body("unavailable", "the database is unavailable; retry "
-                                       "shortly"), 503, headers={"Retry-After": "5"})
+        return _db_down(exc)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # A bug still answers in the one error shape; the traceback goes to the log.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal error; it has been "
+                                       "logged"), 500)
 
 
 def create_app() -> FastAPI:
@@ -173,5 +236,5 @@ def create_app() -> FastAPI:
         app.include_router(module.router, responses=V1_ERRORS)
     app.include_router(health.router)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(Gate, limits=settings.limits)
     return app
