@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
+from app.models import Job
 from app.queue import enqueue_job
 from app.services.datasets import load_arrays
 from app.spec import JobSpec
@@ -24,15 +25,18 @@ from app.training.blobs import CorruptBlob, read_metadata, verify
 from app.training.data import DataError
 from app.training.loop import Outcome, TrainingDiverged
 from app.training.runner import run_spec
+from worker import registry
+from worker.lease import LeaseKeeper
 from worker.pruning import trial_pruner
-from worker.retry import with_retry
+from worker.retry import DatabaseUnavailable, is_transient, with_retry
 from worker.sinks import SqlSink
 
 log = logging.getLogger("trainyard.worker")
 
 
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<opaque worker id>:<pid>``, the lease owner tenants see: no host name."""
+    return f"{registry.worker_id()}:{os.getpid()}"
 
 
 def newest_good_checkpoint(sessions: sessionmaker[Session], job_id: str) -> bytes | None:
@@ -60,78 +64,151 @@ def dataset_loader(sessions: sessionmaker[Session]) -> Any:
     return load
 
 
+# Outcomes after which this job's experiment has nothing new to look at.
+NOT_ENDED = ("not-claimed", "lease-lost", "preempted", "database-unavailable")
+
+
 def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
     """Run the job if this call wins its lease; returns what happened (for logs and tests).
 
+    Never raises for a lost lease or a database outage: those are not the job's fault.
     When an experiment's child ends, its experiment is asked to advance."""
     outcome = _execute(job_id, sessions, settings)
-    if outcome not in ("not-claimed", "lease-lost", "preempted"):
+    if outcome not in NOT_ENDED:
         from worker.orchestrate import request_advance
 
-        request_advance(sessions, job_id)
+        try:
+            request_advance(sessions, job_id)
+        except Exception as exc:  # the reaper advances stalled experiments
+            log.warning("job %s: could not ask its experiment to advance (%s)", job_id,
+                        type(exc).__name__)
     return outcome
 
 
 def _execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
     owner = worker_identity()
-    job = with_retry(sessions, lambda s: repo.claim(s, job_id, owner, utcnow(),
-                                                    settings.lease_seconds))
-    if job is None:
-        with_retry(sessions, lambda s: repo.cancelled_while_queued(s, job_id, utcnow()))
-        return "not-claimed"
-    attempt = job.attempt
-    log.info("job %s: attempt %d on %s", job_id, attempt, owner)
-    sink = SqlSink(sessions, settings, job_id=job_id, attempt=attempt,
-                   pruner=trial_pruner(sessions, job))
+    window = settings.db_retry_seconds
     try:
-        outcome = run_spec(JobSpec.model_validate(job.spec), sink,
-                           resume=newest_good_checkpoint(sessions, job_id),
-                           uploaded=dataset_loader(sessions), task=job.task)  # type: ignore[arg-type]
+        job = with_retry(sessions, lambda s: repo.claim(s, job_id, owner, utcnow(),
+                                                        settings.lease_seconds),
+                         give_up_after=window)
+        if job is None:
+            with_retry(sessions, lambda s: repo.cancelled_while_queued(s, job_id, utcnow()),
+                       give_up_after=window)
+            return "not-claimed"
+    except DatabaseUnavailable:  # nothing claimed: the reaper re-enqueues it later
+        return "database-unavailable"
+    log.info("job %s: attempt %d on %s", job_id, job.attempt, owner)
+    queue = job.queue
+    keeper = LeaseKeeper(sessions, settings, job_id=job_id, attempt=job.attempt,
+                         on_release=lambda: _requeue(job_id, queue))
+    try:
+        with keeper:
+            return _train_and_record(job, sessions, settings, keeper, owner)
     except repo.LeaseLost:
-        log.warning("job %s: lease lost (attempt %d); stopping this copy", job_id, attempt)
+        if keeper.released:
+            return "preempted"
+        log.warning("job %s: lease lost (attempt %d); stopping this copy", job_id, job.attempt)
         return "lease-lost"
+    except DatabaseUnavailable:
+        return _hand_back_after_outage(sessions, settings, job_id, job.attempt, queue)
+
+
+def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Settings,
+                      keeper: LeaseKeeper, owner: str) -> str:
+    """LeaseLost and DatabaseUnavailable propagate; every other ending is written."""
+    try:
+        sink = SqlSink(keeper, settings, pruner=trial_pruner(sessions, job))
+        outcome = run_spec(JobSpec.model_validate(job.spec), sink,
+                           resume=newest_good_checkpoint(sessions, job.id),
+                           uploaded=dataset_loader(sessions), task=job.task)  # type: ignore[arg-type]
+    except (repo.LeaseLost, DatabaseUnavailable):
+        raise
     except TrainingDiverged as exc:
-        return _fail(sessions, job_id, attempt, "diverged", str(exc))
+        return _fail(keeper, "diverged", str(exc))
     except (DataError, ValueError) as exc:
-        return _fail(sessions, job_id, attempt, "data", str(exc))
+        return _fail(keeper, "data", str(exc))
     except Exception as exc:
-        log.exception("job %s failed", job_id)
-        return _fail(sessions, job_id, attempt, "error", f"{type(exc).__name__}: {exc}")
-    return _record(sessions, settings, job_id, attempt, sink, outcome, owner)
+        if is_transient(exc):  # a read outside with_retry (checkpoint, dataset)
+            raise DatabaseUnavailable("the database is unreachable") from exc
+        log.exception("job %s failed", job.id)
+        return _fail(keeper, "error", public_message(exc))
+    return _record(keeper, settings, sink, outcome, owner)
 
 
-def _fail(sessions: sessionmaker[Session], job_id: str, attempt: int, reason: str,
-          message: str) -> str:
-    with_retry(sessions, lambda s: repo.finish(s, job_id=job_id, attempt=attempt, status="failed",
-                                                now=utcnow(), reason=reason, message=message))
-    log.info("job %s: failed (%s) %s", job_id, reason, message)
+def public_message(exc: BaseException) -> str:
+    """What a user may see: never a driver's text (host, address, SQL); the log has it."""
+    if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3"):
+        return f"{type(exc).__name__}: a database error on the worker (details in its log)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(keeper: LeaseKeeper, reason: str, message: str) -> str:
+    keeper.write(lambda s: repo.finish(s, job_id=keeper.job_id, attempt=keeper.attempt,
+                                       status="failed", now=utcnow(), reason=reason,
+                                       message=message))
+    log.info("job %s: failed (%s) %s", keeper.job_id, reason, message)
     return f"failed:{reason}"
 
 
-def _record(sessions: sessionmaker[Session], settings: Settings, job_id: str, attempt: int,
-            sink: SqlSink, outcome: Outcome, owner: str) -> str:
+def _record(keeper: LeaseKeeper, settings: Settings, sink: SqlSink, outcome: Outcome,
+            owner: str) -> str:
+    job_id, attempt = keeper.job_id, keeper.attempt
     if outcome.status == "completed":
         summary = outcome.summary | {"worker": owner, "attempt": attempt}
-        with_retry(sessions, lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
-                                                    status="succeeded", now=utcnow(),
-                                                    summary=summary))
+        keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
+                                           status="succeeded", now=utcnow(), summary=summary))
         log.info("job %s: succeeded", job_id)
         return "succeeded"
     if outcome.reason == "cancelled":
-        with_retry(sessions, lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
-                                                    status="cancelled", now=utcnow()))
+        keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
+                                           status="cancelled", now=utcnow()))
         return "cancelled"
     _save_stop_checkpoint(sink, outcome)
     if outcome.reason == "timeout":
         limit = settings.job_time_limit_seconds
-        return _fail(sessions, job_id, attempt, "timeout", f"the job ran past its wall-time limit "
+        return _fail(keeper, "timeout", f"the job ran past its wall-time limit "
                      f"of {limit:g}s; its checkpoint was saved")
-    with_retry(sessions, lambda s: repo.release(s, job_id=job_id, attempt=attempt, now=utcnow()))
-    job_queue = with_retry(sessions, lambda s: repo.get_job_any_tenant(s, job_id))
-    if job_queue is not None:
-        enqueue_job(job_id, job_queue.queue)
+    keeper.write(lambda s: repo.release(s, job_id=job_id, attempt=attempt, now=utcnow()))
+    keeper.on_release()
     log.info("job %s: preempted; checkpoint saved and handed back", job_id)
     return "preempted"
+
+
+def _requeue(job_id: str, queue: str) -> None:
+    try:
+        enqueue_job(job_id, queue)
+    except Exception as exc:  # the broker is down: the reaper re-enqueues queued jobs
+        log.warning("job %s: handed back but not re-enqueued (%s)", job_id, type(exc).__name__)
+
+
+def _hand_back_after_outage(sessions: sessionmaker[Session], settings: Settings, job_id: str,
+                            attempt: int, queue: str) -> str:
+    """SQL was unreachable past the retry window: this copy stops, and the job is handed
+    back (attempt returned) as soon as SQL answers again.
+
+    Until then the job stays ``running`` under an expired lease. The reaper leaves such
+    jobs alone for a lease period after an outage it saw itself, so this release, tried
+    every heartbeat, wins over a re-claim that would use up an attempt. It ends when SQL
+    answers or the process exits (a stopping worker is killed after worker_stop_seconds)."""
+    log.warning("job %s: the database stayed unreachable; stopping this copy and handing "
+                "the job back when it returns", job_id)
+    while True:
+        try:
+            with sessions() as session:
+                repo.release(session, job_id=job_id, attempt=attempt, now=utcnow())
+                session.commit()
+        except repo.LeaseLost:
+            return "lease-lost"  # the reaper got there first, or the job was ended
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("job %s: hand-back after the outage failed", job_id)
+                return "database-unavailable"
+            time.sleep(settings.heartbeat_seconds)
+            continue
+        _requeue(job_id, queue)
+        log.info("job %s: the database is back; handed back", job_id)
+        return "preempted"
 
 
 def _save_stop_checkpoint(sink: SqlSink, outcome: Outcome) -> None:
