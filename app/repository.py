@@ -290,8 +290,10 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | 
     return session.scalars(stmt).first()
 
 
-def dataset_blob(session: Session, dataset_id: str) -> bytes | None:
-    return session.scalar(select(Dataset.blob).where(Dataset.id == dataset_id))
+def dataset_with_blob(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
+    """The row with its blob, for the worker; scoped to the job's tenant like every read."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+    return session.scalars(stmt).first()
 
 
 def dataset_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Dataset | None:
@@ -346,6 +348,17 @@ def list_experiments(session: Session, tenant_id: str, *, status: str | None, ki
 def children(session: Session, experiment_id: str) -> Sequence[Job]:
     stmt = select(Job).where(Job.experiment_id == experiment_id).order_by(Job.created_at, Job.id)
     return session.scalars(stmt).all()
+
+
+def children_page(session: Session, experiment_id: str, *, after: tuple[datetime, str] | None,
+                  limit: int) -> Sequence[Job]:
+    """Oldest first (the design's order); ``after`` is the previous page's last row."""
+    stmt = select(Job).where(Job.experiment_id == experiment_id)
+    if after is not None:
+        created, row_id = after
+        stmt = stmt.where(or_(Job.created_at > created,
+                              and_(Job.created_at == created, Job.id > row_id)))
+    return session.scalars(stmt.order_by(Job.created_at, Job.id).limit(limit)).all()
 
 
 def child_counts(session: Session, experiment_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -36,6 +36,10 @@ Float = StrictFloat
 MAX_LIST_LAYERS = 256
 MAX_LIST_MILESTONES = 10_000
 MAX_LIST_CLASSES = 10_000
+# One value per development row (boosting's offsets and weights): the default row limits
+# (max_dataset_rows, max_rows_synthetic), so every boosting experiment they accept can run
+# all its rounds; above it a boosting experiment is refused at submission.
+MAX_DEV_ROWS = 1_000_000
 
 
 def _kind_or(default: str) -> Discriminator:
@@ -236,7 +240,7 @@ class BootstrapRows(Strict):
     kind: Literal["bootstrap"] = "bootstrap"
     seed: Int = Field(0, ge=0)
     weights: list[Annotated[Float, Field(ge=0.0)]] | None = Field(
-        None, max_length=100_000,
+        None, max_length=MAX_DEV_ROWS,
         description="Draw probabilities, one per development row (sorted by row index).")
 
 
@@ -274,7 +278,7 @@ class Data(Strict):
         None, description="Resample the development rows (train + val): a k-fold split or a "
         "bootstrap. Experiments use it for their children; test rows are never touched.")
     target_offset: list[Float] | None = Field(
-        None, max_length=100_000,
+        None, max_length=MAX_DEV_ROWS,
         description="Regression: subtract these values (one per development row, sorted by "
         "row index, original units) from the targets; gradient boosting fits residuals so.")
 

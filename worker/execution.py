@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -22,7 +20,7 @@ from app.queue import enqueue_job
 from app.services.datasets import load_arrays
 from app.spec import JobSpec
 from app.training.blobs import CorruptBlob, read_metadata, verify
-from app.training.data import DataError
+from app.training.data import ArrayLoader, DataError, Uploaded
 from app.training.loop import Outcome, TrainingDiverged
 from app.training.runner import run_spec
 from worker import registry
@@ -53,13 +51,17 @@ def newest_good_checkpoint(sessions: sessionmaker[Session], job_id: str) -> byte
     return None
 
 
-def dataset_loader(sessions: sessionmaker[Session]) -> Any:
-    def load(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+def dataset_loader(sessions: sessionmaker[Session], tenant_id: str) -> ArrayLoader:
+    """Reads uploads of ``tenant_id`` only (the job's or experiment's owner), with the row
+    shape stored at upload."""
+    def load(dataset_id: str) -> Uploaded:
         with sessions() as session:
-            blob = repo.dataset_blob(session, dataset_id)
-        if blob is None:
+            row = repo.dataset_with_blob(session, tenant_id, dataset_id)
+        if row is None:
             raise DataError(f"dataset {dataset_id} no longer exists")
-        return load_arrays(blob)
+        x, y = load_arrays(row.blob)
+        shape = (row.info or {}).get("input_shape")
+        return Uploaded(x, y, tuple(shape) if shape else None)
 
     return load
 
@@ -121,7 +123,7 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
         sink = SqlSink(keeper, settings, pruner=trial_pruner(sessions, job))
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job.id),
-                           uploaded=dataset_loader(sessions), task=job.task)  # type: ignore[arg-type]
+                           uploaded=dataset_loader(sessions, job.tenant_id), task=job.task)  # type: ignore[arg-type]
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
     except TrainingDiverged as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -22,8 +23,9 @@ from app.services import jobs as job_service
 from app.training.experiments.aggregate import Step, advance
 from app.training.experiments.plan import Child
 from app.training.experiments.targets import load_targets
+from app.validation import SpecRejected
 from worker.execution import dataset_loader
-from worker.retry import with_retry
+from worker.retry import DatabaseUnavailable, with_retry
 
 log = logging.getLogger("trainyard.experiments")
 
@@ -56,13 +58,25 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
     task = repo_job_task(sessions, kids)
     try:
         step = advance(request, kids, lambda spec: load_targets(
-            spec, dataset_loader(sessions), task))  # type: ignore[arg-type]
+            spec, dataset_loader(sessions, tenant), task))  # type: ignore[arg-type]
     except Exception as exc:  # a result that cannot be computed must not stall forever
         log.exception("experiment %s: aggregation failed", experiment_id)
         return _fail(sessions, experiment_id, stage, f"{type(exc).__name__}: {exc}")
-    if step.children:
+    if not step.children:
+        return _finish(sessions, experiment_id, stage, step, kids)
+    try:
         return _start_stage(sessions, settings, experiment_id, tenant, stage, step)
-    return _finish(sessions, experiment_id, stage, step, kids)
+    except (DBAPIError, DatabaseUnavailable):
+        raise  # the database, not the design: the reaper advances it again later
+    except Exception as exc:  # a stage that cannot start would be re-advanced forever
+        log.exception("experiment %s: stage %d could not start", experiment_id, stage + 1)
+        return _fail(sessions, experiment_id, stage, f"stage {stage + 1} could not start: "
+                     f"{describe(exc)}")
+
+
+def describe(exc: Exception) -> str:
+    """A refused child's message already names its fields; anything else gets its type."""
+    return str(exc) if isinstance(exc, SpecRejected) else f"{type(exc).__name__}: {exc}"
 
 
 def repo_job_task(sessions: sessionmaker[Session], kids: list[Child]) -> str | None:

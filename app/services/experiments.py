@@ -3,6 +3,7 @@ get, list, children, cancel. The aggregation runs on workers (``worker/orchestra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -15,9 +16,18 @@ from app.clock import new_id, utcnow
 from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Experiment, Job
+from app.services import dataset_refs
 from app.services import jobs as job_service
 from app.spec import Task
-from app.training.experiments.plan import ChildPlan, first_stage
+from app.training.experiments.plan import (
+    ChildPlan,
+    boosting_round,
+    child_count,
+    final_retrain,
+    first_stage,
+    grid_size,
+)
+from app.training.shapes import DataInfo
 from app.validation import Problem, SpecRejected, epoch_metric_names
 
 EXPERIMENT = TypeAdapter(e.Experiment)
@@ -27,17 +37,61 @@ def parse(raw: dict[str, Any]) -> Any:
     return EXPERIMENT.validate_python(raw)
 
 
+def check_child_count(exp: Any, settings: Settings) -> None:
+    """Refuse too many children from their count alone: a grid's size is a product of list
+    lengths, so nothing is built for a design that could never run."""
+    cap = settings.limits.max_experiment_children
+    count = child_count(exp)
+    if count <= cap:
+        return
+    loc: tuple[str, ...] = ("kind",)
+    what = f"{count:,} child jobs"
+    if isinstance(exp, e.Sweep) and exp.method == "grid":
+        loc = ("parameters",)
+        lengths = " x ".join(str(len(v)) for v in exp.parameters.values()
+                             if isinstance(v, list))
+        what += f" (a grid of {lengths} = {grid_size(exp.parameters):,} combinations"
+        what += f", x {exp.objective.cv_folds} folds)" if exp.objective.cv_folds else ")"
+    raise SpecRejected([Problem(loc, f"{what} exceed the limit max_experiment_children {cap}; "
+                                     "lower the values or set trials")])
+
+
 def plan_children(exp: Any, settings: Settings) -> list[ChildPlan]:
     """The first stage, refused with 422 if a child would not be a valid job."""
+    check_child_count(exp, settings)
     try:
-        plans = first_stage(exp)
+        return first_stage(exp)
     except (ValidationError, ValueError) as exc:
         raise SpecRejected([Problem(("base",), f"a child spec would be invalid: {exc}")]) from exc
-    cap = settings.limits.max_experiment_children
-    if len(plans) > cap:
-        raise SpecRejected([Problem(("kind",), f"{len(plans)} child jobs exceed the limit "
-                                    f"max_experiment_children {cap}")])
-    return plans
+
+
+def later_stages(exp: Any, first: list[ChildPlan], info: DataInfo) -> list[ChildPlan]:
+    """Children a later stage may start, as far as submission can know them: the final
+    retrain of any trial (for as many epochs as the trial has), and a boosting round after
+    the first (its weights or offsets: one per development row)."""
+    if isinstance(exp, e.Sweep) and exp.retrain_best:
+        trials = {p.role["trial"]: p for p in first}
+        return [final_retrain(exp, {"params": p.role["params"],
+                                    "best_epochs": [p.spec.training.epochs]})
+                for p in trials.values()]
+    if isinstance(exp, e.Boosting) and exp.rounds > 1:
+        split = exp.base.data.split
+        dev = info.n_rows - math.ceil(info.n_rows * split.test)
+        if info.task == "classification":
+            return [boosting_round(exp, 1, [1.0 / dev] * dev, None)]
+        return [boosting_round(exp, 1, None, [0.0] * dev)]
+    return []
+
+
+def check_later_stages(session: Session, tenant_id: str, exp: Any, first: list[ChildPlan],
+                       info: DataInfo, settings: Settings) -> None:
+    """A stage that would be refused later would end the experiment failed half-way."""
+    try:
+        plans = later_stages(exp, first, info)
+    except (ValidationError, ValueError) as exc:
+        raise SpecRejected([Problem(("base",), f"a later stage's child spec would be invalid: "
+                                    f"{exc}")]) from exc
+    child_jobs(session, tenant_id, "", plans, settings)
 
 
 def child_jobs(session: Session, tenant_id: str, experiment_id: str, plans: list[ChildPlan],
@@ -78,6 +132,7 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
             repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key),
             idempotency_key, digest)):
         return existing, False
+    dataset_refs.resolve_experiment(session, tenant_id, exp)  # before anything reads data
     plans = plan_children(exp, settings)
     active = repo.count_active_jobs(session, tenant_id)
     if active + len(plans) > settings.limits.max_concurrent_jobs:
@@ -93,6 +148,8 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
     if isinstance(exp, e.Sweep):
         check_objective(exp, cast(Task, jobs[0].task))
+    check_later_stages(session, tenant_id, exp, plans, job_service.validate(
+        session, tenant_id, plans[0].spec, settings), settings)
     for job in jobs:
         repo.add_job(session, job)
     if not job_service.commit_unless_raced(session, idempotency_key):
@@ -123,9 +180,15 @@ def list_page(session: Session, tenant_id: str, *, status: str | None, kind: str
     return rows, job_service.encode_cursor(rows[-1]) if more and rows else None  # type: ignore[arg-type]
 
 
-def jobs_of(session: Session, tenant_id: str, experiment_id: str) -> Sequence[Job]:
+def jobs_of(session: Session, tenant_id: str, experiment_id: str, *, cursor: str | None,
+            limit: int) -> tuple[Sequence[Job], str | None]:
+    """The children oldest first (the design's order), a page at a time."""
     get(session, tenant_id, experiment_id)
-    return repo.children(session, experiment_id)
+    after = job_service.decode_cursor(cursor) if cursor else None
+    rows = repo.children_page(session, experiment_id, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None
 
 
 def cancel(session: Session, tenant_id: str, experiment_id: str) -> Experiment:

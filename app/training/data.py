@@ -19,8 +19,19 @@ from app import spec as s
 from app.training.resample import resample
 from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
 
+
+@dataclass
+class Uploaded:
+    """An uploaded dataset as the caller resolved it: the arrays and the row shape stored with
+    them at upload (a CNN views each row so unless the spec gives data.input_shape)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    input_shape: tuple[int, ...] | None = None
+
+
 # Uploaded datasets are resolved by the caller (the worker reads them from SQL).
-ArrayLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+ArrayLoader = Callable[[str], Uploaded]
 
 
 class DataError(ValueError):
@@ -96,9 +107,10 @@ def generate(src: s.GeneratorBase) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"unknown generator {src!r}")
 
 
-def arrays_info(x: np.ndarray, y: np.ndarray, task: s.Task) -> DataInfo:
+def arrays_info(x: np.ndarray, y: np.ndarray, task: s.Task,
+                input_shape: tuple[int, ...] | None = None) -> DataInfo:
     n_classes = int(y.max()) + 1 if task == "classification" else 0
-    return DataInfo(task, x.shape[0], x.shape[1], n_classes)
+    return DataInfo(task, x.shape[0], x.shape[1], n_classes, input_shape)
 
 
 def load_arrays(source: s.BuiltinSource | s.GeneratorBase | s.DatasetSource,
@@ -110,8 +122,9 @@ def load_arrays(source: s.BuiltinSource | s.GeneratorBase | s.DatasetSource,
     elif isinstance(source, s.DatasetSource):
         if uploaded is None or task is None:
             raise DataError(f"dataset {source.dataset} cannot be resolved here")
-        x, y = uploaded(source.dataset)
-        info = arrays_info(x, y, task)
+        loaded = uploaded(source.dataset)
+        x, y = loaded.x, loaded.y
+        info = arrays_info(x, y, task, loaded.input_shape)
     else:
         from app.training.shapes import synthetic_info
 

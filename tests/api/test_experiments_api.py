@@ -20,7 +20,7 @@ def test_cv_plans_k_children_that_are_ordinary_jobs(client: TestClient) -> None:
     exp = r.json()
     assert r.headers["Location"] == f"/v1/experiments/{exp['id']}"
     assert exp["status"] == "running" and exp["progress"]["total"] == 4
-    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()
+    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
     assert sorted(k["role"]["fold"] for k in kids) == [0, 1, 2, 3]
     assert {k["spec"]["data"]["rows"]["k"] for k in kids} == {4}
     listed = client.get("/v1/jobs", params={"experiment_id": exp["id"]}).json()["items"]
@@ -31,7 +31,7 @@ def test_grid_sweep_plans_exactly_the_grid(client: TestClient) -> None:
     body = {"kind": "sweep", "base": tiny_spec(), "parameters": {
         "optimizer.lr": [0.1, 0.01, 0.001], "model.hidden": [[4], [8]]}}
     exp = post(client, body).json()
-    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()
+    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
     assert len(kids) == 6
     assert {(k["spec"]["optimizer"]["lr"], tuple(k["spec"]["model"]["hidden"])) for k in kids} \
         == {(lr, (h,)) for lr in (0.1, 0.01, 0.001) for h in (4, 8)}
@@ -94,7 +94,7 @@ def test_cancel_cancels_every_queued_child(client: TestClient,
     assert other_client.post(f"/v1/experiments/{exp['id']}/cancel").status_code == 404
     r = client.post(f"/v1/experiments/{exp['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()
+    kids = client.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
     assert {k["status"] for k in kids} == {"cancelled"}
     listed = client.get("/v1/experiments", params={"status": "cancelled"}).json()["items"]
     assert [x["id"] for x in listed] == [exp["id"]]

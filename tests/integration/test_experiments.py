@@ -58,7 +58,7 @@ def run_every_kind(stack: Stack) -> None:
             assert exp["status"] == "succeeded", (request["kind"], exp)
             assert exp["result"][RESULT_KEY[request["kind"]]], request["kind"]
             assert exp["progress"]["done"] == exp["progress"]["total"] > 0
-            kids = http.get(f"/v1/experiments/{exp_id}/jobs").json()
+            kids = http.get(f"/v1/experiments/{exp_id}/jobs").json()["items"]
             assert all(k["experiment_id"] == exp_id and k["role"] is not None for k in kids)
             job = http.get(f"/v1/jobs/{kids[0]['id']}").json()  # children are ordinary jobs
             assert job["status"] == "succeeded"
@@ -108,7 +108,7 @@ def test_eight_children_spread_over_two_workers(distributed: Stack) -> None:
         distributed.start_worker("w2")
         wait_for(lambda: "ready" in distributed.log("w2"), 60)
         together, exp = timed_cv(http)
-        kids = http.get(f"/v1/experiments/{exp['id']}/jobs").json()
+        kids = http.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
     workers = {k["summary"]["worker"].rsplit(":", 1)[1] for k in kids}
     assert len(workers) == 2, "both worker processes took children"
     assert together < 0.8 * alone, (together, alone)
@@ -123,8 +123,9 @@ def test_cancel_experiment_cancels_queued_and_running_children(distributed: Stac
         exp_id = http.post("/v1/experiments", json={"kind": "cross_validation", "k": 4,
                                                     "base": long}).json()["id"]
         wait_for(lambda: any(k["status"] == "running" for k in http.get(
-            f"/v1/experiments/{exp_id}/jobs").json()), 120)
+            f"/v1/experiments/{exp_id}/jobs").json()["items"]), 120)
         assert http.post(f"/v1/experiments/{exp_id}/cancel").json()["status"] == "cancelled"
-        kids = wait_for(lambda: (ks := http.get(f"/v1/experiments/{exp_id}/jobs").json())
+        kids = wait_for(lambda: (ks := http.get(
+            f"/v1/experiments/{exp_id}/jobs").json()["items"])
                         and all(k["status"] == "cancelled" for k in ks) and ks, 60)
     assert len(kids) == 4 and all(k["progress"]["epoch"] < 300 for k in kids)

@@ -17,7 +17,7 @@ import numpy as np
 
 from app import experiment_spec as e
 from app import spec as s
-from app.training.experiments.plan import Child, ChildPlan, boosting_round, child_spec
+from app.training.experiments.plan import Child, ChildPlan, boosting_round, final_retrain
 from app.training.optim import metric_mode
 from app.training.resample import bootstrap_draws, out_of_bag
 
@@ -107,20 +107,6 @@ def leaderboard(rows: list[dict[str, Any]], metric: str, direction: str) -> list
     scored = [r for r in rows if r["objective"] is not None and r["pruned"] is None]
     maximize = metric_mode(metric, direction) == "max"
     return sorted(scored, key=lambda r: r["objective"], reverse=maximize)
-
-
-def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
-    """The best configuration on train + val, for as many epochs as it needed."""
-    changes = dict(best["params"])
-    changes["data.split.val"] = 0.0
-    spec = child_spec(exp.base, f"{exp.name}-final", changes)
-    if spec.regularization.early_stopping is not None:
-        epochs = max(1, round(statistics.fmean(best["best_epochs"])))
-        spec = child_spec(spec, spec.name, {"regularization.early_stopping": None,
-                                            "training.epochs": epochs})
-    if isinstance(spec.schedule, s.ReduceOnPlateau):
-        spec = child_spec(spec, spec.name, {"schedule": {"kind": "constant"}})
-    return ChildPlan({"final": True, "params": best["params"]}, spec)
 
 
 def sweep(exp: e.Sweep, children: list[Child]) -> Step:

@@ -5,13 +5,15 @@ first stage at submission, so a design that cannot run is refused before anythin
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import random
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app import experiment_spec as e
+from app import spec as s
 from app.spec import JobSpec
 
 
@@ -58,11 +60,31 @@ def child_spec(base: JobSpec, name: str, changes: dict[str, Any]) -> JobSpec:
     return JobSpec.model_validate(raw)
 
 
-def grid(parameters: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the value lists, in a stable order."""
-    names = list(parameters)
-    return [dict(zip(names, combo, strict=True))
-            for combo in itertools.product(*(parameters[n] for n in names))]
+def grid_size(parameters: dict[str, Any]) -> int:
+    """How many combinations a grid has, computed without building any."""
+    return math.prod(len(values) for values in parameters.values())
+
+
+def grid_point(parameters: dict[str, Any], index: int) -> dict[str, Any]:
+    """Combination ``index`` in ``itertools.product`` order (the last key varies fastest)."""
+    point: dict[str, Any] = {}
+    for name in reversed(list(parameters)):
+        index, digit = divmod(index, len(parameters[name]))
+        point[name] = parameters[name][digit]
+    return {name: point[name] for name in parameters}
+
+
+def grid(parameters: dict[str, Any], trials: int | None = None,
+         seed: int = 0) -> list[dict[str, Any]]:
+    """Every combination in a stable order; with a budget below the grid's size, a seeded
+    sample of ``trials`` distinct combinations (still in grid order). Only the combinations
+    returned are ever built, so the grid's size costs nothing."""
+    size = grid_size(parameters)
+    if trials is None or trials >= size:
+        indices: Sequence[int] = range(size)
+    else:
+        indices = sorted(random.Random(seed).sample(range(size), trials))
+    return [grid_point(parameters, i) for i in indices]
 
 
 def sample(dist: Any, rng: random.Random) -> Any:
@@ -76,10 +98,36 @@ def sample(dist: Any, rng: random.Random) -> Any:
     return rng.randint(*dist.int_uniform)
 
 
+def trial_count(sweep: e.Sweep) -> int:
+    if sweep.method == "grid":
+        size = grid_size(sweep.parameters)
+        return min(size, sweep.trials) if sweep.trials else size
+    return sweep.trials or 0
+
+
+def child_count(exp: Any) -> int:
+    """How many children the first stage has, known before any is built."""
+    match exp:
+        case e.CrossValidation():
+            return exp.k * exp.repeats
+        case e.Sweep():
+            return trial_count(exp) * (exp.objective.cv_folds or 1)
+        case e.Bagging():
+            return exp.n_models
+        case e.Boosting():
+            return 1
+        case e.BiasVariance():
+            return len(exp.values) * exp.replicates
+        case e.BatchSize():
+            return len(exp.batch_sizes)
+        case e.OptimizerComparison():
+            return len(exp.optimizers)
+    raise ValueError(f"unknown experiment kind {exp!r}")
+
+
 def sweep_trials(sweep: e.Sweep) -> list[dict[str, Any]]:
     if sweep.method == "grid":
-        combos = grid(sweep.parameters)
-        return combos[: sweep.trials] if sweep.trials else combos
+        return grid(sweep.parameters, sweep.trials, sweep.seed)
     rng = random.Random(sweep.seed)
     return [{k: sample(v, rng) for k, v in sweep.parameters.items()}
             for _ in range(sweep.trials or 0)]
@@ -153,3 +201,17 @@ def boosting_round(exp: e.Boosting, round_: int, weights: list[float] | None,
                                 "weights": weights}
     return ChildPlan({"round": round_}, child_spec(exp.base, f"{exp.name}-round{round_}",
                                                    changes))
+
+
+def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
+    """The best configuration on train + val, for as many epochs as it needed."""
+    changes = dict(best["params"])
+    changes["data.split.val"] = 0.0
+    spec = child_spec(exp.base, f"{exp.name}-final", changes)
+    if spec.regularization.early_stopping is not None:
+        epochs = max(1, round(statistics.fmean(best["best_epochs"])))
+        spec = child_spec(spec, spec.name, {"regularization.early_stopping": None,
+                                            "training.epochs": epochs})
+    if isinstance(spec.schedule, s.ReduceOnPlateau):
+        spec = child_spec(spec, spec.name, {"schedule": {"kind": "constant"}})
+    return ChildPlan({"final": True, "params": best["params"]}, spec)
