@@ -80,7 +80,8 @@ def job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | 
     return session.scalars(stmt).first()
 
 
-def _older_than(model: type[Job] | type[Experiment], before: tuple[datetime, str]) -> Any:
+def _older_than(model: type[Job] | type[Experiment] | type[Dataset],
+                before: tuple[datetime, str]) -> Any:
     """Keyset pagination: rows after (created_at, id) in newest-first order."""
     created, row_id = before
     return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
@@ -302,10 +303,15 @@ def dataset_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Da
     return session.scalars(stmt).first()
 
 
-def list_datasets(session: Session, tenant_id: str, limit: int) -> Sequence[Dataset]:
-    stmt = (select(Dataset).options(defer(Dataset.blob)).where(Dataset.tenant_id == tenant_id)
-            .order_by(Dataset.created_at.desc()).limit(limit))
-    return session.scalars(stmt).all()
+def list_datasets(session: Session, tenant_id: str, *, before: tuple[datetime, str] | None,
+                  limit: int) -> Sequence[Dataset]:
+    """Newest first, keyset-paginated; neither the blob nor ``info`` (feature names) loads."""
+    stmt = (select(Dataset).options(defer(Dataset.blob), defer(Dataset.info))
+            .where(Dataset.tenant_id == tenant_id))
+    if before is not None:
+        stmt = stmt.where(_older_than(Dataset, before))
+    order = (Dataset.created_at.desc(), Dataset.id.desc())
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
 # ------------------------------------------------------------------ experiments

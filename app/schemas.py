@@ -17,7 +17,7 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    reason: str = Field(examples=["diverged", "worker_lost", "timeout", "data"])
+    reason: str = Field(examples=["diverged", "worker_lost", "no_worker", "timeout", "data"])
     message: str
 
 
@@ -26,12 +26,16 @@ class JobOut(BaseModel):
     name: str
     status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
     experiment_id: str | None
-    queue: str
+    queue: str = Field(description="The queue it waits on; a worker started with "
+                       "`trainyard worker --queues <queue>` runs it. With no live worker on "
+                       "it for TRAINYARD_NO_WORKER_AFTER_SECONDS a queued job fails "
+                       "`no_worker`.", examples=["cpu", "gpu"])
     progress: Progress
     attempt: int
     max_attempts: int
     cancel_requested: bool
-    worker: str | None = Field(description="host:pid holding the lease while running.")
+    worker: str | None = Field(description="<worker id>:<pid> holding the lease while "
+                               "running (an opaque id, not a host name).")
     role: dict[str, Any] | None = Field(description="Its place in its experiment's design.")
     created_at: datetime
     started_at: datetime | None
@@ -109,8 +113,32 @@ class DatasetOut(BaseModel):
                    size_bytes=ds.size_bytes, created_at=as_utc(ds.created_at))
 
 
+class DatasetSummary(BaseModel):
+    """A list item: no ``info`` (feature names, classes); GET the dataset for those."""
+
+    id: str
+    name: str
+    format: str
+    task: str
+    rows: int
+    features: int
+    n_classes: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetSummary:
+        return cls(id=ds.id, name=ds.name, format=ds.format, task=ds.task, rows=ds.rows,
+                   features=ds.features, n_classes=ds.n_classes, sha256=ds.sha256,
+                   size_bytes=ds.size_bytes, created_at=as_utc(ds.created_at),
+                   links={"self": f"/v1/datasets/{ds.id}"})
+
+
 class DatasetPage(BaseModel):
-    items: list[DatasetOut]
+    items: list[DatasetSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
 
 
 class ErrorField(BaseModel):

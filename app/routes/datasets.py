@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
+from app import repository as repo
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.schemas import DatasetOut, DatasetPage, error_responses
+from app.schemas import DatasetOut, DatasetPage, DatasetSummary, error_responses
 from app.services import datasets as service
+from app.services.jobs import decode_cursor, encode_cursor
 from app.training.blobs import sha256
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -18,7 +20,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={200: {"model": DatasetOut, "description": "Idempotent replay"},
                         **error_responses(400, 409, 413)})
-async def upload_dataset(
+def upload_dataset(
     session: SessionDep, settings: SettingsDep, tenant: TenantDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],
     target: Annotated[str | None, Form(max_length=200, description="CSV target column.")] = None,
@@ -28,8 +30,11 @@ async def upload_dataset(
     name: Annotated[str | None, Form(max_length=200)] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
-    """Validated completely before anything is stored; bad data gets 422 naming the problem."""
-    content = await file.read(settings.limits.max_dataset_bytes + 1)
+    """Validated completely before anything is stored; bad data gets 422 naming the problem.
+
+    A plain ``def``: parsing is CPU-bound and runs in a worker thread, so the event loop
+    (``/healthz``, other requests) keeps answering while a large upload parses."""
+    content = file.file.read(settings.limits.max_dataset_bytes + 1)
     dataset = service.build_dataset(content=content, filename=file.filename, fmt=format,
                                     target=target, task=task, input_shape=input_shape, name=name,
                                     limits=settings.limits)
@@ -43,10 +48,14 @@ async def upload_dataset(
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(session: SessionDep, tenant: TenantDep,
+                  cursor: Annotated[str | None, Query(max_length=300)] = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100) -> DatasetPage:
-    from app import repository as repo
-
-    return DatasetPage(items=[DatasetOut.of(d) for d in repo.list_datasets(session, tenant, limit)])
+    """Newest first, with cursor pagination; items leave out ``info`` (GET one for it)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = repo.list_datasets(session, tenant, before=before, limit=limit + 1)
+    more, rows = len(rows) > limit, rows[:limit]
+    return DatasetPage(items=[DatasetSummary.of(d) for d in rows],
+                       next_cursor=encode_cursor(rows[-1]) if more and rows else None)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))

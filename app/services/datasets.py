@@ -12,10 +12,14 @@ import json
 import math
 import re
 import zipfile
+import zlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy
 from sqlalchemy.orm import Session
 
 from app import repository as repo
@@ -57,55 +61,113 @@ def _float(value: str, row: int, column: str) -> float:
         raise _bad("file", message) from None
 
 
-def parse_csv(content: bytes, target: str | None) -> Parsed:
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _bad("file", "CSV must be UTF-8 text") from None
-    try:  # newline="": the csv module's own line handling (CR-only files too)
-        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
-    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
-        raise _bad("file", f"not a readable CSV: {exc}") from None
-    if len(rows) < 2:
+def check_size(rows: int, features: int, limits: Limits) -> None:
+    """The caps on the decoded data, checked before it is decoded (NPZ headers) or as it is
+    parsed (CSV rows), so a small upload cannot expand into a huge array."""
+    if rows > limits.max_dataset_rows:
+        raise _bad("file", f"{rows:,} rows exceed the limit max_dataset_rows "
+                   f"{limits.max_dataset_rows:,}")
+    if features > limits.max_dataset_columns:
+        raise _bad("file", f"{features:,} columns exceed the limit max_dataset_columns "
+                   f"{limits.max_dataset_columns:,}")
+    decoded = rows * features * 8
+    if decoded > limits.max_dataset_decoded_bytes:
+        raise _bad("file", f"{rows:,} rows x {features:,} features decode to {decoded:,} bytes, "
+                   f"over the limit max_dataset_decoded_bytes "
+                   f"{limits.max_dataset_decoded_bytes:,}")
+
+
+def _csv_header(rows: Iterator[list[str]], target: str | None,
+                limits: Limits) -> tuple[list[str], int]:
+    header = next(rows, None)
+    if header is None:
         raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in header]
+    check_size(0, len(header) - 1, limits)
     if not target:
         raise _bad("target", "name the CSV's target column (form field 'target')")
     if target not in header:
         raise _bad("target", f"no column '{target}' in the header {header[:20]}")
-    t = header.index(target)
-    features = [h for i, h in enumerate(header) if i != t]
-    if not features:
+    if len(header) < 2:
         raise _bad("file", "CSV has no feature columns besides the target")
-    x = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
-    y: list[str] = []
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise _bad("file", f"row {i} has {len(row)} fields but the header has {len(header)}")
-        y.append(row[t].strip())
-        x[i - 2] = [_float(v, i, header[j]) for j, v in enumerate(row) if j != t]
-    return Parsed(x, np.array(y), features, target)
+    return header, header.index(target)
 
 
-def parse_npz(content: bytes) -> Parsed:
+def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
+    """Streams the rows: counts are checked against the caps as they are read, and values
+    go into one flat float64 buffer (no list of rows of strings)."""
     try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _bad("file", "CSV must be UTF-8 text") from None
+    # newline="": the csv module's own line handling (CR-only files too)
+    rows = (r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r))
+    try:
+        header, t = _csv_header(rows, target, limits)
+        values, y = array("d"), []
+        for i, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise _bad("file", f"row {i} has {len(row)} fields but the header has "
+                           f"{len(header)}")
+            check_size(i - 1, len(header) - 1, limits)
+            y.append(row[t].strip())
+            values.extend(_float(v, i, header[j]) for j, v in enumerate(row) if j != t)
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise _bad("file", f"not a readable CSV: {exc}") from None
+    if not y:
+        raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
+    x = np.frombuffer(values, dtype=np.float64).reshape(len(y), len(header) - 1)
+    return Parsed(x, np.array(y), [h for i, h in enumerate(header) if i != t], header[t])
+
+
+NPZ_KINDS = {"X": "biuf", "y": "biufUS"}  # numeric features; numeric or text labels
+
+
+def npz_headers(archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of X and y from their .npy headers, without decoding any data."""
+    names = {n.removesuffix(".npy") for n in archive.namelist()}
+    if "X" not in names or "y" not in names:
+        raise _bad("file", f"NPZ needs arrays 'X' and 'y'; it has {sorted(names)[:20]}")
+    out = {}
+    for name, kinds in NPZ_KINDS.items():
+        with archive.open(f"{name}.npy") as member:
+            version = npy.read_magic(member)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _fortran, dtype = read(member)
+        if dtype.kind not in kinds:
+            raise _bad("file", f"{name} must be {'numeric' if name == 'X' else 'numbers or text'}"
+                       f"; got dtype {dtype} (object/pickled arrays are never loaded)")
+        out[name] = (tuple(shape), dtype)
+    return out
+
+
+def check_npz_shapes(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]],
+                     limits: Limits) -> None:
+    (xs, _), (ys, ydtype) = headers["X"], headers["y"]
+    if len(xs) < 2 or len(ys) != 1:
+        raise _bad("file", f"X must be (rows, features...) and y (rows,); got X{xs}, y{ys}")
+    if xs[0] != ys[0]:
+        raise _bad("file", f"X has {xs[0]} rows but y has {ys[0]}")
+    check_size(xs[0], math.prod(xs[1:]), limits)
+    if ys[0] * ydtype.itemsize > limits.max_dataset_decoded_bytes:
+        raise _bad("file", f"y decodes to {ys[0] * ydtype.itemsize:,} bytes, over the limit "
+                   f"max_dataset_decoded_bytes {limits.max_dataset_decoded_bytes:,}")
+
+
+def parse_npz(content: bytes, limits: Limits) -> Parsed:
+    """Checks the members' headers (dtype, shape, decoded size) before loading anything."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            check_npz_shapes(npz_headers(archive), limits)
         with np.load(io.BytesIO(content), allow_pickle=False) as npz:
-            if "X" not in npz.files or "y" not in npz.files:
-                raise _bad("file", f"NPZ needs arrays 'X' and 'y'; it has {npz.files}")
             x, y = npz["X"], npz["y"]
-    except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+    except ValueError as exc:  # a malformed header, or data shorter than its header says
         if isinstance(exc, Unprocessable):
             raise
         raise _bad("file", f"NPZ refused: {exc} (object/pickled arrays are never loaded)") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError):
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError,  # encrypted
+            NotImplementedError, zlib.error):  # an unknown compression, corrupt deflate data
         raise _bad("file", "not a readable NPZ archive") from None
-    if x.ndim < 2 or y.ndim != 1:
-        raise _bad("file", f"X must be (rows, features...) and y (rows,); got X{x.shape}, "
-                   f"y{y.shape}")
-    if x.shape[0] != y.shape[0]:
-        raise _bad("file", f"X has {x.shape[0]} rows but y has {y.shape[0]}")
-    if x.dtype.kind not in "biuf":
-        raise _bad("file", f"X must be numeric; got dtype {x.dtype}")
     natural = list(x.shape[1:]) if x.ndim > 2 else None
     flat = x.reshape(x.shape[0], -1).astype(np.float64)
     return Parsed(flat, y, [f"x{i}" for i in range(flat.shape[1])], "y", natural)
@@ -143,16 +205,9 @@ def encode_labels(y_raw: np.ndarray, numeric: np.ndarray | None) -> tuple[np.nda
     return y.astype(np.int64), labels
 
 
-def check_values(parsed: Parsed, limits: Limits) -> None:
-    rows, cols = parsed.x.shape
-    if rows == 0:
+def check_values(parsed: Parsed) -> None:
+    if parsed.x.shape[0] == 0:
         raise _bad("file", "the data has no rows")
-    if rows > limits.max_dataset_rows:
-        raise _bad("file", f"{rows:,} rows exceed the limit max_dataset_rows "
-                   f"{limits.max_dataset_rows:,}")
-    if cols > limits.max_dataset_columns:
-        raise _bad("file", f"{cols:,} columns exceed the limit max_dataset_columns "
-                   f"{limits.max_dataset_columns:,}")
     bad = ~np.isfinite(parsed.x)
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
@@ -185,10 +240,10 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
     kind = fmt or ("npz" if label.lower().endswith(".npz") else "csv")
     if kind not in ("csv", "npz"):
         raise _bad("format", "format must be 'csv' or 'npz'")
-    parsed = parse_csv(content, target) if kind == "csv" else parse_npz(content)
-    check_values(parsed, limits)
+    parsed = parse_csv(content, target, limits) if kind == "csv" else parse_npz(content, limits)
+    check_values(parsed)
     decided, numeric = decide_task(parsed.y_raw, task)
-    info: dict[str, Any] = {"target": parsed.target, "feature_names": parsed.feature_names[:1000],
+    info: dict[str, Any] = {"target": parsed.target, "feature_names": parsed.feature_names,
                             "original_filename": label, "original_sha256": sha256(content)}
     if decided == "classification":
         y, info["classes"] = encode_labels(parsed.y_raw, numeric)

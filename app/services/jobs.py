@@ -111,6 +111,20 @@ def enqueue_committed(session: Session, jobs: Sequence[Job]) -> None:
         session.commit()
 
 
+def reserve_slots(session: Session, tenant_id: str, wanted: int, settings: Settings) -> None:
+    """Room under max_concurrent_jobs for ``wanted`` new jobs, or 429. The tenant's row stays
+    locked until the caller's COMMIT, so concurrent submits count one after another and the
+    cap holds (checking, then inserting, without the lock let them all through)."""
+    repo.lock_tenant(session, tenant_id, utcnow())
+    active = repo.count_active_jobs(session, tenant_id)
+    cap = settings.limits.max_concurrent_jobs
+    if active + wanted > cap:
+        session.rollback()  # release the lock now, not when the request's session closes
+        raise TooMany(f"{active} jobs are already queued or running and {wanted} more would "
+                      f"exceed the limit max_concurrent_jobs {cap}; wait for some to finish",
+                      headers={"Retry-After": "10"})
+
+
 def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Settings,
            idempotency_key: str | None, raw: Any) -> tuple[Job, bool]:
     """Validate, INSERT, COMMIT, enqueue. Returns (job, created)."""
@@ -119,10 +133,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
     if idempotency_key and (job := _replay(session, tenant_id, idempotency_key, digest)):
         return job, False
     info = validate(session, tenant_id, spec, settings)
-    if repo.count_active_jobs(session, tenant_id) >= settings.limits.max_concurrent_jobs:
-        raise TooMany(f"{settings.limits.max_concurrent_jobs} jobs are already queued or running "
-                      "(limit max_concurrent_jobs); wait for some to finish",
-                      headers={"Retry-After": "10"})
+    reserve_slots(session, tenant_id, 1, settings)
     job = new_job(tenant_id, spec, info, settings, idempotency_key=idempotency_key,
                   request_hash=digest)
     repo.add_job(session, job)
@@ -140,15 +151,22 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def encode_cursor(job: Job) -> str:
-    raw = f"{as_utc(job.created_at).isoformat()}|{job.id}"
+class _Keyed(Protocol):
+    id: str
+    created_at: datetime
+
+
+def encode_cursor(row: _Keyed) -> str:
+    """The keyset cursor after ``row`` (jobs, experiments and datasets page alike)."""
+    raw = f"{as_utc(row.created_at).isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
+        created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        # as_utc: a hand-made cursor without an offset must not reach SQL naive (a 500)
+        return as_utc(datetime.fromisoformat(created)), row_id
     except ValueError as exc:
         raise Unprocessable("cursor is not one this API issued",
                             fields=[{"loc": "cursor", "message": "malformed"}]) from exc
