@@ -83,8 +83,9 @@ def ensure_dev_key() -> str:
         return path.read_text().strip()
     with session_scope() as session:
         _, key = keys.create(session, tenant_id="dev")
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    # created with mode 0600 by the open itself: never readable by others, even briefly
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(key + "\n")
     print(f"created development API key (tenant 'dev'), saved to {path}:\n  {key}", flush=True)
     return key
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -37,6 +37,16 @@ def _insert(session: Session, model: type[Any]) -> Any:
 def ensure_tenant(session: Session, tenant_id: str, now: datetime) -> None:
     stmt = _insert(session, Tenant).values(id=tenant_id, created_at=now)
     session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+
+def lock_tenant(session: Session, tenant_id: str, now: datetime) -> None:
+    """Write-lock the tenant's row until COMMIT, so that a count taken next stays true until
+    the caller's INSERTs commit: concurrent submits queue here. An UPDATE (not SELECT ... FOR
+    UPDATE) because on SQLite only a write takes the database's write lock."""
+    stmt = update(Tenant).where(Tenant.id == tenant_id).values(id=Tenant.id)
+    if session.execute(stmt).rowcount == 0:  # type: ignore[attr-defined]
+        ensure_tenant(session, tenant_id, now)
+        session.execute(stmt)
 
 
 def add_key(session: Session, *, key_id: str, tenant_id: str, key_hash: str,
@@ -114,13 +124,15 @@ def mark_enqueued(session: Session, job_ids: Sequence[str], now: datetime) -> No
 
 
 def cancel(session: Session, job: Job, now: datetime) -> None:
-    """Queued: cancelled at once. Running: flagged; the worker stops at the next batch."""
-    if job.status == "queued":
-        session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
-            status="cancelled", cancel_requested=True, finished_at=now, updated_at=now))
-    elif job.status == "running":
-        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True,
-                                                                   updated_at=now))
+    """Queued: cancelled at once. Running: flagged; the worker stops at the next batch.
+
+    One UPDATE that decides on the row as it is when written, not on the status read
+    earlier: a claim committing in between leaves the job running with the flag set."""
+    was_queued = Job.status == "queued"
+    session.execute(update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE)).values(
+        cancel_requested=True, updated_at=now,
+        status=case((was_queued, "cancelled"), else_=Job.status),
+        finished_at=case((was_queued, now), else_=Job.finished_at)))
     session.refresh(job)
 
 

@@ -14,7 +14,7 @@ from app import experiment_spec as e
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
-from app.errors import NotFound, TooMany, Unprocessable
+from app.errors import NotFound, Unprocessable
 from app.models import Experiment, Job
 from app.services import dataset_refs
 from app.services import jobs as job_service
@@ -134,22 +134,18 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
         return existing, False
     dataset_refs.resolve_experiment(session, tenant_id, exp)  # before anything reads data
     plans = plan_children(exp, settings)
-    active = repo.count_active_jobs(session, tenant_id)
-    if active + len(plans) > settings.limits.max_concurrent_jobs:
-        raise TooMany(f"{active} active jobs + {len(plans)} children exceed the limit "
-                      f"max_concurrent_jobs {settings.limits.max_concurrent_jobs}",
-                      headers={"Retry-After": "10"})
     now = utcnow()
     experiment = Experiment(id=new_id("exp"), tenant_id=tenant_id, name=exp.name, kind=exp.kind,
                             request=raw, status="running", stage=0, created_at=now,
                             updated_at=now, idempotency_key=idempotency_key,
                             request_hash=digest)
-    repo.add_experiment(session, experiment)
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
     if isinstance(exp, e.Sweep):
         check_objective(exp, cast(Task, jobs[0].task))
     check_later_stages(session, tenant_id, exp, plans, job_service.validate(
         session, tenant_id, plans[0].spec, settings), settings)
+    job_service.reserve_slots(session, tenant_id, len(jobs), settings)  # locks until COMMIT
+    repo.add_experiment(session, experiment)
     for job in jobs:
         repo.add_job(session, job)
     if not job_service.commit_unless_raced(session, idempotency_key):
