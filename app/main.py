@@ -21,6 +21,7 @@ from app.errors import ApiError
 from app.routes import catalog, datasets, experiments, health, jobs
 from app.schemas import V1_ERRORS
 from app.services import keys
+from app.services.workers import watch_queues
 from app.validation import SpecRejected
 
 log = logging.getLogger("trainyard.api")
@@ -231,6 +232,7 @@ def create_app() -> FastAPI:
         form_limits={"max_files": settings.limits.max_form_files,
                      "max_fields": settings.limits.max_form_fields,
                      "max_part_size": settings.limits.max_form_field_bytes},
+        lifespan=watch_queues,  # the no_worker rule, even with no worker (and reaper) at all
     )
     for module in (jobs, experiments, datasets, catalog):  # every /v1 route needs a key
         app.include_router(module.router, responses=V1_ERRORS)

@@ -15,7 +15,7 @@ from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
-from app.models import ApiKey, Checkpoint, Dataset, Experiment, Job, Metric, Tenant
+from app.models import ApiKey, Checkpoint, Dataset, Experiment, Job, Metric, Tenant, Worker
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -452,3 +452,44 @@ def experiments_to_advance(session: Session, limit: int = 100) -> Sequence[str]:
     stmt = (select(Experiment.id).where(Experiment.status == "running", ~active.exists())
             .limit(limit))
     return list(session.scalars(stmt).all())
+
+
+# ---------------------------------------------------------------------- workers
+
+
+def add_worker(session: Session, worker: Worker) -> None:
+    session.add(worker)
+
+
+def worker_beat(session: Session, worker_id: str, queues: list[str], now: datetime) -> bool:
+    """Refresh a running worker's row; False if it is missing (or marked stopped)."""
+    stmt = (update(Worker).where(Worker.id == worker_id, Worker.stopped_at.is_(None))
+            .values(last_seen_at=now, queues=queues))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def worker_stopped(session: Session, worker_id: str, now: datetime) -> None:
+    session.execute(update(Worker).where(Worker.id == worker_id)
+                    .values(stopped_at=now, last_seen_at=now))
+
+
+def workers_seen_since(session: Session, since: datetime) -> Sequence[Worker]:
+    stmt = (select(Worker).where(Worker.last_seen_at >= since)
+            .order_by(Worker.started_at.desc(), Worker.id))
+    return session.scalars(stmt).all()
+
+
+def queued_queues(session: Session) -> list[str]:
+    """The queues that have at least one queued job."""
+    return list(session.scalars(select(Job.queue).where(Job.status == "queued").distinct()))
+
+
+def fail_queued_in_queue(session: Session, queue: str, *, created_before: datetime,
+                         now: datetime, reason: str, message: str) -> list[str]:
+    """Fail the queue's jobs still queued and created before the cutoff; their ids."""
+    stmt = (update(Job)
+            .where(Job.queue == queue, Job.status == "queued", Job.created_at < created_before)
+            .values(status="failed", error_reason=reason, error_message=message,
+                    finished_at=now, updated_at=now)
+            .returning(Job.id))
+    return list(session.scalars(stmt))

@@ -22,6 +22,7 @@ from app.config import get_settings
 from app.db import get_sessionmaker
 from app.queue import get_celery
 from app.services.reaper import reap_once
+from worker import registry
 from worker.sinks import PREEMPT
 
 log = logging.getLogger("trainyard.worker")
@@ -75,3 +76,18 @@ def preempt_running_jobs(**_: Any) -> None:
                 os.kill(child.pid, signal.SIGUSR2)
     except Exception as exc:
         log.warning("could not signal pool children: %s", exc)
+
+
+@signals.worker_init.connect
+def make_worker_id(**_: Any) -> None:
+    registry.new_worker_id()  # before the pool forks: children name leases with it
+
+
+@signals.worker_ready.connect
+def register_worker(sender: Any = None, **_: Any) -> None:
+    registry.on_ready(sender)  # sender: the consumer, which knows the queues consumed
+
+
+@signals.worker_shutdown.connect
+def mark_worker_stopped(**_: Any) -> None:
+    registry.on_shutdown()  # after the warm shutdown handed running jobs back

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.models import Job
 from app.queue import enqueue_advance
 from app.services.jobs import enqueue_committed
+from app.services.workers import fail_jobs_without_worker
 
 log = logging.getLogger("trainyard.reaper")
 
@@ -74,6 +75,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
         session.commit()
         enqueue_committed(session, candidates)
         report["enqueued"] = [j.id for j in candidates]
+    report["failed"] += fail_jobs_without_worker(sessions, settings)  # queue with no worker
     report["advanced"] = advance_stalled_experiments(sessions)
     if report["enqueued"] or report["failed"]:
         log.info("reaper: re-enqueued %s, failed %s", report["enqueued"], report["failed"])

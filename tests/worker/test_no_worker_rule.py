@@ -1,0 +1,164 @@
+"""The worker registry and the ``no_worker`` rule, in-process on SQLite (no broker).
+
+Workers are rows written through the service, with timestamps in the past where a test
+needs a worker that was seen long ago: the rule reads nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import Settings
+from app.db import make_engine
+from app.models import Base, Job, Worker
+from app.services import reaper, workers
+from app.services.jobs import new_job
+from app.spec import JobSpec
+from app.training import shapes
+from tests.conftest import tiny_spec
+
+AFTER = 60.0  # no_worker_after_seconds in these tests
+LOST = 10.0
+
+
+@pytest.fixture()
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'w.db'}")
+    Base.metadata.create_all(engine)
+    yield sessionmaker(bind=engine, expire_on_commit=False)
+    engine.dispose()
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, no_worker_after_seconds=AFTER, worker_lost_seconds=LOST)
+
+
+def add_job(sessions: sessionmaker[Session], settings: Settings, *, queue: str,
+            age: float, status: str = "queued") -> str:
+    spec = JobSpec.model_validate(tiny_spec())
+    job = new_job("t1", spec, shapes.synthetic_info(spec.data.source), settings,  # type: ignore[arg-type]
+                  queue=queue)
+    job.created_at = utcnow() - timedelta(seconds=age)
+    job.status = status
+    with sessions() as s:
+        repo.ensure_tenant(s, "t1", utcnow())
+        s.add(job)
+        s.commit()
+    return job.id
+
+
+def add_worker(sessions: sessionmaker[Session], queues: list[str], *, seen_ago: float = 0.0,
+               stopped: bool = False) -> str:
+    worker_id = f"wk_{len(queues)}_{seen_ago}_{stopped}_{utcnow().timestamp()}"
+    workers.register(sessions, worker_id=worker_id, node="w@host", queues=queues,
+                     concurrency=1)
+    if stopped:
+        workers.mark_stopped(sessions, worker_id)
+    seen = utcnow() - timedelta(seconds=seen_ago)
+    with sessions() as s:
+        s.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=seen))
+        s.commit()
+    return worker_id
+
+
+def job(sessions: sessionmaker[Session], job_id: str) -> Job:
+    with sessions() as s:
+        row = repo.get_job_any_tenant(s, job_id)
+        assert row is not None
+        return row
+
+
+def test_a_queue_no_worker_consumes_fails_its_old_jobs_only(
+        sessions: sessionmaker[Session], settings: Settings) -> None:
+    add_worker(sessions, ["cpu"])
+    stuck = add_job(sessions, settings, queue="gpu", age=AFTER + 5)
+    young = add_job(sessions, settings, queue="gpu", age=1)
+    failed = workers.fail_jobs_without_worker(sessions, settings)
+    assert failed == [stuck]
+    row = job(sessions, stuck)
+    assert (row.status, row.error_reason) == ("failed", "no_worker")
+    assert "'gpu'" in (row.error_message or "")
+    assert "trainyard worker --queues gpu" in (row.error_message or "")
+    assert row.finished_at is not None
+    assert job(sessions, young).status == "queued"
+
+
+def test_a_backlog_on_a_live_queue_is_never_failed(sessions: sessionmaker[Session],
+                                                   settings: Settings) -> None:
+    add_worker(sessions, ["cpu", "gpu"], seen_ago=LOST / 2)  # live: beat within worker_lost
+    old = [add_job(sessions, settings, queue="gpu", age=AFTER * 10) for _ in range(3)]
+    assert workers.fail_jobs_without_worker(sessions, settings) == []
+    assert {job(sessions, j).status for j in old} == {"queued"}
+
+
+def test_the_window_counts_from_the_last_worker_seen(sessions: sessionmaker[Session],
+                                                     settings: Settings) -> None:
+    """A gpu worker died 30 s ago (lost, not live): an hour-old job waits out the window."""
+    gone = add_worker(sessions, ["gpu"], seen_ago=AFTER / 2)
+    stuck = add_job(sessions, settings, queue="gpu", age=3600)
+    assert workers.fail_jobs_without_worker(sessions, settings) == []
+    with sessions() as s:  # time passes: the worker was last seen before the window
+        s.execute(update(Worker).where(Worker.id == gone)
+                  .values(last_seen_at=utcnow() - timedelta(seconds=AFTER + 1)))
+        s.commit()
+    assert workers.fail_jobs_without_worker(sessions, settings) == [stuck]
+
+
+def test_a_stopped_worker_is_not_live(sessions: sessionmaker[Session],
+                                      settings: Settings) -> None:
+    add_worker(sessions, ["gpu"], seen_ago=AFTER + 1, stopped=True)
+    stuck = add_job(sessions, settings, queue="gpu", age=AFTER + 5)
+    assert workers.fail_jobs_without_worker(sessions, settings) == [stuck]
+
+
+def test_running_and_finished_jobs_are_left_alone(sessions: sessionmaker[Session],
+                                                  settings: Settings) -> None:
+    running = add_job(sessions, settings, queue="gpu", age=AFTER * 2, status="running")
+    done = add_job(sessions, settings, queue="gpu", age=AFTER * 2, status="succeeded")
+    assert workers.fail_jobs_without_worker(sessions, settings) == []
+    assert (job(sessions, running).status, job(sessions, done).status) == ("running",
+                                                                           "succeeded")
+
+
+def test_zero_disables_the_rule(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    off = Settings(home=tmp_path, no_worker_after_seconds=0)
+    stuck = add_job(sessions, off, queue="gpu", age=10 * 24 * 3600)
+    assert workers.fail_jobs_without_worker(sessions, off) == []
+    assert job(sessions, stuck).status == "queued"
+
+
+def test_the_reaper_applies_the_rule(sessions: sessionmaker[Session], settings: Settings,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []  # the broker is not part of this test: record what would be sent
+    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda job_id, queue: sent.append(job_id))
+    stuck = add_job(sessions, settings, queue="gpu", age=AFTER + 5)
+    assert stuck in reaper.reap_once(sessions, settings)["failed"]
+    assert job(sessions, stuck).error_reason == "no_worker"
+
+
+def test_registry_states_and_heartbeat(sessions: sessionmaker[Session],
+                                       settings: Settings) -> None:
+    live = add_worker(sessions, ["cpu"])
+    lost = add_worker(sessions, ["gpu"], seen_ago=LOST * 3)
+    stopped = add_worker(sessions, ["gpu"], stopped=True)
+    states = {w.id: w for w in workers.list_workers(sessions, settings)}
+    assert {k: states[k].state for k in (live, lost, stopped)} == {
+        live: "live", lost: "lost", stopped: "stopped"}
+    assert states[live].queues == ("cpu",) and states[live].concurrency == 1
+    workers.beat(sessions, worker_id=lost, node="w@host", queues=["gpu", "cpu"], concurrency=1)
+    back = {w.id: w for w in workers.list_workers(sessions, settings)}[lost]
+    assert back.state == "live" and back.queues == ("cpu", "gpu")
+    with sessions() as s:  # a row deleted under a running worker: its next beat re-registers
+        s.execute(Worker.__table__.delete().where(Worker.id == live))
+        s.commit()
+    workers.beat(sessions, worker_id=live, node="w@host", queues=["cpu"], concurrency=1)
+    assert live in {w.id for w in workers.list_workers(sessions, settings)}
