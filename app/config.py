@@ -26,6 +26,12 @@ class Limits(BaseSettings):
     max_batch_size: int = 65_536
     max_rows_synthetic: int = 1_000_000
     max_synthetic_values: int = 50_000_000  # generated rows x features (memory)
+    # shapes.memory_estimate: activations of one training step (or sharpness pass); eval
+    # chunks are sized to max(that step, 64 MiB), so keep this >= 64 MiB.
+    max_activation_bytes: int = 2 * 1024**3
+    # Everything a job holds in a worker at its peak (data, weights and optimizer state,
+    # activations, a split's outputs, recorded predictions), device and host together.
+    max_memory_bytes: int = 8 * 1024**3
     max_dataset_bytes: int = 64 * 1024 * 1024
     max_dataset_rows: int = 1_000_000
     max_dataset_columns: int = 10_000
