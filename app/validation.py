@@ -115,11 +115,48 @@ def _limit_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> l
             for loc, what, value, cap in checks if value > cap]
 
 
+_PARTS = {  # MemoryEstimate field: (what the message calls it, the field to change, advice)
+    "data": ("data", ("data", "source"), "use fewer rows or features"),
+    "parameters": ("weights and optimizer state", ("model",), "use a smaller model"),
+    "activations": ("activations", ("training", "batch_size"), "lower training.batch_size"),
+    "eval_outputs": ("evaluation outputs", ("data", "source"), "use fewer rows or classes"),
+    "predictions": ("recorded predictions", ("training", "record_predictions"),
+                    "turn off training.record_predictions or use fewer rows"),
+}
+
+
+def _memory_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> list[Problem]:
+    """What a worker would need (shapes.memory_estimate) against the memory caps."""
+    est, h = shapes.memory_estimate(spec, info), shapes.human_bytes
+    cap, problems = limits.max_activation_bytes, []
+    widths = "channels" if isinstance(spec.model, s.CNN) else "hidden widths"
+    if est.train_batch > cap:
+        problems.append(Problem(("training", "batch_size"), f"needs about {h(est.train_batch)} "
+                                f"of activations per training batch of {est.batch_rows:,} rows; "
+                                f"the limit max_activation_bytes is {h(cap)}; lower batch_size "
+                                f"or the model's {widths}"))
+    if est.sharpness > cap:
+        problems.append(Problem(("training", "sharpness", "max_rows"), "the sharpness measure "
+                                f"needs about {h(est.sharpness)} of activations on "
+                                f"{est.sharpness_rows:,} rows; the limit max_activation_bytes "
+                                f"is {h(cap)}; lower max_rows"))
+    if est.total > limits.max_memory_bytes:
+        sizes = {part: getattr(est, part) for part in _PARTS}
+        largest = max(sizes, key=sizes.__getitem__)
+        parts = ", ".join(f"{_PARTS[p][0]} {h(n)}" for p, n in sizes.items() if n)
+        problems.append(Problem(_PARTS[largest][1], f"needs about {h(est.total)} of memory in "
+                                f"a worker ({parts}); the limit max_memory_bytes is "
+                                f"{h(limits.max_memory_bytes)}; {_PARTS[largest][2]}"))
+    return problems
+
+
 def check_spec(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> None:
     """Raise SpecRejected listing every problem (empty list: the spec can run)."""
     problems = _task_problems(spec, info) + _shape_problems(spec, info)
     problems += _training_problems(spec, info)
     if not problems:  # counting parameters needs a consistent shape
         problems += _limit_problems(spec, info, limits)
+    if not problems:  # the memory estimate is derived from the capped sizes: name those first
+        problems += _memory_problems(spec, info, limits)
     if problems:
         raise SpecRejected(problems)

@@ -39,7 +39,7 @@ from app.training.regularize import (
     penalty,
     shift_and_flip,
 )
-from app.training.shapes import output_dim
+from app.training.shapes import eval_chunk_rows, output_dim
 from app.training.sink import EpochReport, Metrics, Sink
 
 
@@ -123,6 +123,8 @@ class Trainer:
         if has_batch_norm(self.model) and self.batch_size == 1:
             raise ValueError("batch norm needs batch_size >= 2")
         self.rows_per_epoch = min(n, self.steps * self.batch_size)
+        n_out = output_dim(self.data.info, self.spec.loss)  # eval within a training step's memory
+        self.eval_rows = eval_chunk_rows(self.spec, self.data.input_shape, n_out, self.batch_size)
 
     # ------------------------------------------------------------------- run
 
@@ -232,7 +234,7 @@ class Trainer:
         if self.data.has_val:
             device_values["val"] = evaluate(self.model, self.data.x_val, self.data.y_val,
                                             self.data, self.loss_fn, self.autocast,
-                                            self.binary_logit)
+                                            self.binary_logit, self.eval_rows)
         keys = [(sp, n) for sp, vals in device_values.items() for n in vals]
         host = torch.stack([device_values[sp][n].float() for sp, n in keys]).tolist()
         metrics: Metrics = {}
@@ -300,7 +302,8 @@ class Trainer:
                   "test": (self.data.x_test, self.data.y_test)}
         final = {name: {k: float(v) for k, v in evaluate(self.model, x, y, self.data,
                                                           self.loss_fn, self.autocast,
-                                                          self.binary_logit).items()}
+                                                          self.binary_logit,
+                                                          self.eval_rows).items()}
                  for name, (x, y) in splits.items() if x.shape[0] > 0}
         summary = self._summary_header() | final
         main = "accuracy" if self.data.info.task == "classification" else "rmse"
@@ -321,7 +324,7 @@ class Trainer:
         for name, x in rows.items():
             if x is None:
                 continue
-            raw = predict(self.model, x, self.autocast)
+            raw = predict(self.model, x, self.autocast, self.eval_rows)
             if self.data.info.task == "regression":
                 scale = self.data.target
                 values = raw.squeeze(1).cpu().double().numpy() * scale.std[0] + scale.mean[0]
@@ -370,7 +373,7 @@ class Trainer:
         }
 
     def _classification_report(self) -> dict[str, Any]:
-        out = predict(self.model, self.data.x_test, self.autocast)
+        out = predict(self.model, self.data.x_test, self.autocast, self.eval_rows)
         pred = (out.squeeze(1) > 0).long() if self.binary_logit else out.argmax(dim=1)
         cm = confusion_matrix(pred, self.data.y_test, self.data.info.n_classes).cpu()
         return {"macro_f1": macro_f1(cm), "confusion_matrix": cm.tolist()}

@@ -9,17 +9,19 @@ from torch import nn
 
 from app.training.data import Prepared
 
-EVAL_CHUNK = 8192  # rows per forward pass when evaluating (bounds activation memory)
+EVAL_CHUNK = 8192  # default rows per eval forward pass; the Trainer sizes its own (shapes.py)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object]) -> torch.Tensor:
-    """Model outputs for every row, in eval mode (dropout off, running BN statistics)."""
+def predict(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object],
+            chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """Model outputs for every row, in eval mode (dropout off, running BN statistics),
+    ``chunk`` rows per forward pass (bounds activation memory)."""
     was_training = model.training
     model.eval()
     try:
         with autocast():  # type: ignore[attr-defined]
-            outs = [model(x[i : i + EVAL_CHUNK]) for i in range(0, x.shape[0], EVAL_CHUNK)]
+            outs = [model(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
     finally:
         model.train(was_training)
     return torch.cat(outs).float() if outs else torch.empty(0, 1, device=x.device)
@@ -44,9 +46,10 @@ def regression_metrics(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Prepared,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-             autocast: Callable[[], object], binary_logit: bool) -> dict[str, torch.Tensor]:
+             autocast: Callable[[], object], binary_logit: bool,
+             chunk: int = EVAL_CHUNK) -> dict[str, torch.Tensor]:
     """Loss and the task's metrics as device tensors (the caller syncs once)."""
-    out = predict(model, x, autocast)
+    out = predict(model, x, autocast, chunk)
     loss = loss_fn(out, y)
     if data.info.task == "classification":
         return classification_metrics(out, y, loss, binary_logit)

@@ -124,3 +124,238 @@ def train_rows(info: DataInfo, split: s.Split) -> int:
     rest = info.n_rows - n_test
     n_val = math.ceil(rest * split.val / (1 - split.test)) if split.val > 0 else 0
     return rest - n_val
+
+
+# --------------------------------------------------------------------- memory
+#
+# Peak memory is estimated per row from the model's layer outputs. In training every
+# tensor the forward pass writes may be kept for backward, so their sum bounds what
+# autograd saves; backward adds the gradients of one layer's input and output at a time.
+# In evaluation (no grad) only one layer's input and output (and a residual block's
+# input) are alive. Convolution scratch space belongs to the backend (oneDNN, cuDNN) and
+# is not counted. tests/training/test_memory_estimate.py measures real allocations.
+
+FLOAT = 4  # bytes of a float32 value
+MASK = 4  # a dropout mask element (float on some backends)
+INDEX = 8  # a max-pool index or a gathered row index (int64)
+BF16_FACTOR = 1.5  # autocast keeps bf16 copies next to fp32 norm outputs
+EVAL_MIN_BUDGET = 64 * 1024**2  # eval chunks may use this much even after a tiny batch
+PARAMETER_COPIES = 12  # weights, grads, <=3 optimizer states, best weights, noise, packs
+DATA_BYTES_PER_VALUE = 16  # float64 while loading + float32 arrays + device tensors
+PREDICTION_BYTES_PER_VALUE = 72  # device + numpy + Python float in a list + JSON text
+
+
+@dataclass(frozen=True)
+class Op:
+    """One forward step for one row: elements read, written, and kept alive meanwhile."""
+
+    reads: int
+    writes: int
+    aux_bytes: int = 0  # saved besides the output: masks, pool indices, norm statistics
+    held: int = 0  # a residual block's input, alive until the addition
+
+
+def _norm_stats(norm: s.Norm, channels: int, groups: int, spatial: int) -> int:
+    """Bytes per row a norm keeps besides its output (per-row statistics, copies)."""
+    match norm:
+        case "layer":
+            return 2 * FLOAT
+        case "group":
+            return 2 * groups * FLOAT
+        case "instance":  # computed as a batch norm over (1, rows x channels, ...): a copy
+            return (channels * spatial + 2 * channels) * FLOAT
+    return 0
+
+
+def _mlp_ops(model: s.MLP, n_in: int, n_out: int) -> list[Op]:
+    """Each block's input stays alive until the block returns (and feeds the skip)."""
+    ops, cur = [], n_in
+    for w in model.hidden:
+        ops.append(Op(cur, w))
+        if model.norm != "none":
+            ops.append(Op(w, w, _norm_stats(model.norm, 1, model.groups, w), cur))
+        if model.activation != "identity":
+            ops.append(Op(w, w, held=cur))
+        if model.dropout > 0:
+            ops.append(Op(w, w, MASK * w, cur))
+        if model.residual and cur == w:
+            ops.append(Op(2 * w, w))
+        cur = w
+    return [*ops, Op(cur, n_out)]
+
+
+def _conv_ops(model: s.CNN, c_in: int, c_out: int, spatial: tuple[int, ...], held: int,
+              norm_held: int) -> list[Op]:
+    """A 'same' convolution (an even kernel pads a copy of the input first) and its norm."""
+    size, k = math.prod(spatial), model.kernel_size
+    src, out = c_in * size, c_out * size
+    if k % 2 == 0:
+        padded = c_in * math.prod(d + k - 1 for d in spatial)
+        ops = [Op(src, padded, held=held), Op(padded, out, held=held + src)]
+    else:
+        ops = [Op(src, out, held=held)]
+    if model.norm != "none":
+        ops.append(Op(out, out, _norm_stats(model.norm, c_out, model.groups, size), norm_held))
+    return ops
+
+
+def _block_ops(model: s.CNN, c: int, spatial: tuple[int, ...], outer: int) -> list[Op]:
+    """conv-norm-act-conv-norm + identity, then act. The block's input x and the middle
+    activation h are locals, alive until the block returns; ``outer`` elements (the
+    stage's input) stay alive meanwhile too."""
+    n, act = c * math.prod(spatial), model.activation != "identity"
+    ops = _conv_ops(model, c, c, spatial, outer, outer + n)
+    ops += [Op(n, n, held=outer + n)] if act else []
+    ops += _conv_ops(model, c, c, spatial, outer + n, outer + 2 * n)
+    return ops + [Op(2 * n, n, held=outer + n)] + ([Op(n, n, held=outer + n)] if act else [])
+
+
+def _cnn_ops(model: s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
+    """A stage's input stays alive until the stage returns."""
+    c, spatial = shape[0], shape[1:]
+    ops: list[Op] = []
+    for c_out in model.channels:
+        stage_in = c * math.prod(spatial)
+        ops += _conv_ops(model, c, c_out, spatial, 0, stage_in)
+        n = c_out * math.prod(spatial)
+        ops += [Op(n, n, held=stage_in)] if model.activation != "identity" else []
+        if model.residual:
+            ops += [op for _ in range(model.blocks_per_stage)
+                    for op in _block_ops(model, c_out, spatial, stage_in)]
+        if model.pool != "none" and min(spatial) >= 2:
+            spatial = tuple(d // 2 for d in spatial)
+            pooled = c_out * math.prod(spatial)
+            ops.append(Op(n, pooled, INDEX * pooled if model.pool == "max" else 0, stage_in))
+            n = pooled
+        if model.dropout > 0:
+            ops.append(Op(n, n, MASK * n, stage_in))
+        c = c_out
+    return [*ops, Op(c * math.prod(spatial), c), Op(c, n_out)]
+
+
+def model_ops(model: s.MLP | s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
+    """The forward pass of ``models.build_model(model, shape, n_out)``, one row at a time."""
+    if isinstance(model, s.MLP):
+        return _mlp_ops(model, math.prod(shape), n_out)
+    return _cnn_ops(model, shape, n_out)
+
+
+def _input_copies(reg: s.Regularization, shape: tuple[int, ...]) -> int:
+    """Bytes per row of the batch and its augmented, noised and mixed copies."""
+    n = math.prod(shape)
+    total = n * FLOAT  # x[idx]
+    if reg.augment is not None:
+        k, spatial = reg.augment.shift, shape[1:]
+        if k:
+            total += shape[0] * math.prod(d + 2 * k for d in spatial) * FLOAT + n * FLOAT
+            total += INDEX * (sum(spatial) + 2 * len(spatial) + 2)
+        if reg.augment.flip:
+            total += 2 * n * FLOAT + 1
+    if reg.input_noise > 0:
+        total += 2 * n * FLOAT
+    if reg.mixup is not None or reg.cutmix is not None:
+        total += 4 * n * FLOAT + INDEX
+    return total
+
+
+def _transient(ops: list[Op]) -> int:
+    """Bytes per row of the largest step's input, output and held input."""
+    return max(FLOAT * (op.reads + op.writes + op.held) + op.aux_bytes for op in ops)
+
+
+def _precision(spec: s.JobSpec, nbytes: float) -> int:
+    return math.ceil(nbytes * (BF16_FACTOR if spec.training.precision == "bf16" else 1))
+
+
+def train_row_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int) -> int:
+    """Peak bytes per row of one training step: saved outputs, backward buffers, inputs."""
+    ops = model_ops(spec.model, shape, n_out)
+    saved = sum(FLOAT * op.writes + op.aux_bytes for op in ops)
+    loss = 4 * FLOAT * (n_out + 1) + INDEX  # log-softmax, its gradient, the targets
+    rows = saved + _transient(ops) + loss
+    return _precision(spec, rows) + _input_copies(spec.regularization, shape)
+
+
+def train_batch_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int, rows: int) -> int:
+    """Activation bytes of one training step on ``rows`` rows."""
+    return rows * train_row_bytes(spec, shape, n_out)
+
+
+def eval_row_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int) -> int:
+    """Peak bytes per row of an eval forward pass (no grad) and its kept outputs."""
+    ops = model_ops(spec.model, shape, n_out)
+    return _precision(spec, _transient(ops) + 2 * FLOAT * n_out)
+
+
+def eval_chunk_rows(spec: s.JobSpec, shape: tuple[int, ...], n_out: int,
+                    batch_rows: int) -> int:
+    """Rows per eval forward pass: as many as fit in what a training step may use.
+
+    The API caps the training step's estimate (``max_activation_bytes``), so an eval chunk
+    never needs more than max(that step, ``EVAL_MIN_BUDGET``).
+    """
+    budget = max(train_batch_bytes(spec, shape, n_out, batch_rows), EVAL_MIN_BUDGET)
+    return max(1, budget // eval_row_bytes(spec, shape, n_out))
+
+
+def batch_rows(spec: s.JobSpec, n_train: int) -> int:
+    """Rows in a training batch (as ``loop.Trainer`` plans them)."""
+    bs = spec.training.batch_size
+    return max(1, n_train if bs == "full" else min(int(bs), n_train))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a job needs in a worker, in bytes (device and host together)."""
+
+    batch_rows: int
+    train_batch: int  # activations of one training step
+    sharpness_rows: int
+    sharpness: int  # Hessian-vector products keep a double-backward graph
+    data: int
+    parameters: int
+    activations: int  # the largest of: training step, eval chunk, sharpness
+    eval_outputs: int  # a whole split's outputs, log-probabilities and metrics
+    predictions: int  # record_predictions: probabilities on the host and in JSON
+
+    @property
+    def total(self) -> int:
+        return (self.data + self.parameters + self.activations + self.eval_outputs
+                + self.predictions)
+
+
+def _rows(spec: s.JobSpec, info: DataInfo) -> tuple[int, int, int]:
+    """Upper bounds on (training rows, development rows, largest evaluated split)."""
+    test = math.ceil(info.n_rows * spec.data.split.test)
+    dev = info.n_rows - test
+    train = dev if spec.data.rows is not None else train_rows(info, spec.data.split)
+    return train, dev, max(train, dev - train if spec.data.rows is None else dev, test)
+
+
+def memory_estimate(spec: s.JobSpec, info: DataInfo) -> MemoryEstimate:
+    shape, n_out = effective_input_shape(spec.data, info), output_dim(info, spec.loss)
+    train, dev, largest = _rows(spec, info)
+    rows = batch_rows(spec, train)
+    step = train_batch_bytes(spec, shape, n_out, rows)
+    sharp_rows = min(spec.training.sharpness.max_rows, train) if spec.training.sharpness else 0
+    sharp = 3 * train_batch_bytes(spec, shape, n_out, sharp_rows)
+    chunk = min(max(step, EVAL_MIN_BUDGET), largest * eval_row_bytes(spec, shape, n_out))
+    columns = (2 if n_out == 1 else n_out) if info.task == "classification" else 1
+    kept_dev = dev * info.n_features * FLOAT if spec.training.record_predictions else 0
+    return MemoryEstimate(
+        batch_rows=rows, train_batch=step, sharpness_rows=sharp_rows, sharpness=sharp,
+        data=info.n_rows * (info.n_features + 1) * DATA_BYTES_PER_VALUE + kept_dev,
+        parameters=parameter_count(spec, info) * FLOAT * PARAMETER_COPIES,
+        activations=max(step, chunk, sharp),
+        eval_outputs=largest * (3 * FLOAT * n_out + 4 * INDEX),
+        predictions=(info.n_rows * columns * PREDICTION_BYTES_PER_VALUE
+                     if spec.training.record_predictions else 0))
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units, as the limits are usually set)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
