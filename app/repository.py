@@ -202,6 +202,16 @@ def release(session: Session, *, job_id: str, attempt: int, now: datetime) -> No
         raise LeaseLost(job_id)
 
 
+def cancel_expired(session: Session, job_id: str, now: datetime) -> bool:
+    """End a running job flagged for cancellation whose worker is gone (lease expired)."""
+    stmt = (update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now,
+                   Job.cancel_requested.is_(True))
+            .values(status="cancelled", finished_at=now, updated_at=now, lease_owner=None,
+                    lease_expires_at=None))
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
 def fail_unclaimable(session: Session, job_id: str, now: datetime, *, reason: str,
                      message: str) -> bool:
     """Fail a job that is not held by a live lease (reaper, poison jobs)."""

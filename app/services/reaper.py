@@ -1,7 +1,8 @@
 """The reaper: SQL is the source of truth, so jobs the broker lost are found there.
 
 It re-enqueues ``queued`` jobs not enqueued for ``requeue_after_seconds`` and
-``running`` jobs whose lease expired (their worker died), and fails a job whose
+``running`` jobs whose lease expired (their worker died), ends such a job ``cancelled`` when
+cancellation was requested, and fails a job whose
 worker was lost ``max_attempts`` times with reason ``worker_lost``. Several
 reapers may run at once: a duplicate message is a no-op claim.
 """
@@ -9,7 +10,7 @@ reapers may run at once: a duplicate message is a no-op claim.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,20 +50,37 @@ def advance_stalled_experiments(sessions: sessionmaker[Session]) -> list[str]:
     return list(stalled)
 
 
-def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, list[str]]:
-    """One pass; returns the ids it re-enqueued and failed."""
+def _reap_expired(session: Session, now: datetime, requeue_before: datetime,
+                  report: dict[str, list[str]]) -> list[Job]:
+    """Running jobs whose lease expired: cancelled if asked to be (a claim would refuse
+    them, so they would hold a slot forever), failed when out of attempts, else re-sent."""
+    candidates = []
+    for job in repo.expired_running(session, now):
+        if job.cancel_requested:
+            if repo.cancel_expired(session, job.id, now):
+                report["cancelled"].append(job.id)
+        elif job.attempt >= job.max_attempts:
+            if repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
+                                     message=_lost_message(job)):
+                report["failed"].append(job.id)
+        elif _expired_needing_enqueue(job, requeue_before):
+            candidates.append(job)
+    return candidates
+
+
+def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
+              take_expired: bool = True) -> dict[str, list[str]]:
+    """One pass; returns the ids it re-enqueued, failed and cancelled.
+
+    ``take_expired=False`` leaves running jobs with expired leases alone: right after a
+    database outage their live workers get a lease period to heartbeat or hand them back
+    before a re-claim would use up one of their attempts."""
     now = utcnow()
     requeue_before = now - timedelta(seconds=settings.requeue_after_seconds)
-    report: dict[str, list[str]] = {"enqueued": [], "failed": []}
+    report: dict[str, list[str]] = {"enqueued": [], "failed": [], "cancelled": []}
     with sessions() as session:
-        candidates = []
-        for job in repo.expired_running(session, now):
-            if job.attempt >= job.max_attempts:
-                if repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
-                                         message=_lost_message(job)):
-                    report["failed"].append(job.id)
-            elif _expired_needing_enqueue(job, requeue_before):
-                candidates.append(job)
+        candidates = (_reap_expired(session, now, requeue_before, report)
+                      if take_expired else [])
         for job in repo.stale_queued(session, requeue_before):
             if job.cancel_requested:
                 repo.cancelled_while_queued(session, job.id, now)
@@ -77,6 +95,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
         report["enqueued"] = [j.id for j in candidates]
     report["failed"] += fail_jobs_without_worker(sessions, settings)  # queue with no worker
     report["advanced"] = advance_stalled_experiments(sessions)
-    if report["enqueued"] or report["failed"]:
-        log.info("reaper: re-enqueued %s, failed %s", report["enqueued"], report["failed"])
+    if report["enqueued"] or report["failed"] or report["cancelled"]:
+        log.info("reaper: re-enqueued %s, failed %s, cancelled %s", report["enqueued"],
+                 report["failed"], report["cancelled"])
     return report
