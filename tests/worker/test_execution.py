@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -158,3 +160,140 @@ def test_pickle_offered_as_checkpoint_is_never_loaded(sessions: sessionmaker[Ses
     assert newest_good_checkpoint(sessions, job.id) is None
     assert execute(job.id, sessions, settings) == "succeeded"  # trained from scratch
     assert not marker.exists(), "a pickle payload ran"
+
+
+def test_reaper_ends_a_cancelled_job_whose_worker_died(sessions: sessionmaker[Session],
+                                                      settings: Settings,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim refuses a cancelled job, so only the reaper can end it (and free its slot)."""
+    from app.models import Experiment
+
+    sent: list[str] = []
+    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda job_id, queue: sent.append(job_id))
+    monkeypatch.setattr("app.services.reaper.enqueue_advance",
+                        lambda exp_id, queue: sent.append(exp_id))
+    now, past = utcnow(), utcnow() - timedelta(seconds=600)
+    with sessions() as s:
+        repo.ensure_tenant(s, "t1", now)
+        s.add(Experiment(id="e1", tenant_id="t1", name="e", kind="sweep", request={},
+                         status="running", stage=1, created_at=now, updated_at=now))
+        s.commit()
+    job = add_job(sessions, settings, status="running", attempt=1, lease_expires_at=past,
+                  cancel_requested=True, experiment_id="e1")
+    live = add_job(sessions, settings, status="running", attempt=1, cancel_requested=True,
+                   lease_expires_at=utcnow() + timedelta(seconds=60))
+    assert execute(job.id, sessions, settings) == "not-claimed"  # what every re-send got
+    report = reaper.reap_once(sessions, settings)
+    assert report["cancelled"] == [job.id] and report["enqueued"] == []
+    done = reload(sessions, job.id)
+    assert done.status == "cancelled" and done.finished_at is not None
+    assert done.lease_expires_at is None and done.attempt == 1
+    assert reload(sessions, live.id).status == "running", "a live lease is its worker's to end"
+    assert report["advanced"] == ["e1"] and sent == ["e1"]  # its experiment moves on
+    with sessions() as s:
+        assert repo.count_active_jobs(s, "t1") == 1  # the slot is free again
+
+
+def test_after_an_outage_the_reaper_leaves_expired_leases_to_their_workers(
+        sessions: sessionmaker[Session], settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda job_id, queue: sent.append(job_id))
+    past = utcnow() - timedelta(seconds=600)
+    job = add_job(sessions, settings, status="running", attempt=1, lease_expires_at=past)
+    assert reaper.reap_once(sessions, settings, take_expired=False)["enqueued"] == []
+    assert reload(sessions, job.id).status == "running" and sent == []
+    assert reaper.reap_once(sessions, settings)["enqueued"] == [job.id] == sent
+
+
+def test_lease_is_kept_alive_through_phases_without_batch_boundaries(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """A final phase (sharpness) far longer than the lease: the keeper thread holds it, so a
+    second worker cannot take the job over and the first copy's result is kept."""
+    settings = Settings(home=tmp_path, lease_seconds=1.0, heartbeat_seconds=0.1)
+    job = add_job(sessions, settings)
+    slow_finish = tiny_spec(training={"epochs": 2, "batch_size": 32,
+                                      "sharpness": {"power_iterations": 200,
+                                                    "ascent_steps": 200}})
+    set_spec(sessions, job.id, slow_finish)
+    stolen: list[int] = []
+    done_event = threading.Event()
+
+    def contender() -> None:  # a second worker trying to claim all along (a redelivery)
+        while not done_event.wait(0.05):
+            with sessions() as s:
+                taken = repo.claim(s, job.id, "w2", utcnow(), settings.lease_seconds)
+                s.commit()
+            if taken is not None:
+                stolen.append(taken.attempt)
+
+    thread = threading.Thread(target=contender)
+    thread.start()
+    try:
+        outcome = execute(job.id, sessions, settings)
+    finally:
+        done_event.set()
+        thread.join()
+    assert stolen == [], "a second worker took the job over"
+    assert outcome == "succeeded"
+    done = reload(sessions, job.id)
+    assert done.status == "succeeded" and done.attempt == 1
+    assert done.summary is not None and "sharpness" in done.summary
+
+
+def set_spec(sessions: sessionmaker[Session], job_id: str, spec: dict[str, object]) -> None:
+    with sessions() as s:
+        row = repo.get_job_any_tenant(s, job_id)
+        assert row is not None
+        row.spec = JobSpec.model_validate(spec).model_dump(mode="json")
+        s.commit()
+
+
+def test_a_stop_during_the_final_phase_hands_the_job_back(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while the final evaluation runs (no batch boundary to notice it): the job is
+    handed back with its attempt, and the next attempt redoes only the end phase."""
+    from worker.sinks import PREEMPT
+
+    sent: list[str] = []
+    monkeypatch.setattr("worker.execution.enqueue_job", lambda job_id, queue: sent.append(job_id))
+    settings = Settings(home=tmp_path, lease_seconds=30, heartbeat_seconds=0.05)
+    job = add_job(sessions, settings)
+    set_spec(sessions, job.id, tiny_spec(training={"epochs": 2, "batch_size": 32, "sharpness": {
+        "power_iterations": 50, "ascent_steps": 50}}))
+    assert execute(job.id, sessions, settings) == "succeeded"
+    first = reload(sessions, job.id).summary
+    with sessions() as s:  # as if it had been stopped before its end was written
+        s.execute(sa.update(Job).where(Job.id == job.id).values(
+            status="queued", attempt=0, summary=None, finished_at=None))
+        s.commit()
+    PREEMPT.set()
+    try:  # resumes from the final checkpoint: no batch boundary before the result
+        assert execute(job.id, sessions, settings) == "preempted"
+    finally:
+        PREEMPT.clear()
+    handed_back = reload(sessions, job.id)
+    assert handed_back.status == "queued" and handed_back.attempt == 0, handed_back.status
+    assert handed_back.summary is None and sent == [job.id]
+    assert execute(job.id, sessions, settings) == "succeeded"
+    again = reload(sessions, job.id)
+    assert again.attempt == 1 and again.summary is not None and first is not None
+    assert again.summary["test"] == first["test"]
+    assert again.summary["sharpness"] == first["sharpness"]
+
+
+def test_driver_text_never_reaches_the_error_message(sessions: sessionmaker[Session],
+                                                    settings: Settings) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from worker.execution import public_message
+
+    job = add_job(sessions, settings)
+    with sessions() as s, pytest.raises(IntegrityError) as caught:
+        s.execute(sa.text("INSERT INTO jobs (id) VALUES (:id)"), {"id": job.id})
+    assert "[SQL:" in str(caught.value)  # what the driver says ...
+    shown = public_message(caught.value)  # ... and what a user sees
+    assert shown.startswith("IntegrityError: ") and "SQL" not in shown
+    assert "INSERT" not in shown and job.id not in shown
+    assert public_message(ValueError("bad shape")) == "ValueError: bad shape"
