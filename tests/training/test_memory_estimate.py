@@ -144,7 +144,7 @@ def test_sharpness_estimate_bounds_a_hessian_vector_product() -> None:
     t = trainer(spec)
     est = shapes.memory_estimate(spec, t.data.info)
     x, y = t.data.x_train[:300], t.data.y_train[:300]
-    params = [p for p in t.model.parameters()]
+    params: list[torch.Tensor] = list(t.model.parameters())
     vector = [torch.randn_like(p) for p in params]
     t.model.eval()
     _, measured = peak_bytes(lambda: hessian_vector_product(
