@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -158,7 +158,7 @@ def test_registry_states_and_heartbeat(sessions: sessionmaker[Session],
     back = {w.id: w for w in workers.list_workers(sessions, settings)}[lost]
     assert back.state == "live" and back.queues == ("cpu", "gpu")
     with sessions() as s:  # a row deleted under a running worker: its next beat re-registers
-        s.execute(Worker.__table__.delete().where(Worker.id == live))
+        s.execute(delete(Worker).where(Worker.id == live))
         s.commit()
     workers.beat(sessions, worker_id=live, node="w@host", queues=["cpu"], concurrency=1)
     assert live in {w.id for w in workers.list_workers(sessions, settings)}
