@@ -20,7 +20,7 @@ from app.config import Settings
 from app.models import Job
 from app.queue import enqueue_advance
 from app.services.jobs import enqueue_committed
-from app.services.workers import fail_jobs_without_worker
+from app.services.workers import fail_jobs_without_worker, live_queues
 
 log = logging.getLogger("trainyard.reaper")
 
@@ -37,14 +37,21 @@ def _expired_needing_enqueue(job: Job, requeue_before: object) -> bool:
     return enqueued < as_utc(job.lease_expires_at) or enqueued < requeue_before  # type: ignore[operator]
 
 
-def advance_stalled_experiments(sessions: sessionmaker[Session]) -> list[str]:
-    """Running experiments with no active child: their advance message may be lost."""
+def advance_stalled_experiments(sessions: sessionmaker[Session],
+                                settings: Settings | None = None) -> list[str]:
+    """Running experiments with no active child: their advance message may be lost.
+
+    The advance goes to the children's queue, or to the default queue when no live worker
+    consumes theirs (children that failed ``no_worker``): it would wait there forever."""
     with sessions() as session:
         stalled = repo.experiments_to_advance(session)
+        live = live_queues(session, settings) if settings is not None and stalled else None
+        fallback = settings.default_queue if settings is not None else "cpu"
         queues = {}
         for experiment_id in stalled:
             kids = repo.children(session, experiment_id)
-            queues[experiment_id] = kids[0].queue if kids else "cpu"
+            queue = kids[0].queue if kids else "cpu"
+            queues[experiment_id] = queue if live is None or queue in live else fallback
     for experiment_id, queue in queues.items():
         enqueue_advance(experiment_id, queue)
     return list(stalled)
@@ -94,7 +101,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
         enqueue_committed(session, candidates)
         report["enqueued"] = [j.id for j in candidates]
     report["failed"] += fail_jobs_without_worker(sessions, settings)  # queue with no worker
-    report["advanced"] = advance_stalled_experiments(sessions)
+    report["advanced"] = advance_stalled_experiments(sessions, settings)
     if report["enqueued"] or report["failed"] or report["cancelled"]:
         log.info("reaper: re-enqueued %s, failed %s, cancelled %s", report["enqueued"],
                  report["failed"], report["cancelled"])

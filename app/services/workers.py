@@ -111,6 +111,13 @@ def consumed_queues(workers: list[Worker], now: datetime, settings: Settings) ->
     return out
 
 
+def live_queues(session: Session, settings: Settings) -> set[str]:
+    """The queues at least one live worker consumes now."""
+    live_after = utcnow() - timedelta(seconds=settings.worker_lost_seconds)
+    return {queue for worker in repo.workers_seen_since(session, live_after)
+            if worker.stopped_at is None for queue in worker.queues}
+
+
 def fail_jobs_without_worker(sessions: sessionmaker[Session], settings: Settings) -> list[str]:
     """Apply the ``no_worker`` rule once; returns the ids of the jobs it failed.
 

@@ -18,7 +18,7 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.db import make_engine
-from app.models import Base, Job, Worker
+from app.models import Base, Experiment, Job, Worker
 from app.services import reaper, workers
 from app.services.jobs import new_job
 from app.spec import JobSpec
@@ -162,3 +162,29 @@ def test_registry_states_and_heartbeat(sessions: sessionmaker[Session],
         s.commit()
     workers.beat(sessions, worker_id=live, node="w@host", queues=["cpu"], concurrency=1)
     assert live in {w.id for w in workers.list_workers(sessions, settings)}
+
+
+def test_a_stalled_experiment_is_advanced_where_a_worker_listens(
+        sessions: sessionmaker[Session], settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its gpu children failed `no_worker`: an advance sent to 'gpu' would never run."""
+    sent: list[tuple[str, str]] = []  # the broker is not part of this test
+    monkeypatch.setattr("app.services.reaper.enqueue_advance",
+                        lambda experiment_id, queue: sent.append((experiment_id, queue)))
+    now = utcnow()
+    with sessions() as s:
+        repo.ensure_tenant(s, "t1", now)
+        s.add(Experiment(id="exp_1", tenant_id="t1", name="e", kind="sweep", request={},
+                         status="running", stage=1, created_at=now, updated_at=now))
+        s.commit()
+    child = add_job(sessions, settings, queue="gpu", age=AFTER + 5)
+    with sessions() as s:
+        s.execute(update(Job).where(Job.id == child).values(experiment_id="exp_1"))
+        s.commit()
+    add_worker(sessions, ["cpu"])
+    assert workers.fail_jobs_without_worker(sessions, settings) == [child]
+    assert reaper.advance_stalled_experiments(sessions, settings) == ["exp_1"]
+    assert sent == [("exp_1", "cpu")]
+    add_worker(sessions, ["gpu"])  # a gpu worker is back: its children's queue again
+    reaper.advance_stalled_experiments(sessions, settings)
+    assert sent[-1] == ("exp_1", "gpu")
