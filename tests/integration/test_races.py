@@ -20,7 +20,7 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.db import make_engine
-from app.models import Job
+from app.models import Job, Tenant
 from app.services import jobs as job_service
 from app.spec import JobSpec
 from app.training import shapes
@@ -179,3 +179,11 @@ def test_cancel_racing_claim_is_never_lost(sessions: sessionmaker[Session]) -> N
         assert took == (state[0] == "running")
         outcomes[state] = outcomes.get(state, 0) + 1
     print("cancel/claim outcomes:", outcomes)
+
+
+def test_locking_a_tenant_without_a_row_creates_it(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        repo.lock_tenant(s, "newcomer", utcnow())
+        s.commit()
+    with sessions() as s:
+        assert s.get(Tenant, "newcomer") is not None
