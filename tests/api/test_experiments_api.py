@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -98,3 +99,95 @@ def test_cancel_cancels_every_queued_child(client: TestClient,
     assert {k["status"] for k in kids} == {"cancelled"}
     listed = client.get("/v1/experiments", params={"status": "cancelled"}).json()["items"]
     assert [x["id"] for x in listed] == [exp["id"]]
+
+
+def six_keys(n: int = 50) -> dict[str, list[Any]]:
+    """Six swept keys of n valid values each (a grid of n**6 combinations)."""
+    return {"optimizer.lr": [0.001 * (i + 1) for i in range(n)],
+            "training.seed": list(range(n)), "data.split.seed": list(range(n)),
+            "training.batch_size": [8 + i for i in range(n)],
+            "model.hidden": [[4 + i] for i in range(n)],
+            "optimizer.eps": [1e-8 * (i + 1) for i in range(n)]}
+
+
+def peak_mib(call: Any) -> tuple[Any, float]:
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_grid_is_refused_from_its_size_without_being_built(client: TestClient) -> None:
+    body = {"kind": "sweep", "base": tiny_spec(), "parameters": six_keys()}
+    r, peak = peak_mib(lambda: post(client, body))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert "50 x 50 x 50 x 50 x 50 x 50 = 15,625,000,000 combinations" in error["message"]
+    assert "max_experiment_children 200" in error["message"]
+    assert error["fields"][0]["loc"] == "parameters"
+    assert peak < 20, f"{peak:.1f} MiB"
+
+
+def test_a_grid_over_the_cap_costs_nothing_to_refuse(client: TestClient) -> None:
+    """1.25 M combinations: building them (as the planner once did) takes hundreds of MiB."""
+    keys = six_keys()
+    body = {"kind": "sweep", "base": tiny_spec(), "parameters": {
+        k: keys[k] for k in ("optimizer.lr", "training.seed", "data.split.seed")}
+        | {"model.hidden": keys["model.hidden"][:10]}}
+    r, peak = peak_mib(lambda: post(client, body))
+    assert r.status_code == 422 and "1,250,000 combinations" in r.json()["error"]["message"]
+    assert peak < 20, f"{peak:.1f} MiB"
+
+
+def test_trials_sample_a_huge_grid_by_seed_building_only_those(client: TestClient) -> None:
+    def params(seed: int, trials: int = 3) -> list[Any]:
+        body = {"kind": "sweep", "base": tiny_spec(), "parameters": six_keys(), "trials": trials,
+                "seed": seed, "retrain_best": False}
+        r, peak = peak_mib(lambda: post(client, body))
+        assert r.status_code == 201, r.text
+        assert peak < 20, f"{peak:.1f} MiB"
+        kids = client.get(f"/v1/experiments/{r.json()['id']}/jobs").json()["items"]
+        return sorted((k["role"]["params"] for k in kids), key=str)
+
+    first = params(seed=7)
+    assert len(first) == 3 and len({str(p) for p in first}) == 3
+    assert params(seed=7) == first
+    assert params(seed=8) != first
+    assert len(params(seed=7, trials=1)) == 1
+
+
+def test_a_sweep_whose_final_retrain_would_exceed_max_work_is_refused_at_submit(
+        client: TestClient) -> None:
+    """Default limits: the trials train on 700,000 rows x 285 epochs (under max_work 200 M);
+    the final retrain on train + val (850,000 rows) would not be, so nothing is queued."""
+    base = tiny_spec(data__source={"synthetic": "make_classification", "n_samples": 1_000_000,
+                                   "n_features": 2, "n_informative": 2, "n_redundant": 0},
+                     training__epochs=285)
+    body = {"kind": "sweep", "base": base, "parameters": {"optimizer.lr": [0.01, 0.02]}}
+    r = post(client, body)
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert "'final': True" in message and "242,250,000 exceeds the limit 200,000,000" in message
+    assert client.get("/v1/jobs").json()["items"] == []
+    assert post(client, {**body, "retrain_best": False}).status_code == 201
+
+
+def test_experiment_jobs_are_paginated_in_design_order(client: TestClient) -> None:
+    exp = post(client, {"kind": "cross_validation", "k": 5, "base": tiny_spec()}).json()
+    url = f"/v1/experiments/{exp['id']}/jobs"
+    whole = client.get(url).json()
+    assert whole["next_cursor"] is None and len(whole["items"]) == 5
+    seen, cursor = [], None
+    while True:
+        page = client.get(url, params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        seen += [k["id"] for k in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [k["id"] for k in whole["items"]]
+    assert [k["role"]["fold"] for k in whole["items"]] == [0, 1, 2, 3, 4]
+    assert client.get(url, params={"cursor": "nope"}).status_code == 422
+    assert client.get(url, params={"limit": 0}).status_code == 422

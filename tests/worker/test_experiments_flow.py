@@ -170,3 +170,43 @@ def test_failed_children_are_named_not_waited_on(env: Any) -> None:
     out = drive(env, {"kind": "cross_validation", "k": 2, "base": diverging})
     assert out["status"] == "failed"
     assert {f["status"] for f in out["result"]["failures"]} == {"failed"}
+
+
+def test_a_stage_that_cannot_start_ends_the_experiment_failed_with_the_message(
+        env: Any) -> None:
+    """Submission checks the final retrain; here the limit is tightened afterwards (an
+    operator lowering max_work), so starting stage 1 (the final retrain; stages count from
+    0) is refused: the experiment must end failed, naming the reason, not be re-advanced
+    forever."""
+    sessions, settings = env
+    request = {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.02, 0.05]}}
+    with sessions() as s:
+        exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
+                                settings=settings, idempotency_key=None)
+        trials = [j.id for j in repo.children(s, exp.id)]
+    for job_id in trials:
+        assert execute(job_id, sessions, settings) == "succeeded"
+    settings.limits.max_work = 800  # the trials' 4 x 210 rows fit no more; nor does the final
+    assert advance_experiment(exp.id, sessions, settings) == "failed"
+    assert advance_experiment(exp.id, sessions, settings) == "not-running"
+    with sessions() as s:
+        row = repo.get_experiment_any_tenant(s, exp.id)
+        assert row is not None and row.status == "failed"
+        assert row.error_message is not None and "stage 1 could not start" in row.error_message
+        assert "exceeds the limit 800" in row.error_message
+        assert len(repo.children(s, exp.id)) == 2
+        assert repo.experiments_to_advance(s) == []
+
+
+def test_gradient_boosting_on_more_than_100k_development_rows_runs_every_round(
+        env: Any) -> None:
+    """Each later round carries one offset per development row (here 102,000)."""
+    base = {**SINE, "data": {"source": {"synthetic": "function", "fn": "sin",
+                                        "n_samples": 120_000, "noise": 0.1}},
+            "model": {"kind": "mlp", "hidden": [4]}, "training": {"epochs": 1,
+                                                                  "batch_size": 8192}}
+    out = drive(env, {"kind": "boosting", "rounds": 2, "base": base})
+    assert out["status"] == "succeeded", out["result"]
+    assert len(out["result"]["rounds"]) == 2
+    offsets = [j.spec["data"]["target_offset"] for j in out["children"]]
+    assert offsets[0] is None and len(offsets[1]) == 102_000

@@ -83,8 +83,17 @@ def grid(parameters: dict[str, Any], trials: int | None = None,
     if trials is None or trials >= size:
         indices: Sequence[int] = range(size)
     else:
-        indices = sorted(random.Random(seed).sample(range(size), trials))
+        indices = sorted(distinct_indices(size, trials, random.Random(seed)))
     return [grid_point(parameters, i) for i in indices]
+
+
+def distinct_indices(size: int, k: int, rng: random.Random) -> set[int]:
+    """k distinct indices below ``size`` (k < size). Not ``random.sample``: a grid's size can
+    pass 2**63, which ``range`` cannot index. With k <= 200 the redraws stay few."""
+    picked: set[int] = set()
+    while len(picked) < k:
+        picked.add(rng.randrange(size))
+    return picked
 
 
 def sample(dist: Any, rng: random.Random) -> Any:
