@@ -173,7 +173,7 @@ def list_page(session: Session, tenant_id: str, *, status: str | None, kind: str
                                  limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None  # type: ignore[arg-type]
+    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None
 
 
 def jobs_of(session: Session, tenant_id: str, experiment_id: str, *, cursor: str | None,
