@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -114,16 +115,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         _demo(f"http://127.0.0.1:{port}", key, stop)
     while not stop["now"] and all(p.poll() is None for p in procs):
         time.sleep(0.3)
+    _stop_all(procs, settings.worker_stop_seconds + 10)
+    print("stopped", flush=True)
+    return 0
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], bound: float) -> None:
+    """SIGTERM each (a repeat is harmless when the whole group already got one); the worker
+    bounds its own stop by worker_stop_seconds, so past ``bound`` a process is stuck and is
+    killed with everything it started."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + bound
     for p in procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-    print("stopped", flush=True)
-    return 0
+            _kill_tree(p.pid)
+            p.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (found through /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(entry.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.parent.name))
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signal.SIGKILL)
 
 
 def _demo(url: str, key: str, stop: dict[str, bool]) -> None:

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from celery import signals
@@ -31,12 +33,22 @@ celery.conf.include = ["worker.tasks"]
 
 
 def _reaper_loop(stop: threading.Event) -> None:
+    """Every interval, one reaper pass. After a pass failed (the database was down), leases
+    that expired meanwhile are left alone for one lease period: their live workers
+    heartbeat again or hand their jobs back (``execution._hand_back_after_outage``)
+    instead of a re-claim using up an attempt."""
     settings = get_settings()
+    failed_at: float | None = None
     while not stop.wait(settings.reaper_interval_seconds):
+        take = failed_at is None or time.monotonic() - failed_at > settings.lease_seconds
         try:
-            reap_once(get_sessionmaker(), settings)
+            reap_once(get_sessionmaker(), settings, take_expired=take)
         except Exception as exc:  # the database may be down; try again next tick
+            failed_at = time.monotonic()
             log.warning("reaper pass failed: %s", exc)
+            continue
+        if take:
+            failed_at = None
 
 
 _reaper_stop = threading.Event()
@@ -47,10 +59,24 @@ def start_reaper(**_: Any) -> None:
     threading.Thread(target=_reaper_loop, args=(_reaper_stop,), name="reaper", daemon=True).start()
 
 
+_in_pool_child = False  # set in each pool child
+
+
 @signals.worker_process_init.connect
 def child_init(**_: Any) -> None:
-    """In each pool child: SIGUSR2 from the parent means 'preempt'; fresh DB connections."""
-    signal.signal(signal.SIGUSR2, lambda *_: PREEMPT.set())
+    """In each pool child: SIGTERM is ignored; SIGUSR2 is ignored until a task arms it
+    (``arm_preemption``); fresh DB connections.
+
+    A SIGTERM sent to the whole process group (systemd's KillMode=control-group, supervisord
+    stopasgroup, ``kill -TERM -PGID``) would otherwise kill a child while it may hold a pool
+    queue's lock, and the parent's warm shutdown then blocks on that lock forever (celery
+    #1218). The parent stops its children in order (SIGUSR2, then the pool's sentinels).
+    billiard resets a child's handlers after this runs but keeps ignored signals; its own
+    terminate (cold shutdown) sends SIGTERM too, so ``stop_watchdog`` bounds that path."""
+    global _in_pool_child
+    _in_pool_child = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     from app.db import get_engine
 
     get_engine().dispose(close=False)  # never share the parent's sockets after fork
@@ -64,18 +90,52 @@ def child_init(**_: Any) -> None:
         torch.set_num_threads(threads)
 
 
+@signals.task_prerun.connect
+def arm_preemption(**_: Any) -> None:
+    """SIGUSR2 from the parent means 'preempt'. Installed per task, not in ``child_init``:
+    with the threaded billiard pool (the embedded filesystem broker) the child's later
+    signal reset replaces every handler, and SIGUSR2 then killed the child mid-job."""
+    if _in_pool_child:
+        signal.signal(signal.SIGUSR2, lambda *_: PREEMPT.set())
+
+
 @signals.worker_shutting_down.connect
 def preempt_running_jobs(**_: Any) -> None:
     _reaper_stop.set()
     PREEMPT.set()  # solo/threads pools run jobs in this process
+    threading.Thread(target=stop_watchdog, args=(get_settings().worker_stop_seconds,),
+                     name="stop-watchdog", daemon=True).start()
+    for pid in _pool_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR2)
+
+
+def _pool_pids() -> list[int]:
     try:
         from billiard.process import active_children
 
-        for child in active_children():
-            if child.pid:
-                os.kill(child.pid, signal.SIGUSR2)
+        return [child.pid for child in active_children() if child.pid]
     except Exception as exc:
-        log.warning("could not signal pool children: %s", exc)
+        log.warning("could not list pool children: %s", exc)
+        return []
+
+
+def stop_watchdog(bound: float) -> None:
+    """A stop that takes longer than ``bound`` is stuck (a pool lock held by a dead child,
+    a child ignoring the cold shutdown's SIGTERM): kill the children, then this process.
+
+    A running job was handed back by then (its lease keeper releases it within two
+    heartbeats of the stop), so nothing is lost; a daemon thread, it dies with a normal
+    exit."""
+    time.sleep(bound)
+    pids = _pool_pids()
+    log.error("worker stop exceeded %gs; killing pool children %s and exiting", bound, pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(1.0)  # a join that was only waiting on those children may finish now
+    logging.shutdown()
+    os._exit(1)
 
 
 @signals.worker_init.connect
