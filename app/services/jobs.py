@@ -20,8 +20,9 @@ from app.config import Settings
 from app.errors import Conflict, NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
+from app.services import dataset_refs
 from app.training import shapes
-from app.validation import Problem, SpecRejected, check_spec
+from app.validation import check_spec
 
 log = logging.getLogger("trainyard.jobs")
 
@@ -35,11 +36,8 @@ def data_info(session: Session, tenant_id: str, source: Any) -> shapes.DataInfo:
     if isinstance(source, s.BuiltinSource):
         return shapes.BUILTIN_INFO[source.builtin]
     if isinstance(source, s.DatasetSource):
-        ds = repo.get_dataset(session, tenant_id, source.dataset)
-        if ds is None:
-            raise SpecRejected([Problem(("data", "source", "dataset"),
-                                        f"no dataset '{source.dataset}' (upload it with POST "
-                                        "/v1/datasets)")])
+        ds = dataset_refs.resolve(session, tenant_id, source.dataset,
+                                  ("data", "source", "dataset"))
         return shapes.DataInfo(ds.task, ds.rows, ds.features, ds.n_classes,  # type: ignore[arg-type]
                                tuple(ds.info["input_shape"]) if ds.info.get("input_shape")
                                else None)
