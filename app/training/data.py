@@ -76,6 +76,12 @@ def _function(src: s.FunctionSource) -> tuple[np.ndarray, np.ndarray]:
     return x[:, None], y
 
 
+def _clusters_per_class(src: s.MakeClassificationSource) -> int:
+    """scikit-learn's default is 2, which needs 2 x n_classes <= 2**n_informative; the spec
+    allows n_classes up to 2**n_informative, so those specs get one cluster per class."""
+    return 2 if 2 * src.n_classes <= 2**src.n_informative else 1
+
+
 def generate(src: s.GeneratorBase) -> tuple[np.ndarray, np.ndarray]:
     """Rows from a synthetic generator; a pure function of its parameters and seed."""
     n, seed = src.n_samples, src.seed
@@ -96,6 +102,7 @@ def generate(src: s.GeneratorBase) -> tuple[np.ndarray, np.ndarray]:
                 n, n_features=src.n_features, n_informative=src.n_informative,
                 n_redundant=src.n_redundant, n_classes=src.n_classes,
                 class_sep=src.class_sep, flip_y=src.flip_y, random_state=seed,
+                n_clusters_per_class=_clusters_per_class(src),
             )
         case s.MakeRegressionSource():
             return skd.make_regression(

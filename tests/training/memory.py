@@ -19,6 +19,13 @@ from torch.utils._pytree import tree_flatten
 T = TypeVar("T")
 
 
+def _address(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:  # a wrapper without real storage (double backward)
+        return 0
+
+
 def _alive(ref: Any) -> bool:
     return not ref.expired()
 
@@ -34,13 +41,16 @@ class PeakBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+        inputs = {_address(t) for t in tree_flatten((args, kwargs))[0]
                   if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
+            try:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+            except RuntimeError:  # a wrapper without real storage (double backward)
+                continue
             known = self.storages.get(key)
             if key and key not in inputs and (known is None or not _alive(known[0])):
                 self.storages[key] = (StorageWeakRef(storage),  # type: ignore[no-untyped-call]
