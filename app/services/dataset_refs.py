@@ -55,7 +55,9 @@ def varied_values(exp: Any) -> Iterator[tuple[Loc, str, Any]]:
 
 def references(exp: Any) -> Iterator[tuple[Loc, str]]:
     """(where in the body, dataset id) for every dataset an experiment could read."""
-    base = exp.base.model_dump(mode="json")
+    # Only the source decides which dataset a child reads; applying values to it alone keeps
+    # each copy tiny (a base may carry a long list, e.g. data.target_offset).
+    base = {"data": {"source": exp.base.data.source.model_dump(mode="json")}}
     if (found := source_dataset(base)) is not None:
         yield ("base", "data", "source", "dataset"), found
     for loc, path, value in varied_values(exp):
