@@ -9,12 +9,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import spec
 from app.config import Limits, get_settings
 from app.db import get_sessionmaker
 from app.errors import ApiError
@@ -37,13 +39,25 @@ EXPERIMENT_KINDS = {"cross_validation", "sweep", "bagging", "boosting", "bias_va
                     "batch_size", "optimizer_comparison"}
 
 
+def _model_names(cls: type[BaseModel]) -> set[str]:
+    return {cls.__name__}.union(*(_model_names(sub) for sub in cls.__subclasses__()))
+
+
+# A smart (untagged) union names the member it tried in the loc: a class name, which no
+# spec field is (they are snake_case).
+SPEC_MODEL_NAMES = _model_names(spec.Strict)
+
+
 def json_path(loc: tuple[Any, ...]) -> str:
     """A pydantic error location as the JSON path a user wrote (union tags removed)."""
     out: list[str] = []
     prev: Any = None
     for seg in loc:
-        if (seg == "body" and not out) or (isinstance(seg, str) and "[" in seg):
+        if ((seg == "body" and not out) or (isinstance(seg, str) and "[" in seg)
+                or seg in SPEC_MODEL_NAMES):
             continue
+        if isinstance(prev, int) and out[-2:-1] == ["optimizers"]:
+            prev = "optimizer"  # an item of optimizer_comparison's list: a tagged union too
         if not out and prev is None and seg in EXPERIMENT_KINDS:
             prev = "#kind"  # the experiment's own union tag
             continue

@@ -169,13 +169,15 @@ ERROR_DESCRIPTIONS = {
     401: "Missing, wrong or revoked API key.",
     404: "No such resource for this tenant.",
     409: "Idempotency-Key reused with a different body.",
-    413: "Request body over the size limit.",
+    413: "Request body over its size limit (max_json_bytes; uploads max_dataset_bytes).",
     422: "Invalid request: each problem's JSON path is in error.fields.",
     429: "Too many queued or running jobs (see Retry-After).",
+    500: "A bug (logged); the body still has the one error shape.",
     503: "The database is unavailable (see Retry-After).",
 }
-# Every authenticated /v1 operation: no key, bad input, SQL down.
-V1_ERRORS = error_responses(401, 422, 503)
+# Every authenticated /v1 operation: no key, a body over the cap (checked on every route,
+# before the body is read), bad input, a bug, SQL down.
+V1_ERRORS = error_responses(401, 413, 422, 500, 503)
 
 
 class ExperimentProgress(BaseModel):

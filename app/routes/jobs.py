@@ -23,7 +23,9 @@ from app.spec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = error_responses(404)
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
-CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]+)$",
+# An epoch has at most 9 digits (max_epochs): a longer number is a 422, never int() on
+# thousands of digits (Python refuses over 4300: that was a 500).
+CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]{1,9})$",
                                     description="best, latest or an epoch number.")]
 
 
