@@ -17,6 +17,16 @@ class ExperimentBase(Strict):
                       pattern=r"^[^\x00-\x1f\x7f]+$")
     base: JobSpec = Field(default_factory=JobSpec, description="The job every child varies.")
 
+    @model_validator(mode="after")
+    def _design_owned_fields(self) -> ExperimentBase:
+        # The design sets these per child; in the base, a long list would be copied into
+        # every child (an 8 MiB body stored 200 times over).
+        for name in ("rows", "target_offset"):
+            if getattr(self.base.data, name) is not None:
+                raise ValueError(f"base.data.{name} is set by the experiment for each child; "
+                                 "leave it out of the base")
+        return self
+
 
 class CrossValidation(ExperimentBase):
     """k-fold cross-validation over the development rows; the test split stays untouched."""

@@ -55,6 +55,8 @@ def test_grid_sweep_plans_exactly_the_grid(client: TestClient) -> None:
       "early_termination": {"grace_epochs": 0}}, "early_termination.grace_epochs"),
     ({"kind": "sweep", "parameters": {"optimizer.lr": [0.1]}, "objective": {"cv_folds": 3},
       "early_termination": {}}, "body"),
+    ({"kind": "bagging", "base": {"data": {"target_offset": [0.0] * 1000}}}, "body"),
+    ({"kind": "cross_validation", "base": {"data": {"rows": {"kind": "bootstrap"}}}}, "body"),
 ])
 def test_bad_designs_are_422_with_a_path(client: TestClient, body: dict[str, Any],
                                          loc: str) -> None:
