@@ -94,6 +94,67 @@ def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
     return problems
 
 
+def _normalized_maps(model: s.MLP | s.CNN, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(channels, values per channel) at each norm layer, as models.py builds them."""
+    if isinstance(model, s.MLP):
+        return [(1, w) if model.norm == "instance" else (w, 1) for w in model.hidden]
+    spatial, out = shape[1:], []
+    for c in model.channels:
+        out.append((c, math.prod(spatial)))
+        if model.pool != "none" and min(spatial) >= 2:
+            spatial = tuple(d // 2 for d in spatial)
+    return out
+
+
+def _single_row_batch(spec: s.JobSpec, info: shapes.DataInfo) -> bool:
+    """Can a training step see one row (batch_size 1, or a last batch of one row)?"""
+    if spec.data.rows is not None:
+        return True  # resampled training rows are not known here
+    n = shapes.train_rows(info, spec.data.split)
+    b = shapes.batch_rows(spec, n)
+    return b == 1 or n % b == 1
+
+
+def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    """Instance and group norms divide by a standard deviation over values torch insists
+    are more than one; a spec that leaves one would fail in the worker."""
+    model, shape = spec.model, shapes.effective_input_shape(spec.data, info)
+    maps = _normalized_maps(model, shape)
+    where = "hidden" if isinstance(model, s.MLP) else "channels"
+    if model.norm == "instance":
+        for i, (_, values) in enumerate(maps):
+            if values < 2:
+                return [Problem(("model", "norm"), f"instance norm needs at least 2 values "
+                                f"per channel but {where}[{i}] has 1; use another norm"
+                                + ("" if where == "hidden" else " or less pooling"))]
+    if model.norm == "group" and _single_row_batch(spec, info):
+        for i, (channels, values) in enumerate(maps):
+            if channels // model.groups * values < 2:
+                return [Problem(("model", "groups"), f"groups={model.groups} leaves one value "
+                                f"per group at {where}[{i}], which a batch of one row cannot "
+                                "normalize; use fewer groups or a batch_size that leaves no "
+                                "single-row batch")]
+    return []
+
+
+def _split_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    """A stratified split puts at least one row of every class in each split, so each
+    split needs n_classes rows (otherwise the worker could not split the data)."""
+    split = spec.data.split
+    if info.task != "classification" or not split.stratify:
+        return []
+    n_test = math.ceil(info.n_rows * split.test)
+    n_train = shapes.train_rows(info, split)
+    sizes = {"test": n_test, "train": n_train, "val": info.n_rows - n_test - n_train}
+    for name, rows in sizes.items():
+        if (rows > 0 or name != "val") and rows < info.n_classes:
+            return [Problem(("data", "split", "stratify"), f"a stratified split needs at least "
+                            f"{info.n_classes} rows (one per class) in each split but the "
+                            f"{name} split gets {rows} of {info.n_rows}; use more rows, a "
+                            "larger split fraction, or stratify: false")]
+    return []
+
+
 def _limit_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> list[Problem]:
     checks = [
         (("model",), "parameters", shapes.parameter_count(spec, info), limits.max_parameters),
@@ -153,7 +214,9 @@ def _memory_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> 
 def check_spec(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> None:
     """Raise SpecRejected listing every problem (empty list: the spec can run)."""
     problems = _task_problems(spec, info) + _shape_problems(spec, info)
-    problems += _training_problems(spec, info)
+    problems += _training_problems(spec, info) + _split_problems(spec, info)
+    if not problems:  # the layers' sizes need a consistent shape
+        problems += _norm_problems(spec, info)
     if not problems:  # counting parameters needs a consistent shape
         problems += _limit_problems(spec, info, limits)
     if not problems:  # the memory estimate is derived from the capped sizes: name those first

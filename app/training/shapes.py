@@ -141,7 +141,7 @@ FLOAT = 4  # bytes of a float32 value
 MASK = 4  # a dropout mask element (float on some backends)
 INDEX = 8  # a max-pool index or a gathered row index (int64)
 EVAL_MIN_BUDGET = 64 * 1024**2  # eval chunks may use this much even after a tiny batch
-PARAMETER_COPIES = 12  # weights, grads, <=3 optimizer states, best weights, noise, packs
+PARAMETER_COPIES = 12  # weights, grads, <=3 optimizer states, best, noise, bf16 casts, packs
 DATA_BYTES_PER_VALUE = 16  # float64 while loading + float32 arrays + device tensors
 PREDICTION_BYTES_PER_VALUE = 72  # device + numpy + Python float in a list + JSON text
 

@@ -1,0 +1,187 @@
+"""Accepted must mean runnable: every spec the API's validation accepts trains.
+
+Hypothesis draws specs around every cap of a scaled-down ``Limits`` (sizes drawn near
+and just past each cap, so about half are refused), runs ``app.validation.check_spec``
+as the API does, and for each accepted spec runs the core on it: load or generate the
+data, prepare it, build the model and optimizer (``Trainer``), one training step on the
+first batch, one eval chunk, and ``Trainer.finish`` (every split evaluated in chunks,
+the report, recorded predictions, sharpness). Each measured peak of tensor bytes
+(tests/training/memory.py) must be within ``shapes.memory_estimate``.
+
+The caps are scaled down (rows <= 4,000, activations <= 8 MiB) so the data is generated
+in full (no slicing needed) and an example takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+
+from app import spec as s
+from app.config import Limits
+from app.training import shapes
+from app.training.data import load_arrays, prepare
+from app.training.loop import Trainer
+from app.training.metrics import predict
+from app.training.sink import MemorySink
+from app.validation import SpecRejected, check_spec
+from tests.api.test_spec_properties import NORMS, optimizers
+from tests.api.test_spec_properties import losses as loss_blocks
+from tests.training.helpers import CPU
+from tests.training.memory import peak_bytes
+
+SMALL = Limits(max_parameters=120_000, max_layers=10, max_width=96, max_epochs=3,
+               max_work=10_000, max_batch_size=600, max_rows_synthetic=4000,
+               max_synthetic_values=60_000, max_activation_bytes=8 * 1024**2,
+               max_memory_bytes=24 * 1024**2)
+ACTIVATIONS = ["relu", "gelu", "tanh", "identity", "silu"]
+Spec = dict[str, Any]
+
+
+def near(cap: int, lo: int = 1) -> st.SearchStrategy[int]:
+    """Anything from lo up, or close to the cap on either side."""
+    return st.one_of(st.integers(lo, max(lo, cap)),
+                     st.integers(max(lo, cap * 4 // 5), max(lo, cap * 6 // 5)))
+
+
+@st.composite
+def shaped_sources(draw: Any) -> tuple[Spec, list[int] | None]:
+    """A source whose rows can be viewed as [C, L] or [C, H, W] (for conv nets)."""
+    if draw(st.booleans()):
+        view = draw(st.sampled_from([None, [1, 8, 8], [4, 16], [2, 4, 8], [1, 64]]))
+        return {"builtin": "digits"}, view
+    shape = draw(st.sampled_from([[1, 4, 4], [2, 6, 6], [3, 8], [1, 20], [2, 5, 3]]))
+    n = draw(near(SMALL.max_synthetic_values // math.prod(shape), 30))
+    return {"synthetic": "blobs", "n_features": math.prod(shape), "n_samples": n,
+            "centers": draw(st.integers(2, 12))}, shape
+
+
+@st.composite
+def flat_sources(draw: Any) -> Spec:
+    kind = draw(st.sampled_from(["builtin", "moons", "blobs", "spirals", "make_classification",
+                                 "make_regression", "function"]))
+    if kind == "builtin":
+        return {"builtin": draw(st.sampled_from(sorted(shapes.BUILTIN_INFO)))}
+    source: Spec = {"synthetic": kind, "n_samples": draw(near(SMALL.max_rows_synthetic, 40))}
+    if kind in ("blobs", "make_classification", "make_regression"):
+        source["n_features"] = draw(near(SMALL.max_synthetic_values // source["n_samples"], 2))
+    if kind == "blobs":
+        source["centers"] = draw(st.sampled_from([2, 3, 10, 200]))
+    if kind == "make_classification":
+        source |= {"n_informative": 2, "n_redundant": 0, "n_classes": draw(st.integers(2, 4))}
+    if kind == "spirals":
+        source["n_classes"] = draw(st.integers(2, 6))
+    return source
+
+
+@st.composite
+def mlps(draw: Any) -> Spec:
+    norm = draw(st.sampled_from(NORMS))
+    groups = 4 if norm == "group" else 1
+    hidden = draw(st.lists(near(SMALL.max_width // groups).map(lambda w: w * groups),
+                           max_size=draw(st.sampled_from([3, SMALL.max_layers]))))
+    return {"kind": "mlp", "hidden": hidden, "norm": norm, "groups": groups,
+            "activation": draw(st.sampled_from(ACTIVATIONS)), "residual": draw(st.booleans()),
+            "dropout": draw(st.sampled_from([0.0, 0.3]))}
+
+
+@st.composite
+def cnns(draw: Any) -> Spec:
+    norm = draw(st.sampled_from(NORMS))
+    groups = 2 if norm == "group" else 1
+    channels = draw(st.lists(near(SMALL.max_width // groups).map(lambda c: c * groups),
+                             min_size=1, max_size=3))
+    return {"kind": "cnn", "channels": channels, "norm": norm, "groups": groups,
+            "kernel_size": draw(st.integers(1, 4)), "pool": draw(st.sampled_from(
+                ["max", "avg", "none"])), "activation": draw(st.sampled_from(ACTIVATIONS)),
+            "residual": draw(st.booleans()), "blocks_per_stage": draw(st.integers(1, 2)),
+            "dropout": draw(st.sampled_from([0.0, 0.2]))}
+
+
+@st.composite
+def regularizations(draw: Any, shaped: bool) -> Spec:
+    reg: Spec = {"input_noise": draw(st.sampled_from([0.0, 0.1])),
+                 "weight_noise": draw(st.sampled_from([0.0, 0.01])),
+                 "l2": draw(st.sampled_from([0.0, 1e-3]))}
+    mixing = draw(st.sampled_from(["none", "mixup"] + (["cutmix"] if shaped else [])))
+    if mixing != "none":
+        reg[mixing] = {"alpha": 0.4}
+    if shaped and draw(st.booleans()):
+        reg["augment"] = {"shift": draw(st.integers(0, 3)), "flip": draw(st.booleans())}
+    return reg
+
+
+@st.composite
+def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
+    shaped = draw(st.booleans())
+    if shaped:
+        source, view = draw(shaped_sources())
+        data: Spec = {"source": source} | ({"input_shape": view} if view else {})
+        model = draw(st.one_of(cnns(), mlps()))
+    else:
+        data, model = {"source": draw(flat_sources())}, draw(mlps())
+    parsed = s.Data.model_validate(data)
+    src = parsed.source
+    info = (shapes.BUILTIN_INFO[src.builtin] if isinstance(src, s.BuiltinSource)
+            else shapes.synthetic_info(src))  # type: ignore[arg-type]
+    batch = draw(st.one_of(st.just(1), st.just("full"), near(SMALL.max_batch_size, 2)))
+    if model["norm"] == "batch" and batch == 1:
+        batch = 2
+    training: Spec = {"epochs": 1, "batch_size": batch, "device": "cpu",
+                      "precision": draw(st.sampled_from(["fp32", "bf16"])),
+                      "record_predictions": draw(st.booleans())}
+    if draw(st.integers(0, 3)) == 0:
+        training["sharpness"] = {"max_rows": draw(near(1000)), "power_iterations": 2,
+                                 "ascent_steps": 2}
+    spec = s.JobSpec.model_validate({
+        "data": data, "model": model, "loss": draw(loss_blocks(info)),
+        "optimizer": draw(optimizers()) | {"lr": 1e-3},
+        "regularization": draw(regularizations(shaped or "input_shape" in data)),
+        "training": training})
+    return spec, info
+
+
+def _first_batch(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.arange(t.batch_size)
+    return t.data.x_train[idx], t.data.y_train[idx]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.filter_too_much])
+@given(drawn=specs_near_the_caps())
+def test_every_accepted_spec_runs_within_its_memory_estimate(
+        drawn: tuple[s.JobSpec, shapes.DataInfo]) -> None:
+    spec, info = drawn
+    note(spec.model_dump_json(exclude_defaults=True))
+    try:
+        check_spec(spec, info, SMALL)
+    except SpecRejected as refused:
+        first = refused.problems[0]
+        event(f"refused at {'.'.join(map(str, first.loc))}: {' '.join(first.msg.split()[:2])}")
+        return
+    event("accepted")
+    est = shapes.memory_estimate(spec, info)
+    data = prepare(spec.data, load_arrays(spec.data.source), CPU,
+                   keep_dev=spec.training.record_predictions)
+    t = Trainer(spec, data, MemorySink(), CPU)
+    assert shapes.parameter_count(spec, info) == sum(p.numel() for p in t.model.parameters())
+    assert est.batch_rows == t.batch_size
+    _, step = peak_bytes(lambda: t.train_step(*_first_batch(t)))
+    assert step <= est.train_batch + est.parameters
+    chunk = data.x_train[: t.eval_rows]
+    _, chunk_peak = peak_bytes(lambda: predict(t.model, chunk, t.autocast, t.eval_rows))
+    n_out = shapes.output_dim(info, spec.loss)
+    casts = 2 * est.parameters // shapes.PARAMETER_COPIES // shapes.FLOAT  # bf16 weights
+    rows_bytes = chunk.shape[0] * shapes.eval_row_bytes(spec, data.input_shape, n_out)
+    assert chunk_peak <= rows_bytes + (casts if spec.training.precision == "bf16" else 0)
+    summary, end = peak_bytes(t.finish)
+    assert end <= est.total
+    assert set(summary["train"]) >= {"loss"}
+    if spec.training.record_predictions:
+        assert len(summary["predictions"]["test"]) == data.x_test.shape[0]
