@@ -47,6 +47,9 @@ class Limits(BaseSettings):
     max_form_field_bytes: int = 64 * 1024
     max_concurrent_jobs: int = 64  # per tenant, queued + running
     max_experiment_children: int = 200
+    # One stage's child specs as JSON, summed (checked from sizes before any is built): a large
+    # value swept against many others would otherwise be copied into every child it meets.
+    max_experiment_spec_bytes: int = 64 * 1024 * 1024
 
 
 class Settings(BaseSettings):

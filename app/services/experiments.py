@@ -22,6 +22,7 @@ from app.spec import Task
 from app.training.experiments.plan import (
     ChildPlan,
     boosting_round,
+    child_bytes_bound,
     child_count,
     final_retrain,
     first_stage,
@@ -56,9 +57,21 @@ def check_child_count(exp: Any, settings: Settings) -> None:
                                      "lower the values or set trials")])
 
 
+def check_stage_bytes(exp: Any, settings: Settings) -> None:
+    """Refuse a stage whose child specs would hold too much JSON, from sizes alone."""
+    cap = settings.limits.max_experiment_spec_bytes
+    count, each = child_count(exp), child_bytes_bound(exp)
+    if count * each > cap:
+        loc = {"sweep": "parameters", "bias_variance": "values"}.get(exp.kind, "base")
+        raise SpecRejected([Problem((loc,), f"{count:,} child specs of up to {each:,} bytes "
+                                    f"each ({count * each:,} bytes) exceed the limit "
+                                    f"max_experiment_spec_bytes {cap:,}")])
+
+
 def plan_children(exp: Any, settings: Settings) -> list[ChildPlan]:
     """The first stage, refused with 422 if a child would not be a valid job."""
     check_child_count(exp, settings)
+    check_stage_bytes(exp, settings)
     try:
         return first_stage(exp)
     except (ValidationError, ValueError) as exc:

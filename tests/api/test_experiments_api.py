@@ -193,3 +193,16 @@ def test_experiment_jobs_are_paginated_in_design_order(client: TestClient) -> No
     assert [k["role"]["fold"] for k in whole["items"]] == [0, 1, 2, 3, 4]
     assert client.get(url, params={"cursor": "nope"}).status_code == 422
     assert client.get(url, params={"limit": 0}).status_code == 422
+
+
+def test_a_large_value_swept_against_many_is_refused_from_its_size(client: TestClient) -> None:
+    """One 2 MB value met by 50 others would be copied into 50 children (100 MB stored)."""
+    body = {"kind": "sweep", "base": tiny_spec(), "parameters": {
+        "optimizer.lr": [0.001 * (i + 1) for i in range(50)], "name": ["x" * 2_000_000]}}
+    r, peak = peak_mib(lambda: post(client, body))
+    assert r.status_code == 422, r.text[:300]
+    error = r.json()["error"]
+    assert "max_experiment_spec_bytes" in error["message"] and "50 child specs" in error["message"]
+    assert error["fields"][0]["loc"] == "parameters"
+    assert peak < 40, f"{peak:.1f} MiB"
+    assert client.get("/v1/jobs").json()["items"] == []

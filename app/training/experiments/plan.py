@@ -5,6 +5,7 @@ first stage at submission, so a design that cannot run is refused before anythin
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import statistics
@@ -132,6 +133,18 @@ def child_count(exp: Any) -> int:
         case e.OptimizerComparison():
             return len(exp.optimizers)
     raise ValueError(f"unknown experiment kind {exp!r}")
+
+
+def child_bytes_bound(exp: Any) -> int:
+    """At most how many bytes of JSON one child's spec holds: the base plus the largest
+    free-form value of each list the design varies (sizes only; no child is built)."""
+    lists: list[list[Any]] = []
+    if isinstance(exp, e.Sweep):
+        lists = [v for v in exp.parameters.values() if isinstance(v, list)]
+    elif isinstance(exp, e.BiasVariance):
+        lists = [exp.values]
+    size = len(json.dumps(exp.base.model_dump(mode="json")))
+    return size + sum(max(len(json.dumps(v)) for v in values) for values in lists)
 
 
 def sweep_trials(sweep: e.Sweep) -> list[dict[str, Any]]:
