@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -163,9 +163,10 @@ def encode_cursor(row: _Keyed) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        # as_utc: a hand-made cursor without an offset must not reach SQL naive (a 500)
-        return as_utc(datetime.fromisoformat(created)), row_id
-    except ValueError as exc:
+        # a hand-made cursor without an offset, or one whose UTC time is out of range,
+        # must not reach SQL (each was a 500)
+        return as_utc(datetime.fromisoformat(created)).astimezone(UTC), row_id
+    except (ValueError, OverflowError) as exc:
         raise Unprocessable("cursor is not one this API issued",
                             fields=[{"loc": "cursor", "message": "malformed"}]) from exc
 
