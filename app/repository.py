@@ -136,10 +136,14 @@ def cancel(session: Session, job: Job, now: datetime) -> None:
     session.refresh(job)
 
 
-def claim(session: Session, job_id: str, owner: str, now: datetime, lease: float) -> Job | None:
-    """Take the job's lease with one conditional UPDATE; None if someone else holds it."""
-    claimable = or_(Job.status == "queued",
-                    and_(Job.status == "running", Job.lease_expires_at < now))
+def claim(session: Session, job_id: str, owner: str, now: datetime, lease: float, *,
+          take_expired: bool = True) -> Job | None:
+    """Take the job's lease with one conditional UPDATE; None if someone else holds it.
+
+    ``take_expired=False`` claims only a queued job, not one whose lease expired (right
+    after a database outage, its worker may be alive and about to hand it back)."""
+    expired = and_(Job.status == "running", Job.lease_expires_at < now)
+    claimable = or_(Job.status == "queued", expired) if take_expired else Job.status == "queued"
     stmt = (update(Job)
             .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
                    Job.attempt < Job.max_attempts)

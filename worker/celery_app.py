@@ -25,6 +25,7 @@ from app.db import get_sessionmaker
 from app.queue import get_celery
 from app.services.reaper import reap_once
 from worker import registry
+from worker.retry import db_failed_within, note_db_failure
 from worker.sinks import PREEMPT
 
 log = logging.getLogger("trainyard.worker")
@@ -33,22 +34,18 @@ celery.conf.include = ["worker.tasks"]
 
 
 def _reaper_loop(stop: threading.Event) -> None:
-    """Every interval, one reaper pass. After a pass failed (the database was down), leases
-    that expired meanwhile are left alone for one lease period: their live workers
+    """Every interval, one reaper pass. For a lease period after this worker saw the
+    database unreachable, leases that expired meanwhile are left alone: their live workers
     heartbeat again or hand their jobs back (``execution._hand_back_after_outage``)
     instead of a re-claim using up an attempt."""
     settings = get_settings()
-    failed_at: float | None = None
     while not stop.wait(settings.reaper_interval_seconds):
-        take = failed_at is None or time.monotonic() - failed_at > settings.lease_seconds
+        take = not db_failed_within(settings.lease_seconds)
         try:
             reap_once(get_sessionmaker(), settings, take_expired=take)
         except Exception as exc:  # the database may be down; try again next tick
-            failed_at = time.monotonic()
+            note_db_failure()
             log.warning("reaper pass failed: %s", exc)
-            continue
-        if take:
-            failed_at = None
 
 
 _reaper_stop = threading.Event()

@@ -26,7 +26,13 @@ from app.training.runner import run_spec
 from worker import registry
 from worker.lease import LeaseKeeper
 from worker.pruning import trial_pruner
-from worker.retry import DatabaseUnavailable, is_transient, with_retry
+from worker.retry import (
+    DatabaseUnavailable,
+    db_failed_within,
+    is_transient,
+    note_db_failure,
+    with_retry,
+)
 from worker.sinks import SqlSink
 
 log = logging.getLogger("trainyard.worker")
@@ -90,10 +96,13 @@ def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) ->
 def _execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
     owner = worker_identity()
     window = settings.db_retry_seconds
+    # Right after an outage an expired lease is its live owner's to hand back (the reaper
+    # re-sends the job after the grace if the owner is really gone).
+    take_expired = not db_failed_within(settings.lease_seconds)
     try:
-        job = with_retry(sessions, lambda s: repo.claim(s, job_id, owner, utcnow(),
-                                                        settings.lease_seconds),
-                         give_up_after=window)
+        job = with_retry(sessions, lambda s: repo.claim(
+            s, job_id, owner, utcnow(), settings.lease_seconds, take_expired=take_expired),
+            give_up_after=window)
         if job is None:
             with_retry(sessions, lambda s: repo.cancelled_while_queued(s, job_id, utcnow()),
                        give_up_after=window)
@@ -189,10 +198,11 @@ def _hand_back_after_outage(sessions: sessionmaker[Session], settings: Settings,
     """SQL was unreachable past the retry window: this copy stops, and the job is handed
     back (attempt returned) as soon as SQL answers again.
 
-    Until then the job stays ``running`` under an expired lease. The reaper leaves such
-    jobs alone for a lease period after an outage it saw itself, so this release, tried
-    every heartbeat, wins over a re-claim that would use up an attempt. It ends when SQL
-    answers or the process exits (a stopping worker is killed after worker_stop_seconds)."""
+    Until then the job stays ``running`` under an expired lease. For a lease period after
+    an outage, reapers and claims of the workers that saw it leave such jobs alone, so this
+    release, tried every heartbeat, wins over a re-claim that would use up an attempt. It
+    ends when SQL answers or the process exits (a stopping worker is killed after
+    worker_stop_seconds)."""
     log.warning("job %s: the database stayed unreachable; stopping this copy and handing "
                 "the job back when it returns", job_id)
     while True:
@@ -206,6 +216,7 @@ def _hand_back_after_outage(sessions: sessionmaker[Session], settings: Settings,
             if not is_transient(exc):
                 log.exception("job %s: hand-back after the outage failed", job_id)
                 return "database-unavailable"
+            note_db_failure()
             time.sleep(settings.heartbeat_seconds)
             continue
         _requeue(job_id, queue)

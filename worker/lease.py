@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
-from worker.retry import DatabaseUnavailable, is_transient, with_retry
+from worker.retry import DatabaseUnavailable, is_transient, note_db_failure, with_retry
 
 log = logging.getLogger("trainyard.worker")
 T = TypeVar("T")
@@ -101,6 +101,7 @@ class LeaseKeeper:
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("job %s: heartbeat failed", self.job_id)
+                note_db_failure()
                 failing_since = failing_since or now
                 if now - failing_since >= self.settings.db_retry_seconds:
                     self.outage.set()

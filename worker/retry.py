@@ -9,6 +9,7 @@ SQL): that goes to the log only.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,6 +25,22 @@ T = TypeVar("T")
 
 class DatabaseUnavailable(RuntimeError):
     """SQL stayed unreachable for the whole retry window."""
+
+
+# When any process of this worker last failed to reach SQL (time.time()). Created at import,
+# in the worker's main process before the pool forks, so the children share it: a child
+# that has just started may not have seen the outage its parent's reaper saw.
+_last_failure = multiprocessing.Value("d", 0.0, lock=False)
+
+
+def note_db_failure() -> None:
+    _last_failure.value = time.time()
+
+
+def db_failed_within(seconds: float) -> bool:
+    """Whether this worker saw SQL unreachable in the last ``seconds``: leases that expired
+    meanwhile belong to workers that could not heartbeat, not to dead ones."""
+    return time.time() - _last_failure.value < seconds
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -49,6 +66,7 @@ def with_retry(sessions: sessionmaker[Session], work: Callable[[Session], T], *,
         except DBAPIError as exc:
             if not is_transient(exc):
                 raise
+            note_db_failure()
             if time.monotonic() + delay > deadline:
                 log.error("database unreachable for %.0fs; giving up: %s", window, exc)
                 raise DatabaseUnavailable(

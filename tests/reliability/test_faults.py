@@ -3,6 +3,7 @@ flushed, Postgres restarted mid-training. Each test restores what it broke."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -53,6 +54,17 @@ def assert_trained_once(db_url: str, done: dict[str, Any], epochs: int) -> None:
                     j=done["id"])
     assert [r.attempt for r in attempts] == [1]
     assert_complete(db_url, done["id"], epochs)
+
+
+def assert_resumed_each_time(db_url: str, job_id: str, attempts: int) -> None:
+    """Each attempt wrote only epochs after the checkpoint it resumed from: a restart from
+    scratch would have rewritten epoch 1 (metric rows are upserted with their attempt)."""
+    found = rows(db_url, "SELECT attempt, MIN(epoch) AS first, MAX(epoch) AS last FROM metrics "
+                 "WHERE job_id = :j GROUP BY attempt ORDER BY attempt", j=job_id)
+    assert [r.attempt for r in found] == list(range(1, attempts + 1)), found
+    assert found[0].first == 1
+    for before, after in itertools.pairwise(found):
+        assert after.first > 1 and after.first <= before.last + 1, found
 
 
 def running(http: httpx.Client, job_id: str, min_epoch: int = 0) -> dict[str, Any] | None:
@@ -154,6 +166,7 @@ def test_repeated_sigkill_resumes_exactly(distributed: Stack, postgres_url: str)
         b = assert_complete(postgres_url, twin_id, 25)
         same = {k: v for k, v in a.items() if k[2] not in TIMING}
         assert same == {k: v for k, v in b.items() if k[2] not in TIMING}
+        assert_resumed_each_time(postgres_url, job_id, attempts=3)
         w_killed = http.get(f"/v1/jobs/{job_id}/checkpoints/latest").content
         w_twin = http.get(f"/v1/jobs/{twin_id}/checkpoints/latest").content
     from safetensors.numpy import load
@@ -252,3 +265,79 @@ def test_job_outliving_the_visibility_timeout_runs_once(tmp_path: Path, postgres
         assert_trained_once(postgres_url, done, 60)
         logs = stack.log("w1") + stack.log("w2")
         assert "'not-claimed'" in logs, "the broker should have redelivered the message"
+
+
+def test_postgres_down_longer_than_the_retry_window(tmp_path: Path, postgres_url: str,
+                                                    redis_url: str,
+                                                    restorable_postgres: None) -> None:
+    """An outage past TRAINYARD_DB_RETRY_SECONDS (and past the lease): the worker stops the
+    copy and hands the job back when SQL returns; no attempt is used up, nothing failed,
+    and no driver text (host, SQL) reaches the job."""
+    with distributed_stack(tmp_path, postgres_url, redis_url,
+                           TRAINYARD_DB_RETRY_SECONDS="2") as stack, stack.client() as http:
+        stack.start_worker("w1")
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=30)).json()["id"]
+        wait_for(lambda: running(http, job_id, 3), 120, 0.05)
+        stack.start_worker("w2")  # idle, with a reaper that could re-claim the job too
+        wait_for(lambda: " ready." in stack.log("w2"), 90, 0.2, "w2")
+        pg("stop")
+        wait_for(lambda: "handing the job back" in stack.log("w1"), 60, 0.2, "the give-up")
+        time.sleep(4)  # the lease (4 s) expires too
+        pg("start")
+        wait_for(pg_up, 30)
+        done = wait_job(http, job_id, timeout=180)
+        log = stack.log("w1") + stack.log("w2")
+        assert done["status"] == "succeeded" and done["error"] is None, log
+        assert done["attempt"] == 1, "an outage must not use up an attempt:\n" + log
+        assert "the database is back; handed back" in log
+        assert_complete(postgres_url, job_id, 30)
+        resumed = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
+                       j=job_id)
+        assert {r.attempt for r in resumed} == {1}, "the same attempt number, after the release"
+        errors = rows(postgres_url, "SELECT error_message FROM jobs WHERE error_message IS NOT "
+                      "NULL AND (error_message LIKE '%SQL%' OR error_message LIKE '%127.0.0.1%')")
+        assert errors == []
+
+
+def test_short_lease_survives_a_long_final_phase(tmp_path: Path, postgres_url: str,
+                                                 redis_url: str) -> None:
+    """The final evaluation (sharpness) lasts several leases while a second worker waits:
+    the lease is kept by the heartbeat thread, so nobody takes the job over and the first
+    copy's result is kept."""
+    spec = slow_digits(epochs=2)
+    spec["training"]["sharpness"] = {"power_iterations": 200, "ascent_steps": 200,
+                                     "max_rows": 1024}
+    with distributed_stack(tmp_path, postgres_url, redis_url, TRAINYARD_LEASE_SECONDS="1.5",
+                           TRAINYARD_HEARTBEAT_SECONDS="0.3") as stack, stack.client() as http:
+        stack.start_worker("w1")
+        stack.start_worker("w2")
+        job_id = http.post("/v1/jobs", json=spec).json()["id"]
+        wait_for(lambda: running(http, job_id, 2), 120, 0.05, "training to end")
+        assert outlived_its_lease(postgres_url, job_id), "the final phase was too short"
+        done = wait_job(http, job_id, timeout=180)
+        logs = stack.log("w1") + stack.log("w2")
+        assert done["status"] == "succeeded" and done["attempt"] == 1, logs
+        assert "lease lost" not in logs and "Traceback" not in logs
+        assert done["summary"]["sharpness"]["rows"] == 1024
+
+
+def outlived_its_lease(db_url: str, job_id: str) -> bool:
+    """Whether the job was still running on its first attempt after the lease it held when
+    training ended had expired (by the database's clock)."""
+    engine = sa.create_engine(db_url)
+    first = None
+    try:
+        with engine.connect() as conn:
+            while True:
+                row = conn.execute(sa.text("SELECT status, attempt, lease_expires_at, "
+                                           "now() AS now FROM jobs WHERE id = :j"),
+                                   {"j": job_id}).one()
+                conn.rollback()  # a fresh snapshot each time
+                if row.status != "running" or row.attempt != 1:
+                    return False
+                first = first or row.lease_expires_at
+                if row.now > first:
+                    return True
+                time.sleep(0.1)
+    finally:
+        engine.dispose()
