@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -25,7 +24,7 @@ from app.training.experiments.plan import Child
 from app.training.experiments.targets import load_targets
 from app.validation import SpecRejected
 from worker.execution import dataset_loader
-from worker.retry import DatabaseUnavailable, with_retry
+from worker.retry import DatabaseUnavailable, is_transient, with_retry
 
 log = logging.getLogger("trainyard.experiments")
 
@@ -53,25 +52,27 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
         kids = _children(session, exp)
         if any(c.status in repo.ACTIVE for c in kids):
             return "waiting"
-        stage, tenant = exp.stage, exp.tenant_id
-        request = exp_service.parse(exp.request)
+        stage, tenant, stored = exp.stage, exp.tenant_id, exp.request
     task = repo_job_task(sessions, kids)
-    try:
-        step = advance(request, kids, lambda spec: load_targets(
+    try:  # a request stored under older rules may no longer parse: that ends it too
+        step = advance(exp_service.parse(stored), kids, lambda spec: load_targets(
             spec, dataset_loader(sessions, tenant), task))  # type: ignore[arg-type]
     except Exception as exc:  # a result that cannot be computed must not stall forever
         log.exception("experiment %s: aggregation failed", experiment_id)
         return _fail(sessions, experiment_id, stage, f"{type(exc).__name__}: {exc}")
-    if not step.children:
-        return _finish(sessions, experiment_id, stage, step, kids)
     try:
+        if not step.children:
+            return _finish(sessions, experiment_id, stage, step, kids)
         return _start_stage(sessions, settings, experiment_id, tenant, stage, step)
-    except (DBAPIError, DatabaseUnavailable):
+    except DatabaseUnavailable:
         raise  # the database, not the design: the reaper advances it again later
-    except Exception as exc:  # a stage that cannot start would be re-advanced forever
-        log.exception("experiment %s: stage %d could not start", experiment_id, stage + 1)
-        return _fail(sessions, experiment_id, stage, f"stage {stage + 1} could not start: "
-                     f"{describe(exc)}")
+    except Exception as exc:  # anything else would be re-advanced forever
+        if is_transient(exc):
+            raise
+        what = (f"stage {stage + 1} could not start" if step.children
+                else "the result could not be stored")
+        log.exception("experiment %s: %s", experiment_id, what)
+        return _fail(sessions, experiment_id, stage, f"{what}: {describe(exc)}")
 
 
 def describe(exc: Exception) -> str:

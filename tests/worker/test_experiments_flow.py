@@ -210,3 +210,27 @@ def test_gradient_boosting_on_more_than_100k_development_rows_runs_every_round(
     assert len(out["result"]["rounds"]) == 2
     offsets = [j.spec["data"]["target_offset"] for j in out["children"]]
     assert offsets[0] is None and len(offsets[1]) == 102_000
+
+
+def test_a_stored_request_that_no_longer_parses_ends_the_experiment_failed(env: Any) -> None:
+    """Rules tighten between releases (here: k below its minimum, as if stored before the
+    rule): advancing must end the experiment with the reason, not raise on every retry."""
+    sessions, settings = env
+    with sessions() as s:
+        exp, _ = service.submit(s, tenant_id="t", exp=service.parse(
+            {"kind": "cross_validation", "k": 2, "base": MOONS}), settings=settings,
+            idempotency_key=None)
+        kids = [j.id for j in repo.children(s, exp.id)]
+    for job_id in kids:
+        execute(job_id, sessions, settings)
+    with sessions() as s:
+        row = repo.get_experiment_any_tenant(s, exp.id)
+        assert row is not None
+        row.request = {**row.request, "k": 1}
+        s.commit()
+    assert advance_experiment(exp.id, sessions, settings) == "failed"
+    with sessions() as s:
+        row = repo.get_experiment_any_tenant(s, exp.id)
+        assert row is not None and row.status == "failed"
+        message = row.error_message or ""
+        assert "ValidationError" in message and "greater than or equal to 2" in message
