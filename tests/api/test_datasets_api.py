@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,132 @@ def test_multipart_caps_on_files_and_fields(client: TestClient) -> None:
     r = client.post("/v1/datasets", files={"file": ("a.csv", GOOD_CSV)}, data=many)
     assert r.status_code == 400 and "Maximum number of fields" in r.json()["error"]["message"]
     assert stored(client) == []
+
+
+# ------------------------------------------------ decoded-size caps, streaming, list views
+
+
+def npy_member(shape: tuple[int, ...], dtype: str, data: bytes = b"") -> bytes:
+    """A .npy file whose header declares ``shape`` (the data may be shorter: a lie)."""
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                     "shape": shape})
+    return buf.getvalue() + data
+
+
+def npz_of(**members: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(f"{name}.npy", content)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("x_shape", "y", "fragment"), [
+    ((1_000_000, 10_000), ("<i8", (1_000_000,)), "max_dataset_decoded_bytes"),
+    ((2_000_000, 1), ("<i8", (2_000_000,)), "max_dataset_rows"),
+    ((10, 20_000), ("<i8", (10,)), "max_dataset_columns"),
+    ((10, 2), ("<U100000000", (10,)), "max_dataset_decoded_bytes"),
+    ((10, 2), ("|O", (10,)), "never loaded"),
+])
+def test_npz_headers_are_checked_before_anything_is_decoded(
+        client: TestClient, x_shape: tuple[int, ...], y: tuple[str, tuple[int, ...]],
+        fragment: str) -> None:
+    # The data is 16 bytes whatever the header says: had the archive been loaded first,
+    # numpy would have failed on the short data, not named the cap.
+    content = npz_of(X=npy_member(x_shape, "<f8", b"\0" * 16), y=npy_member(y[1], y[0]))
+    r = upload(client, content, "bomb.npz")
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["error"]["message"]
+    assert r.json()["error"]["fields"] == [{"loc": "file", "message": r.json()["error"]["message"]}]
+    assert stored(client) == []
+
+
+def test_a_compressed_bomb_is_refused_by_its_decoded_size(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    monkeypatch.setattr(get_settings().limits, "max_dataset_decoded_bytes", 16 * 1024 * 1024)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, X=np.zeros((4000, 2000), dtype=np.uint8), y=np.arange(4000) % 2)
+    assert len(buf.getvalue()) < 100_000  # 8 MB of uint8, 64 MB as float64
+    r = upload(client, buf.getvalue(), "zeros.npz")
+    assert r.status_code == 422 and "max_dataset_decoded_bytes" in r.json()["error"]["message"]
+    assert stored(client) == []
+
+
+@pytest.mark.parametrize(("limit", "value", "fragment"), [
+    ("max_dataset_rows", 50, "51 rows exceed the limit max_dataset_rows"),  # stops at row 51
+    ("max_dataset_columns", 1, "2 columns exceed the limit max_dataset_columns"),
+    ("max_dataset_decoded_bytes", 40 * 16, "41 rows x 2 features"),
+])
+def test_csv_caps_are_checked_as_rows_stream(client: TestClient,
+                                            monkeypatch: pytest.MonkeyPatch, limit: str,
+                                            value: int, fragment: str) -> None:
+    from app.config import get_settings
+
+    monkeypatch.setattr(get_settings().limits, limit, value)
+    r = upload(client, GOOD_CSV, target="label")  # 60 rows, 2 features
+    assert r.status_code == 422 and fragment in r.json()["error"]["message"], r.text
+    assert stored(client) == []
+
+
+def test_every_feature_name_is_stored_and_list_items_are_slim(client: TestClient) -> None:
+    names = [f"feature_{i}" for i in range(1500)]
+    rows = [",".join(str((i * j) % 5) for j in range(1500)) + f",{i % 2}" for i in range(6)]
+    content = ("\n".join([",".join([*names, "label"]), *rows]) + "\n").encode()
+    ds = upload(client, content, target="label").json()
+    assert client.get(f"/v1/datasets/{ds['id']}").json()["info"]["feature_names"] == names
+    listed = client.get("/v1/datasets")
+    [item] = listed.json()["items"]
+    assert "info" not in item and item["features"] == 1500
+    assert item["links"]["self"] == f"/v1/datasets/{ds['id']}"
+    assert len(listed.content) < 1000  # feature names stay out of list views
+
+
+def test_dataset_list_pages_with_a_cursor(client: TestClient) -> None:
+    ids = [upload(client, GOOD_CSV + f"{i},0,1\n".encode(), target="label").json()["id"]
+           for i in range(3)]
+    first = client.get("/v1/datasets?limit=2").json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    second = client.get(f"/v1/datasets?limit=2&cursor={first['next_cursor']}").json()
+    assert len(second["items"]) == 1 and second["next_cursor"] is None
+    assert [d["id"] for d in first["items"] + second["items"]] == ids[::-1]  # newest first
+
+
+def test_healthz_answers_while_a_large_upload_parses(app_home: Path) -> None:
+    """The upload route parses in a worker thread, so the event loop keeps serving: no gap
+    between /healthz answers comes near the upload's length. (Parsing on the event loop,
+    as an ``async def`` route did, leaves one gap as long as the parse.)"""
+    import asyncio
+    import time
+
+    import httpx
+
+    from app.main import create_app
+    from tests.api.conftest import make_key
+
+    rows = "".join(f"{i % 97}.5,{i % 13},{i % 7}.25,{i % 5},{i % 3}.75,{i % 2}\n"
+                   for i in range(200_000))
+    content = ("a,b,c,d,e,label\n" + rows).encode()
+    headers = {"Authorization": f"Bearer {make_key('alice')}"}
+
+    async def scenario() -> tuple[float, list[float], int]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=headers, timeout=300) as client:
+            start = time.monotonic()
+            upload = asyncio.create_task(client.post(
+                "/v1/datasets", files={"file": ("big.csv", content)}, data={"target": "label"}))
+            answers = [start]
+            while not upload.done():
+                assert (await client.get("/healthz")).status_code == 200
+                answers.append(time.monotonic())
+            return time.monotonic() - start, answers, (await upload).status_code
+
+    duration, answers, status = asyncio.run(scenario())
+    assert status == 201
+    gaps = [b - a for a, b in zip(answers, answers[1:], strict=False)]
+    assert len(answers) > 10 and max(gaps) < duration / 4, (duration, max(gaps), len(answers))
