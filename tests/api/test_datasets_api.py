@@ -260,6 +260,7 @@ def test_healthz_answers_while_a_large_upload_parses(app_home: Path) -> None:
     between /healthz answers comes near the upload's length. (Parsing on the event loop,
     as an ``async def`` route did, leaves one gap as long as the parse.)"""
     import asyncio
+    import itertools
     import time
 
     import httpx
@@ -287,5 +288,5 @@ def test_healthz_answers_while_a_large_upload_parses(app_home: Path) -> None:
 
     duration, answers, status = asyncio.run(scenario())
     assert status == 201
-    gaps = [b - a for a, b in zip(answers, answers[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(answers)]
     assert len(answers) > 10 and max(gaps) < duration / 4, (duration, max(gaps), len(answers))
