@@ -138,13 +138,16 @@ def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
 
 
 def _split_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
-    """A stratified split puts at least one row of every class in each split, so each
-    split needs n_classes rows (otherwise the worker could not split the data)."""
+    """The split must leave training rows, and a stratified split puts at least one row of
+    every class in each split, so each split needs n_classes rows (else the worker fails)."""
     split = spec.data.split
-    if info.task != "classification" or not split.stratify:
-        return []
     n_test = math.ceil(info.n_rows * split.test)
     n_train = shapes.train_rows(info, split)
+    if n_train < 1:
+        return [Problem(("data", "split"), f"val {split.val:g} and test {split.test:g} leave "
+                        f"no training rows of {info.n_rows}; lower them")]
+    if info.task != "classification" or not split.stratify:
+        return []
     sizes = {"test": n_test, "train": n_train, "val": info.n_rows - n_test - n_train}
     for name, rows in sizes.items():
         if (rows > 0 or name != "val") and rows < info.n_classes:

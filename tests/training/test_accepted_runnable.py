@@ -185,3 +185,60 @@ def test_every_accepted_spec_runs_within_its_memory_estimate(
     assert set(summary["train"]) >= {"loss"}
     if spec.training.record_predictions:
         assert len(summary["predictions"]["test"]) == data.x_test.shape[0]
+
+
+# Specs the property test found accepted but failing in the worker, each now refused with
+# the field to change (or, for make_classification, generated as the spec allows).
+FOUND: dict[str, tuple[Spec, str]] = {
+    "stratified-split-with-fewer-test-rows-than-classes": (
+        {"data": {"source": {"synthetic": "blobs", "n_samples": 30, "centers": 6,
+                             "n_features": 2}}}, "data.split.stratify"),
+    "split-without-training-rows": (
+        {"data": {"source": {"builtin": "iris"}, "split": {"val": 0.5, "test": 0.5,
+                                                           "stratify": False}}}, "data.split"),
+    "instance-norm-over-one-value": (
+        {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
+         "model": {"kind": "mlp", "hidden": [1], "norm": "instance"}}, "model.norm"),
+    "instance-norm-after-pooling-to-1x1": (
+        {"data": {"source": {"builtin": "digits"}},
+         "model": {"kind": "cnn", "channels": [4, 4, 4, 4], "norm": "instance"}}, "model.norm"),
+    "group-norm-one-value-per-group-batch-1": (
+        {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
+         "model": {"kind": "mlp", "hidden": [4], "norm": "group", "groups": 4},
+         "training": {"batch_size": 1}}, "model.groups"),
+}
+
+
+def _info(spec: s.JobSpec) -> shapes.DataInfo:
+    src = spec.data.source
+    if isinstance(src, s.BuiltinSource):
+        return shapes.BUILTIN_INFO[src.builtin]
+    return shapes.synthetic_info(src)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_specs_that_failed_in_the_worker_are_refused_naming_the_field(name: str) -> None:
+    raw, loc = FOUND[name]
+    spec = s.JobSpec.model_validate(raw | {"training": raw.get("training", {}) | {"epochs": 1}})
+    with pytest.raises(SpecRejected) as refused:
+        check_spec(spec, _info(spec), Limits())
+    assert [".".join(map(str, p.loc)) for p in refused.value.problems] == [loc]
+    with pytest.raises(ValueError):  # what the worker would have met (DataError included)
+        t = Trainer(spec, prepare(spec.data, load_arrays(spec.data.source), CPU),
+                    MemorySink(), CPU)
+        t.train_step(*_first_batch(t))
+
+
+@pytest.mark.parametrize("n_classes", [3, 4])
+def test_make_classification_up_to_the_specs_class_bound_generates(n_classes: int) -> None:
+    """n_classes <= 2**n_informative is what the spec allows; sklearn's default of two
+    clusters per class would refuse it (the worker crashed on such specs)."""
+    spec = s.JobSpec.model_validate({"data": {"source": {
+        "synthetic": "make_classification", "n_samples": 200, "n_features": 4,
+        "n_informative": 2, "n_redundant": 0, "n_classes": n_classes}},
+        "training": {"epochs": 1, "device": "cpu"}})
+    check_spec(spec, _info(spec), Limits())
+    arrays = load_arrays(spec.data.source)
+    assert sorted(set(arrays.y.tolist())) == list(range(n_classes))
+    t = Trainer(spec, prepare(spec.data, arrays, CPU), MemorySink(), CPU)
+    assert math.isfinite(float(t.train_step(*_first_batch(t))[2]))
