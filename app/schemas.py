@@ -68,6 +68,48 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
 
 
+# The summary keys a list item keeps: scalars and per-split metric dicts. Predictions
+# (one per row), the per-class report and sharpness grow with the data: GET the job.
+LIST_SUMMARY_KEYS = ("task", "epochs_completed", "best_epoch", "monitor", "best_value",
+                     "early_stopped", "stopped_epoch", "pruned", "parameters", "train", "val",
+                     "test", "generalization_gap")
+
+
+class JobItem(BaseModel):
+    """A GET /v1/jobs item: the job without its spec, with the summary's headline figures
+    (bounded whatever the spec or data; GET the job for the rest)."""
+
+    id: str
+    name: str
+    status: str
+    experiment_id: str | None
+    queue: str
+    progress: Progress
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    worker: str | None
+    role: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    summary: dict[str, Any] | None = Field(description=f"Only {', '.join(LIST_SUMMARY_KEYS)}.")
+    error: JobError | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobItem:
+        full = JobOut.of(job)
+        summary = ({k: full.summary[k] for k in LIST_SUMMARY_KEYS if k in full.summary}
+                   if full.summary is not None else None)
+        return cls(**full.model_dump(exclude={"spec", "summary"}), summary=summary)
+
+
+class JobListPage(BaseModel):
+    items: list[JobItem]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
+
+
 class MetricPoint(BaseModel):
     id: int = Field(description="Monotonic cursor: pass the last one as ?after=.")
     epoch: int
@@ -188,7 +230,10 @@ class ExperimentProgress(BaseModel):
     stage: int
 
 
-class ExperimentOut(BaseModel):
+class ExperimentItem(BaseModel):
+    """A GET /v1/experiments item: the experiment without its request body (which may
+    hold per-row lists); GET the experiment for it."""
+
     id: str
     name: str
     kind: str = Field(examples=["cross_validation", "sweep", "bagging", "boosting",
@@ -199,8 +244,11 @@ class ExperimentOut(BaseModel):
     finished_at: datetime | None
     result: dict[str, Any] | None
     error: str | None
-    request: dict[str, Any]
     links: dict[str, str]
+
+
+class ExperimentOut(ExperimentItem):
+    request: dict[str, Any]
 
     @classmethod
     def of(cls, exp: Any, counts: dict[str, int]) -> ExperimentOut:
@@ -217,5 +265,6 @@ class ExperimentOut(BaseModel):
 
 
 class ExperimentPage(BaseModel):
-    items: list[ExperimentOut]
+    # ExperimentOut instances serialize as ExperimentItem here: ``request`` is left out
+    items: list[ExperimentItem]
     next_cursor: str | None

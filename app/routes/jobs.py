@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.schemas import (
     CheckpointOut,
+    JobItem,
+    JobListPage,
     JobOut,
-    JobPage,
     MetricPoint,
     MetricsPage,
     error_responses,
@@ -43,18 +44,19 @@ def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: 
                         headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobListPage)
 def list_jobs(session: SessionDep, tenant: TenantDep,
               status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|"
                                                           "cancelled)$")] = None,
               name: Annotated[str | None, Query(max_length=200)] = None,
               experiment_id: Annotated[str | None, Query(max_length=40)] = None,
               cursor: Annotated[str | None, Query(max_length=300)] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobPage:
-    """Newest first, with cursor pagination."""
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobListPage:
+    """Newest first, with cursor pagination. Items leave out the spec and all but the
+    summary's headline figures (GET the job for those)."""
     jobs, next_cursor = service.list_page(session, tenant, status=status, name=name,
                                           experiment_id=experiment_id, cursor=cursor, limit=limit)
-    return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+    return JobListPage(items=[JobItem.of(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)

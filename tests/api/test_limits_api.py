@@ -207,3 +207,32 @@ def test_a_bug_still_answers_in_the_error_shape(app: FastAPI,
     assert r.json() == {"error": {"code": "internal_error", "message": "internal error; it has "
                                   "been logged", "fields": []}}
     assert any("a bug" in (rec.exc_text or str(rec.exc_info)) for rec in caplog.records)
+
+
+# ------------------------------------------------------------ slim list views
+
+
+def test_list_items_leave_out_bodies_that_grow(client: TestClient) -> None:
+    """A job's spec can hold per-row lists and its summary per-row predictions; an
+    experiment's request holds a spec: list items carry none of them (GET one for it)."""
+    from app.db import session_scope
+    from app.models import Job
+    from tests.conftest import tiny_spec
+
+    job = client.post("/v1/jobs", json=tiny_spec()).json()
+    with session_scope() as session:  # what a finished job with record_predictions holds
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.summary = {"task": "classification", "test": {"loss": 0.5, "accuracy": 0.9},
+                       "predictions": {"test": [[0.5, 0.5]] * 5000},
+                       "confusion_matrix": [[1, 0], [0, 1]]}
+    [item] = client.get("/v1/jobs").json()["items"]
+    assert "spec" not in item and item["id"] == job["id"]
+    assert item["summary"] == {"task": "classification", "test": {"loss": 0.5, "accuracy": 0.9}}
+    full = client.get(f"/v1/jobs/{job['id']}").json()
+    assert len(full["summary"]["predictions"]["test"]) == 5000 and full["spec"]
+    exp = client.post("/v1/experiments", json={"kind": "cross_validation", "k": 2,
+                                               "base": tiny_spec()}).json()
+    listed = client.get("/v1/experiments").json()["items"]
+    assert [e["id"] for e in listed] == [exp["id"]] and "request" not in listed[0]
+    assert client.get(f"/v1/experiments/{exp['id']}").json()["request"]["k"] == 2
