@@ -153,7 +153,8 @@ class Op:
     reads: int
     writes: int
     aux_bytes: int = 0  # saved besides the output: masks, pool indices, norm statistics
-    held: int = 0  # a residual block's input, alive until the addition
+    held: int = 0  # inputs of enclosing blocks, alive until those return
+    kind: str = "layer"  # or "dropout", or without a module: "pad", "add", "mean"
 
 
 def _norm_stats(norm: s.Norm, channels: int, groups: int, spatial: int) -> int:
@@ -178,9 +179,9 @@ def _mlp_ops(model: s.MLP, n_in: int, n_out: int) -> list[Op]:
         if model.activation != "identity":
             ops.append(Op(w, w, held=cur))
         if model.dropout > 0:
-            ops.append(Op(w, w, MASK * w, cur))
+            ops.append(Op(w, w, MASK * w, cur, "dropout"))
         if model.residual and cur == w:
-            ops.append(Op(2 * w, w))
+            ops.append(Op(2 * w, w, kind="add"))
         cur = w
     return [*ops, Op(cur, n_out)]
 
@@ -192,7 +193,7 @@ def _conv_ops(model: s.CNN, c_in: int, c_out: int, spatial: tuple[int, ...], hel
     src, out = c_in * size, c_out * size
     if k % 2 == 0:
         padded = c_in * math.prod(d + k - 1 for d in spatial)
-        ops = [Op(src, padded, held=held), Op(padded, out, held=held + src)]
+        ops = [Op(src, padded, held=held, kind="pad"), Op(padded, out, held=held + src)]
     else:
         ops = [Op(src, out, held=held)]
     if model.norm != "none":
@@ -208,7 +209,8 @@ def _block_ops(model: s.CNN, c: int, spatial: tuple[int, ...], outer: int) -> li
     ops = _conv_ops(model, c, c, spatial, outer, outer + n)
     ops += [Op(n, n, held=outer + n)] if act else []
     ops += _conv_ops(model, c, c, spatial, outer + n, outer + 2 * n)
-    return ops + [Op(2 * n, n, held=outer + n)] + ([Op(n, n, held=outer + n)] if act else [])
+    add = Op(2 * n, n, held=outer + n, kind="add")
+    return [*ops, add] + ([Op(n, n, held=outer + n)] if act else [])
 
 
 def _cnn_ops(model: s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
@@ -229,9 +231,9 @@ def _cnn_ops(model: s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
             ops.append(Op(n, pooled, INDEX * pooled if model.pool == "max" else 0, stage_in))
             n = pooled
         if model.dropout > 0:
-            ops.append(Op(n, n, MASK * n, stage_in))
+            ops.append(Op(n, n, MASK * n, stage_in, "dropout"))
         c = c_out
-    return [*ops, Op(c * math.prod(spatial), c), Op(c, n_out)]
+    return [*ops, Op(c * math.prod(spatial), c, kind="mean"), Op(c, n_out)]
 
 
 def model_ops(model: s.MLP | s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:

@@ -173,3 +173,45 @@ def test_train_rows_equals_prepared_rows_for_builtins(name: str) -> None:
     info = shapes.BUILTIN_INFO[name]
     assert data.x_train.shape[0] == shapes.train_rows(info, spec.data.split)
     assert data.x_test.shape[0] == math.ceil(info.n_rows * 0.1)
+
+
+def _leaf_outputs_per_row(model: nn.Module, rows: torch.Tensor) -> list[int]:
+    """Elements each leaf module writes per row (modules returning their input excluded)."""
+    sizes: list[int] = []
+
+    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if out is not inputs[0]:
+            sizes.append(out[0].numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    model.eval()
+    with torch.no_grad():
+        model(rows)
+    for h in handles:
+        h.remove()
+    return sizes
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize(("builtin", "view", "loss"), CNN_VIEWS)
+def test_memory_ops_follow_the_real_layer_outputs(builtin: str, view: list[int] | None,
+                                                  loss: str) -> None:
+    """shapes.model_ops walks the same layers as the torch modules, in order, with the
+    same output sizes (dropout aside: in eval mode it returns its input)."""
+    info = shapes.BUILTIN_INFO[builtin]
+    for kind, norm, residual, pool, kernel in itertools.product(
+            ("mlp", "cnn"), ("none", "batch", "group", "instance"), (False, True),
+            ("max", "avg", "none"), (2, 3)):
+        model = ({"kind": "cnn", "channels": [4, 8], "norm": norm, "groups": 2, "pool": pool,
+                  "residual": residual, "kernel_size": kernel, "dropout": 0.1}
+                 if kind == "cnn" else {"kind": "mlp", "hidden": [8, 8], "norm": norm,
+                                        "groups": 2, "residual": residual})
+        spec = make_spec(data={"source": {"builtin": builtin}, "input_shape": view},
+                         loss={"kind": loss}, model=model)
+        shape = shapes.effective_input_shape(spec.data, info)
+        n_out = shapes.output_dim(info, spec.loss)
+        real = _leaf_outputs_per_row(_model_for(spec, info), torch.randn(2, info.n_features))
+        ops = shapes.model_ops(spec.model, shape, n_out)
+        assert [op.writes for op in ops if op.kind == "layer"] == real
+        assert ops[-1].writes == n_out
