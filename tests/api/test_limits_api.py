@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -87,6 +88,24 @@ def test_a_chunked_body_over_the_cap_is_413_and_reading_stops(app: FastAPI, path
     assert status == 413, body  # was 400: FastAPI turned the error in receive into one
     assert body["error"]["code"] == "too_large" and "max_json_bytes" in body["error"]["message"]
     assert cap < pulled <= cap + 64 * 1024
+
+
+def test_a_chunked_upload_over_its_cap_is_413(app: FastAPI,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    limits = get_settings().limits
+    monkeypatch.setattr(limits, "max_dataset_bytes", 1000)
+    cap = limits.max_dataset_bytes + limits.max_form_fields * limits.max_form_field_bytes
+    head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n'
+            b"Content-Type: text/csv\r\n\r\na,y\n")
+    headers = {"authorization": f"Bearer {make_key('alice')}",
+               "content-type": "multipart/form-data; boundary=b"}
+    status, body, pulled = call(app, "POST", "/v1/datasets", headers,
+                                iter([head, *itertools.islice(endless(), 10_000)]))
+    assert status == 413, body
+    assert "max_dataset_bytes" in body["error"]["message"]
+    assert cap < pulled <= cap + 128 * 1024
 
 
 def test_uploads_have_their_own_cap(app_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
