@@ -212,7 +212,9 @@ ERROR_DESCRIPTIONS = {
     404: "No such resource for this tenant.",
     409: "Idempotency-Key reused with a different body.",
     413: "Request body over its size limit (max_json_bytes; uploads max_dataset_bytes).",
-    422: "Invalid request: each problem's JSON path is in error.fields.",
+    422: "Invalid request: each problem's JSON path is in error.fields. Also a request "
+         "valid by this schema that the data refuses: a referenced dataset that does not "
+         "exist for this tenant, a loss that does not fit the data's task, a cap exceeded.",
     429: "Too many queued or running jobs (see Retry-After).",
     500: "A bug (logged); the body still has the one error shape.",
     503: "The database is unavailable (see Retry-After).",
