@@ -41,7 +41,8 @@ class Limits(BaseSettings):
     max_json_bytes: int = 8 * 1024 * 1024
     # An upload's values once decoded (rows x features x 8, the float64 copy parsing builds),
     # checked from NPZ headers and CSV counts before anything is decoded: bounds a zip bomb.
-    max_dataset_decoded_bytes: int = 256 * 1024 * 1024
+    # 16M values; the stored float32 copy is then at most max_dataset_bytes (64 MiB).
+    max_dataset_decoded_bytes: int = 128 * 1024 * 1024
     max_form_files: int = 1  # multipart file parts per upload
     max_form_fields: int = 16  # multipart non-file fields per upload
     max_form_field_bytes: int = 64 * 1024
