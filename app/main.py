@@ -101,7 +101,8 @@ def body_cap(scope: Scope, limits: Limits) -> tuple[str, int]:
     if (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES:
         # the file, the form fields and their multipart headers
         form = limits.max_form_fields * limits.max_form_field_bytes + 64 * 1024
-        cap = ("max_dataset_bytes", limits.max_dataset_bytes + form)
+        name = f"max_dataset_bytes {limits.max_dataset_bytes:,} (plus {form:,} for the form):"
+        cap = (name, limits.max_dataset_bytes + form)
     else:
         cap = ("max_json_bytes", limits.max_json_bytes)
     return cap if cap[1] <= limits.max_request_bytes else ("max_request_bytes",
