@@ -146,8 +146,10 @@ def _split_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
     if n_train < 1:
         return [Problem(("data", "split"), f"val {split.val:g} and test {split.test:g} leave "
                         f"no training rows of {info.n_rows}; lower them")]
+    folds = (_fold_problems(spec.data.rows, info, info.n_rows - n_test)
+             if isinstance(spec.data.rows, s.FoldRows) else [])
     if info.task != "classification" or not split.stratify:
-        return []
+        return folds
     sizes = {"test": n_test, "train": n_train, "val": info.n_rows - n_test - n_train}
     for name, rows in sizes.items():
         if (rows > 0 or name != "val") and rows < info.n_classes:
@@ -155,6 +157,21 @@ def _split_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
                             f"{info.n_classes} rows (one per class) in each split but the "
                             f"{name} split gets {rows} of {info.n_rows}; use more rows, a "
                             "larger split fraction, or stratify: false")]
+    return folds
+
+
+def _fold_problems(rows: s.FoldRows, info: shapes.DataInfo, dev: int) -> list[Problem]:
+    """k folds need k development rows; stratified, they need a class of at least k rows,
+    which the data guarantees (pigeonhole) only up to ceil(rows / classes)."""
+    if rows.k > dev:
+        return [Problem(("data", "rows", "k"), f"{rows.k} folds need at least {rows.k} "
+                        f"development rows but there are {dev}; use a smaller k")]
+    largest = math.ceil(dev / info.n_classes) if info.task == "classification" else dev
+    if rows.stratify and rows.k > largest:
+        return [Problem(("data", "rows", "k"), f"{rows.k} stratified folds need a class with "
+                        f"at least {rows.k} rows, which {dev} development rows over "
+                        f"{info.n_classes} classes guarantee only up to k={largest}; use a "
+                        "smaller k or stratify: false")]
     return []
 
 

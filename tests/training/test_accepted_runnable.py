@@ -125,6 +125,12 @@ def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
         model = draw(st.one_of(cnns(), mlps()))
     else:
         data, model = {"source": draw(flat_sources())}, draw(mlps())
+    rows = draw(st.sampled_from([None, "fold", "bootstrap"]))
+    if rows == "fold":
+        k = draw(st.integers(2, 50))
+        data["rows"] = {"kind": "fold", "k": k, "index": draw(st.integers(0, k - 1))}
+    elif rows == "bootstrap":
+        data["rows"] = {"kind": "bootstrap", "seed": draw(st.integers(0, 5))}
     parsed = s.Data.model_validate(data)
     src = parsed.source
     info = (shapes.BUILTIN_INFO[src.builtin] if isinstance(src, s.BuiltinSource)
@@ -171,7 +177,7 @@ def test_every_accepted_spec_runs_within_its_memory_estimate(
                    keep_dev=spec.training.record_predictions)
     t = Trainer(spec, data, MemorySink(), CPU)
     assert shapes.parameter_count(spec, info) == sum(p.numel() for p in t.model.parameters())
-    assert est.batch_rows == t.batch_size
+    assert est.batch_rows >= t.batch_size  # equal unless data.rows resamples the rows
     _, step = peak_bytes(lambda: t.train_step(*_first_batch(t)))
     assert step <= est.train_batch + est.parameters
     chunk = data.x_train[: t.eval_rows]
@@ -196,6 +202,12 @@ FOUND: dict[str, tuple[Spec, str]] = {
     "split-without-training-rows": (
         {"data": {"source": {"builtin": "iris"}, "split": {"val": 0.5, "test": 0.5,
                                                            "stratify": False}}}, "data.split"),
+    "more-stratified-folds-than-rows-per-class": (
+        {"data": {"source": {"synthetic": "moons", "n_samples": 40}, "rows": {"k": 18}}},
+        "data.rows.k"),
+    "more-folds-than-rows": (
+        {"data": {"source": {"synthetic": "function", "n_samples": 40},
+                  "rows": {"k": 40}}, "loss": {"kind": "mse"}}, "data.rows.k"),
     "instance-norm-over-one-value": (
         {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
          "model": {"kind": "mlp", "hidden": [1], "norm": "instance"}}, "model.norm"),
