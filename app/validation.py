@@ -127,13 +127,16 @@ def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
                 return [Problem(("model", "norm"), f"instance norm needs at least 2 values "
                                 f"per channel but {where}[{i}] has 1; use another norm"
                                 + ("" if where == "hidden" else " or less pooling"))]
-    if model.norm == "group" and _single_row_batch(spec, info):
+    grouped = model.norm == "group" or (model.norm == "layer" and where == "channels")
+    groups = model.groups if model.norm == "group" else 1  # a conv layer norm is 1 group
+    if grouped and _single_row_batch(spec, info):
         for i, (channels, values) in enumerate(maps):
-            if channels // model.groups * values < 2:
-                return [Problem(("model", "groups"), f"groups={model.groups} leaves one value "
-                                f"per group at {where}[{i}], which a batch of one row cannot "
-                                "normalize; use fewer groups or a batch_size that leaves no "
-                                "single-row batch")]
+            if channels // groups * values < 2:
+                return [Problem(("model", "groups" if groups > 1 else "norm"),
+                                f"{model.norm} norm leaves one value per group at "
+                                f"{where}[{i}], which a batch of one row cannot normalize; "
+                                "use fewer groups, more channels or a batch_size that "
+                                "leaves no single-row batch")]
     return []
 
 

@@ -218,6 +218,9 @@ FOUND: dict[str, tuple[Spec, str]] = {
         {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
          "model": {"kind": "mlp", "hidden": [4], "norm": "group", "groups": 4},
          "training": {"batch_size": 1}}, "model.groups"),
+    "conv-layer-norm-one-value-batch-1": (
+        {"data": {"source": {"builtin": "digits"}}, "training": {"batch_size": 1},
+         "model": {"kind": "cnn", "channels": [4, 4, 4, 1], "norm": "layer"}}, "model.norm"),
 }
 
 
