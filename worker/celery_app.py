@@ -1,8 +1,10 @@
 """The worker's Celery app: ``app.queue``'s client plus the task bodies and lifecycle hooks.
 
 - A reaper thread runs in each worker's main process (several reapers are safe).
-- SIGTERM (warm shutdown) sets PREEMPT in the pool's children, so a running job
-  checkpoints at the next batch boundary and is handed back, not failed.
+- SIGTERM (warm shutdown) sets PREEMPT in the pool's children (by SIGUSR2), so a running
+  job checkpoints at the next batch boundary and is handed back, not failed. The children
+  ignore SIGTERM itself (a group-wide SIGTERM must not kill them mid-write), and a stop
+  longer than ``TRAINYARD_WORKER_STOP_SECONDS`` ends with the pool killed.
 - torch is imported in each pool child (``child_init``), never in the main process before
   it forks: children forked from a process that had loaded torch trained a tiny job 4x
   slower under load (bench/README.md). tests/training/test_boundary.py guards this.

@@ -94,8 +94,8 @@ class LeaseKeeper:
             try:
                 self._beat()
                 failing_since = None
-            except repo.LeaseLost:
-                log.warning("job %s: lease lost (attempt %d)", self.job_id, self.attempt)
+            except repo.LeaseLost:  # (also right after this copy wrote the job's end)
+                log.info("job %s: lease no longer held (attempt %d)", self.job_id, self.attempt)
                 self.lost.set()
                 return
             except Exception as exc:

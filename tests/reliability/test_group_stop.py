@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import FAST, ROOT, Stack, distributed_stack, free_port, wait_for
+from tests.conftest import FAST, ROOT, Stack, distributed_stack, free_port, wait_for, wait_job
 from tests.integration.test_distributed import slow_digits
 
 pytestmark = pytest.mark.reliability
@@ -51,11 +51,16 @@ def alive(pids: set[int]) -> set[int]:
     return {p for p in pids if live(p)}
 
 
-def stop_group(proc: subprocess.Popen[bytes], sig: int, expect_children: int) -> int:
-    """Send ``sig`` to the group; returns the main process's exit code once all exited."""
+def stop_group(proc: subprocess.Popen[bytes], sig: int, expect_children: int,
+               whole_group: bool = True) -> int:
+    """Send ``sig`` to the group (or its leader only); returns the main process's exit code
+    once every process of the group exited."""
     pids = wait_for(lambda: (m := group_members(proc.pid)) and len(m) > expect_children and m,
                     60, 0.2, "the pool children")
-    os.killpg(proc.pid, sig)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
     code = proc.wait(timeout=EXIT_BOUND)
     wait_for(lambda: not alive(pids), 10, 0.2, f"group {proc.pid} to exit ({alive(pids)})")
     return code
@@ -106,11 +111,11 @@ def test_group_sigterm_hands_a_running_job_back(stack: Stack) -> None:
 
 
 def test_cold_shutdown_is_bounded_although_children_ignore_sigterm(stack: Stack) -> None:
-    """SIGQUIT: billiard terminates its pool with SIGTERM, which the children ignore; the
-    stop watchdog kills them after TRAINYARD_WORKER_STOP_SECONDS."""
+    """SIGQUIT to the main process: billiard terminates its pool with SIGTERM, which the
+    children ignore; the stop watchdog kills them after TRAINYARD_WORKER_STOP_SECONDS."""
     w1 = stack.start_worker("w1", "--concurrency", "2")
     wait_for(lambda: ready(stack, "w1"), 90, 0.3, "worker ready")
-    stop_group(w1, signal.SIGQUIT, expect_children=2)
+    stop_group(w1, signal.SIGQUIT, expect_children=2, whole_group=False)
     assert not alive(group_members(w1.pid))
 
 
@@ -144,3 +149,27 @@ def test_trainyard_run_stopped_by_group_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_stop_during_the_final_phase_hands_back_and_is_bounded(
+        tmp_path: Path, postgres_url: str, redis_url: str) -> None:
+    """SIGTERM while the job computes its final sharpness (no batch boundary for seconds):
+    the lease thread hands the job back, and the stop, stuck behind the task, ends when the
+    watchdog kills the pool after TRAINYARD_WORKER_STOP_SECONDS."""
+    spec = slow_digits(epochs=2)
+    spec["model"]["hidden"] = [512, 512]
+    spec["training"]["sharpness"] = {"power_iterations": 60, "ascent_steps": 60}
+    with distributed_stack(tmp_path, postgres_url, redis_url,
+                           TRAINYARD_WORKER_STOP_SECONDS="2") as stack, stack.client() as http:
+        w1 = stack.start_worker("w1")
+        job_id = http.post("/v1/jobs", json=spec).json()["id"]
+        wait_for(lambda: (j := running(http, job_id)) and j["progress"]["epoch"] == 2, 120,
+                 0.05, "training to end")
+        stop_group(w1, signal.SIGTERM, expect_children=1)  # 0 or 1: bounded is the point
+        assert "stop exceeded 2s" in stack.log("w1"), "the final phase ended too soon"
+        handed_back = http.get(f"/v1/jobs/{job_id}").json()
+        assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back
+        stack.start_worker("w2")  # resumes from the final checkpoint: only the end is redone
+        done = wait_job(http, job_id, timeout=180)
+        assert done["status"] == "succeeded" and done["attempt"] == 1, stack.log("w2")
+        assert done["summary"]["epochs_completed"] == 2
