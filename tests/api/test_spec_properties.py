@@ -104,13 +104,21 @@ def data_blocks(draw: Any) -> tuple[Spec, shapes.DataInfo]:
                                                    "sawtooth"])),
                        "x_min": lo, "x_max": draw(floats(lo + 0.01, 200))}
     data: Spec = {"source": source,
-                  "split": {"val": draw(floats(0.05, 0.5)), "test": draw(floats(0.05, 0.5)),
+                  "split": {"val": draw(floats(0.05, 0.45)), "test": draw(floats(0.05, 0.45)),
                             "seed": draw(st.integers(0, 100))},
                   "standardize": draw(st.booleans())}
     parsed = s.Data.model_validate(data).source
     info = (BUILTIN[source["builtin"]] if "builtin" in source
             else shapes.synthetic_info(parsed))  # type: ignore[arg-type]
+    if info.task == "classification" and min(split_sizes(data, info)) < info.n_classes:
+        data["split"]["stratify"] = False  # a stratified split needs every class in each split
     return data, info
+
+
+def split_sizes(data: Spec, info: shapes.DataInfo) -> list[int]:
+    split = s.Split.model_validate(data["split"])
+    n_test, n_train = math.ceil(info.n_rows * split.test), shapes.train_rows(info, split)
+    return [n_test, n_train, info.n_rows - n_test - n_train]
 
 
 @st.composite
@@ -147,13 +155,16 @@ def models(draw: Any, cnn: bool) -> Spec:
                     "init": draw(st.sampled_from(["default", "kaiming", "xavier"]))}
     if groups is not None:
         common["groups"] = groups
+    # Widths of at least 2 per group: a norm over one value is refused (torch cannot
+    # normalize it); instance norm keeps its spatial values (no pooling) for the same reason.
     if cnn:
-        channels = draw(st.lists(st.integers(1, 16).map(lambda c: c * unit), min_size=1,
+        channels = draw(st.lists(st.integers(2, 16).map(lambda c: c * unit), min_size=1,
                                  max_size=3))
+        pools = ["none"] if norm == "instance" else ["max", "avg", "none"]
         return {"kind": "cnn", "channels": channels, "kernel_size": draw(st.integers(1, 5)),
-                "pool": draw(st.sampled_from(["max", "avg", "none"])),
+                "pool": draw(st.sampled_from(pools)),
                 "blocks_per_stage": draw(st.integers(1, 2))} | common
-    hidden = draw(st.lists(st.integers(1, 64).map(lambda w: w * unit), max_size=4))
+    hidden = draw(st.lists(st.integers(2, 64).map(lambda w: w * unit), max_size=4))
     return {"kind": "mlp", "hidden": hidden} | common
 
 
@@ -245,7 +256,9 @@ def exactly_max_parameters() -> Spec:
     centers = next(c for c in range(1000, 1, -1) if cap % c == 0 and cap // c - 1 <= 10_000)
     source = {"synthetic": "blobs", "n_samples": 100, "centers": centers,
               "n_features": cap // centers - 1}
-    return tiny_spec(data={"source": source}, model={"hidden": []}, training={"epochs": 1})
+    # 100 rows cannot hold each of the classes in every split: stratify false
+    return tiny_spec(data={"source": source, "split": {"stratify": False}}, model={"hidden": []},
+                     training={"epochs": 1})
 
 
 def at_the_caps() -> list[Spec]:
