@@ -258,10 +258,10 @@ def test_a_stop_during_the_final_phase_hands_the_job_back(
 
     sent: list[str] = []
     monkeypatch.setattr("worker.execution.enqueue_job", lambda job_id, queue: sent.append(job_id))
-    settings = Settings(home=tmp_path, lease_seconds=30, heartbeat_seconds=0.05)
+    settings = Settings(home=tmp_path, lease_seconds=30, heartbeat_seconds=0.02)
     job = add_job(sessions, settings)
     set_spec(sessions, job.id, tiny_spec(training={"epochs": 2, "batch_size": 32, "sharpness": {
-        "power_iterations": 50, "ascent_steps": 50}}))
+        "power_iterations": 100, "ascent_steps": 100}}))
     assert execute(job.id, sessions, settings) == "succeeded"
     first = reload(sessions, job.id).summary
     with sessions() as s:  # as if it had been stopped before its end was written
