@@ -106,18 +106,9 @@ def _normalized_maps(model: s.MLP | s.CNN, shape: tuple[int, ...]) -> list[tuple
     return out
 
 
-def _single_row_batch(spec: s.JobSpec, info: shapes.DataInfo) -> bool:
-    """Can a training step see one row (batch_size 1, or a last batch of one row)?"""
-    if spec.data.rows is not None:
-        return True  # resampled training rows are not known here
-    n = shapes.train_rows(info, spec.data.split)
-    b = shapes.batch_rows(spec, n)
-    return b == 1 or n % b == 1
-
-
 def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
     """Instance and group norms divide by a standard deviation over values torch insists
-    are more than one; a spec that leaves one would fail in the worker."""
+    are more than one (group norm even in eval); a spec that leaves one fails in the worker."""
     model, shape = spec.model, shapes.effective_input_shape(spec.data, info)
     maps = _normalized_maps(model, shape)
     where = "hidden" if isinstance(model, s.MLP) else "channels"
@@ -129,14 +120,14 @@ def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
                                 + ("" if where == "hidden" else " or less pooling"))]
     grouped = model.norm == "group" or (model.norm == "layer" and where == "channels")
     groups = model.groups if model.norm == "group" else 1  # a conv layer norm is 1 group
-    if grouped and _single_row_batch(spec, info):
+    if grouped:
         for i, (channels, values) in enumerate(maps):
             if channels // groups * values < 2:
                 return [Problem(("model", "groups" if groups > 1 else "norm"),
                                 f"{model.norm} norm leaves one value per group at "
-                                f"{where}[{i}], which a batch of one row cannot normalize; "
-                                "use fewer groups, more channels or a batch_size that "
-                                "leaves no single-row batch")]
+                                f"{where}[{i}]: it would normalize it to 0, and torch "
+                                "refuses it on a one-row batch or eval chunk; use fewer "
+                                "groups or more channels")]
     return []
 
 
