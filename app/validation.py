@@ -118,6 +118,10 @@ def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
                 return [Problem(("model", "norm"), f"instance norm needs at least 2 values "
                                 f"per channel but {where}[{i}] has 1; use another norm"
                                 + ("" if where == "hidden" else " or less pooling"))]
+    n_train = shapes.train_rows(info, spec.data.split)
+    if model.norm == "batch" and spec.training.batch_size != 1 and n_train < 2:
+        return [Problem(("data", "split"), f"batch norm needs batches of 2 rows but the "
+                        f"training split gets {n_train} row; lower data.split.val or test")]
     grouped = model.norm == "group" or (model.norm == "layer" and where == "channels")
     groups = model.groups if model.norm == "group" else 1  # a conv layer norm is 1 group
     if grouped:

@@ -218,6 +218,11 @@ FOUND: dict[str, tuple[Spec, str]] = {
         {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
          "model": {"kind": "mlp", "hidden": [4], "norm": "group", "groups": 4},
          "training": {"batch_size": 1}}, "model.groups"),
+    "batch-norm-on-one-training-row": (
+        {"data": {"source": {"synthetic": "moons", "n_samples": 20},
+                  "split": {"val": 0.45, "test": 0.5, "stratify": False}},
+         "model": {"kind": "mlp", "hidden": [8], "norm": "batch"},
+         "training": {"batch_size": "full"}}, "data.split"),
     "conv-layer-norm-one-value-batch-1": (
         {"data": {"source": {"builtin": "digits"}}, "training": {"batch_size": 1},
          "model": {"kind": "cnn", "channels": [4, 4, 4, 1], "norm": "layer"}}, "model.norm"),
