@@ -127,6 +127,22 @@ def test_poison_job_fails_worker_lost_while_others_flow(distributed: Stack) -> N
         assert [wait_job(http, j, timeout=120)["status"] for j in others] == ["succeeded"] * 3
 
 
+def test_cancelled_job_of_a_dead_worker_ends_cancelled(distributed: Stack) -> None:
+    """Cancelled while its worker was dead: no claim will take it (cancel requested), so the
+    reaper ends it, and it stops counting against the tenant's concurrent jobs."""
+    distributed.start_worker("w1")
+    with distributed.client() as http:
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=400)).json()["id"]
+        wait_for(lambda: running(http, job_id, 1), 120, 0.05)
+        distributed.signal("w1", signal.SIGKILL)
+        distributed.procs.pop("w1")
+        assert http.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
+        distributed.start_worker("w2")  # its reaper finds the expired, cancelled lease
+        done = wait_job(http, job_id, timeout=60)
+        assert done["status"] == "cancelled" and done["attempt"] == 1, done
+        assert http.get("/v1/jobs", params={"status": "running"}).json()["items"] == []
+
+
 def test_duplicate_delivery_trains_once(distributed: Stack, redis_url: str,
                                         postgres_url: str) -> None:
     from app.config import Settings
