@@ -125,6 +125,9 @@ def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
         model = draw(st.one_of(cnns(), mlps()))
     else:
         data, model = {"source": draw(flat_sources())}, draw(mlps())
+    data["split"] = {"val": draw(st.sampled_from([0.0, 0.15, 0.45, 0.5])),
+                     "test": draw(st.sampled_from([0.05, 0.15, 0.5])),
+                     "stratify": draw(st.booleans())}
     rows = draw(st.sampled_from([None, "fold", "bootstrap"]))
     if rows == "fold":
         k = draw(st.integers(2, 50))
