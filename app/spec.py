@@ -365,13 +365,18 @@ Model = Annotated[
 # --------------------------------------------------------------------------- loss
 
 
+# A float32 weight: a tiny positive float becomes 0 on the device, and a batch of only that
+# class then divides 0 by 0 (NaN, a spurious "diverged"); the bounds keep it representable.
+ClassWeight = Annotated[Float, Field(ge=1e-6, le=1e6)]
+
+
 class CrossEntropy(Strict):
     """Softmax cross-entropy, computed through log-softmax (no overflow)."""
 
     kind: Literal["cross_entropy"] = "cross_entropy"
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: list[Annotated[Float, Field(gt=0)]] | None = Field(
-        None, max_length=MAX_LIST_CLASSES, description="One positive weight per class."
+    class_weights: list[ClassWeight] | None = Field(
+        None, max_length=MAX_LIST_CLASSES, description="One weight per class, between 1e-6 and 1e6."
     )
 
 
@@ -379,15 +384,15 @@ class NLL(Strict):
     """Negative log-likelihood of log-softmax outputs (= cross-entropy without smoothing)."""
 
     kind: Literal["nll"] = "nll"
-    class_weights: list[Annotated[Float, Field(gt=0)]] | None = Field(
-        None, max_length=MAX_LIST_CLASSES, description="One positive weight per class.")
+    class_weights: list[ClassWeight] | None = Field(
+        None, max_length=MAX_LIST_CLASSES, description="One weight per class, between 1e-6 and 1e6.")
 
 
 class BCE(Strict):
     """Binary cross-entropy on one logit (sigmoid inside the loss, stable)."""
 
     kind: Literal["bce"] = "bce"
-    pos_weight: Float = Field(1.0, gt=0.0, description="Weight of positive examples.")
+    pos_weight: Float = Field(1.0, ge=1e-6, le=1e6, description="Weight of positive examples.")
 
 
 class MSE(Strict):

@@ -129,11 +129,12 @@ def test_a_large_hand_written_spec_fits_the_json_cap(client: TestClient) -> None
     per-row list for 300,000 rows at full float precision fits; only longer per-row
     lists (experiments build those internally, never over HTTP) need a larger cap."""
     longest = 1.2345678901234567e-300
+    weight = 9.876543210987654e-06  # the longest a class weight (>= 1e-6) can be written
     spec = {"name": "n" * 200,
             "data": {"source": {"builtin": "digits"},
                      "rows": {"kind": "bootstrap", "weights": [longest] * 300_000}},
             "model": {"kind": "mlp", "hidden": [8] * 256},
-            "loss": {"kind": "cross_entropy", "class_weights": [longest] * 10_000},
+            "loss": {"kind": "cross_entropy", "class_weights": [weight] * 10_000},
             "schedule": {"kind": "multistep", "milestones": list(range(1, 10_001))}}
     size = len(json.dumps(spec).encode())
     assert size < Limits().max_json_bytes, size

@@ -130,12 +130,12 @@ def losses(draw: Any, info: shapes.DataInfo) -> Spec:
     kinds = ["cross_entropy", "nll"] + (["bce"] if info.n_classes == 2 else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "bce":
-        return {"kind": kind, "pos_weight": draw(floats(0, 100, lo_open=True))}
+        return {"kind": kind, "pos_weight": draw(floats(1e-6, 100))}
     loss: Spec = {"kind": kind}
     if kind == "cross_entropy":
         loss["label_smoothing"] = draw(floats(0, 1, hi_open=True))
     if draw(st.booleans()):
-        loss["class_weights"] = draw(st.lists(floats(0, 10, lo_open=True),
+        loss["class_weights"] = draw(st.lists(floats(1e-6, 10),
                                               min_size=info.n_classes, max_size=info.n_classes))
     return loss
 

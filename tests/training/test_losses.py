@@ -121,3 +121,16 @@ def test_huber_formula(delta: float) -> None:
     assert (r > delta).any() and (r <= delta).any()  # both regimes exercised
     loss = build_loss(s.Huber(delta=delta), 0, CPU)(out, y)
     assert loss.item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_class_weights_stay_representable_in_float32() -> None:
+    """A positive weight that float32 rounds to 0 made a batch of that class 0/0 = NaN."""
+    from pydantic import ValidationError
+
+    assert torch.tensor(2.3e-222, dtype=torch.float32).item() == 0.0  # why there is a floor
+    for loss in (s.CrossEntropy, s.NLL):
+        with pytest.raises(ValidationError, match="class_weights.1"):
+            loss(class_weights=[1.0, 2.3e-222])
+    with pytest.raises(ValidationError):
+        s.BCE(pos_weight=1e-300)
+    assert loss(class_weights=[1e-6, 1e6]).class_weights == [1e-6, 1e6]
