@@ -385,7 +385,8 @@ class NLL(Strict):
 
     kind: Literal["nll"] = "nll"
     class_weights: list[ClassWeight] | None = Field(
-        None, max_length=MAX_LIST_CLASSES, description="One weight per class, between 1e-6 and 1e6.")
+        None, max_length=MAX_LIST_CLASSES,
+        description="One weight per class, between 1e-6 and 1e6.")
 
 
 class BCE(Strict):

@@ -129,7 +129,7 @@ def test_class_weights_stay_representable_in_float32() -> None:
 
     assert torch.tensor(2.3e-222, dtype=torch.float32).item() == 0.0  # why there is a floor
     for loss in (s.CrossEntropy, s.NLL):
-        with pytest.raises(ValidationError, match="class_weights.1"):
+        with pytest.raises(ValidationError, match=r"class_weights\.1"):
             loss(class_weights=[1.0, 2.3e-222])
     with pytest.raises(ValidationError):
         s.BCE(pos_weight=1e-300)
