@@ -3,8 +3,10 @@
 It re-enqueues ``queued`` jobs not enqueued for ``requeue_after_seconds`` and
 ``running`` jobs whose lease expired (their worker died), ends such a job ``cancelled`` when
 cancellation was requested, and fails a job whose
-worker was lost ``max_attempts`` times with reason ``worker_lost``. Several
-reapers may run at once: a duplicate message is a no-op claim.
+worker was lost ``max_attempts`` times with reason ``worker_lost``. It also applies
+the ``no_worker`` rule (``services/workers``): queued jobs on a queue no worker has
+consumed for ``no_worker_after_seconds`` fail. Several reapers may run at once: a
+duplicate message is a no-op claim, and every failure is a conditional UPDATE.
 """
 
 from __future__ import annotations
