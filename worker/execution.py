@@ -31,6 +31,7 @@ from worker.retry import (
     db_failed_within,
     is_transient,
     note_db_failure,
+    public_message,
     with_retry,
 )
 from worker.sinks import SqlSink
@@ -145,13 +146,6 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
         log.exception("job %s failed", job.id)
         return _fail(keeper, "error", public_message(exc))
     return _record(keeper, settings, sink, outcome, owner)
-
-
-def public_message(exc: BaseException) -> str:
-    """What a user may see: never a driver's text (host, address, SQL); the log has it."""
-    if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3"):
-        return f"{type(exc).__name__}: a database error on the worker (details in its log)"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _fail(keeper: LeaseKeeper, reason: str, message: str) -> str:

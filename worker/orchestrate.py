@@ -24,7 +24,7 @@ from app.training.experiments.plan import Child
 from app.training.experiments.targets import load_targets
 from app.validation import SpecRejected
 from worker.execution import dataset_loader
-from worker.retry import DatabaseUnavailable, is_transient, with_retry
+from worker.retry import DatabaseUnavailable, is_transient, public_message, with_retry
 
 log = logging.getLogger("trainyard.experiments")
 
@@ -59,7 +59,7 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
             spec, dataset_loader(sessions, tenant), task))  # type: ignore[arg-type]
     except Exception as exc:  # a result that cannot be computed must not stall forever
         log.exception("experiment %s: aggregation failed", experiment_id)
-        return _fail(sessions, experiment_id, stage, f"{type(exc).__name__}: {exc}")
+        return _fail(sessions, experiment_id, stage, public_message(exc))
     try:
         if not step.children:
             return _finish(sessions, experiment_id, stage, step, kids)
@@ -77,7 +77,7 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
 
 def describe(exc: Exception) -> str:
     """A refused child's message already names its fields; anything else gets its type."""
-    return str(exc) if isinstance(exc, SpecRejected) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, SpecRejected) else public_message(exc)
 
 
 def repo_job_task(sessions: sessionmaker[Session], kids: list[Child]) -> str | None:

@@ -74,3 +74,10 @@ def with_retry(sessions: sessionmaker[Session], work: Callable[[Session], T], *,
             log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def public_message(exc: BaseException) -> str:
+    """What a user may see: never a driver's text (host, address, SQL); the log has it."""
+    if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3"):
+        return f"{type(exc).__name__}: a database error on the worker (details in its log)"
+    return f"{type(exc).__name__}: {exc}"

@@ -287,7 +287,7 @@ def test_driver_text_never_reaches_the_error_message(sessions: sessionmaker[Sess
                                                     settings: Settings) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from worker.execution import public_message
+    from worker.retry import public_message
 
     job = add_job(sessions, settings)
     with sessions() as s, pytest.raises(IntegrityError) as caught:

@@ -234,3 +234,33 @@ def test_a_stored_request_that_no_longer_parses_ends_the_experiment_failed(env: 
         assert row is not None and row.status == "failed"
         message = row.error_message or ""
         assert "ValidationError" in message and "greater than or equal to 2" in message
+
+
+def test_a_database_error_in_aggregation_is_not_shown_to_the_tenant(
+        env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experiment fails naming the error's type; the driver's text (SQL, host) stays in
+    the worker's log."""
+    import sqlalchemy as sa
+
+    from worker import orchestrate
+
+    sessions, settings = env
+    request = {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.02, 0.05]}}
+    with sessions() as s:
+        exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
+                                settings=settings, idempotency_key=None)
+        trials = [j.id for j in repo.children(s, exp.id)]
+    for job_id in trials:
+        assert execute(job_id, sessions, settings) == "succeeded"
+
+    def leaky(*_: Any, **__: Any) -> Any:
+        with sessions() as s:  # a real driver error, its message full of SQL
+            s.execute(sa.text("SELECT * FROM no_such_table_pg_prod_internal"))
+
+    monkeypatch.setattr(orchestrate, "advance", leaky)
+    assert advance_experiment(exp.id, sessions, settings) == "failed"
+    with sessions() as s:
+        row = repo.get_experiment_any_tenant(s, exp.id)
+        assert row is not None and row.error_message is not None
+        assert row.error_message.startswith("OperationalError: a database error"), row
+        assert "no_such_table" not in row.error_message and "SELECT" not in row.error_message
