@@ -36,8 +36,9 @@ class Limits(BaseSettings):
     max_dataset_rows: int = 1_000_000
     max_dataset_columns: int = 10_000
     max_request_bytes: int = 80 * 1024 * 1024  # ceiling over every body, uploads included
-    # JSON bodies (jobs, experiments): the largest legitimate spec holds two 100,000-float
-    # lists (bootstrap weights, target_offset), about 5 MB; the cap sits just above that.
+    # JSON bodies (jobs, experiments): room for every list a client writes at its cap plus
+    # per-row lists (bootstrap weights, target_offset) of ~300,000 rows; experiments build
+    # longer per-row lists themselves, never over HTTP.
     max_json_bytes: int = 8 * 1024 * 1024
     # An upload's values once decoded (rows x features x 8, the float64 copy parsing builds),
     # checked from NPZ headers and CSV counts before anything is decoded: bounds a zip bomb.
