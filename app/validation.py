@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from app import spec as s
 from app.config import Limits
 from app.training import shapes
+from app.training.metric_names import epoch_metric_names as epoch_metric_names  # re-exported
 
 
 @dataclass
@@ -24,17 +25,6 @@ class SpecRejected(ValueError):
     def __init__(self, problems: list[Problem], status: int = 422) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
         self.problems, self.status = problems, status
-
-
-def epoch_metric_names(task: s.Task, has_val: bool) -> set[str]:
-    """Every metric a job logs per epoch, as ``split_name`` (what monitors may name)."""
-    main = ["loss", "accuracy"] if task == "classification" else ["loss", "rmse", "mae", "r2"]
-    names = {f"train_{m}" for m in main if m in ("loss", "accuracy")}
-    names |= {f"train_{m}" for m in ("lr", "grad_norm", "weight_norm", "epoch_seconds",
-                                     "samples_per_second")}
-    if has_val:
-        names |= {f"val_{m}" for m in main}
-    return names
 
 
 def _task_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
@@ -87,10 +77,8 @@ def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
             hint = "" if has_val else " (no validation split: data.split.val is 0)"
             problems.append(Problem(loc, f"'{name}' is not logged for this job{hint}; "
                                     f"choose one of {sorted(known)}"))
-    norms = spec.model.norm == "batch"
-    if norms and spec.training.batch_size == 1:
-        problems.append(Problem(("training", "batch_size"), "batch norm needs batch_size >= 2 "
-                                "(it normalizes over the batch)"))
+    if shapes.uses_batch_norm(spec.model) and spec.training.batch_size == 1:
+        problems.append(Problem(("training", "batch_size"), shapes.BATCH_NORM_NEEDS_TWO))
     return problems
 
 

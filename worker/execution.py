@@ -21,7 +21,8 @@ from app.services.datasets import load_arrays
 from app.spec import JobSpec
 from app.training.blobs import CorruptBlob, read_metadata, verify
 from app.training.data import ArrayLoader, DataError, Uploaded
-from app.training.loop import Outcome, TrainingDiverged
+from app.training.loop import TrainingDiverged
+from app.training.results import Outcome
 from app.training.runner import run_spec
 from worker import registry
 from worker.lease import LeaseKeeper
@@ -159,8 +160,9 @@ def _fail(keeper: LeaseKeeper, reason: str, message: str) -> str:
 def _record(keeper: LeaseKeeper, settings: Settings, sink: SqlSink, outcome: Outcome,
             owner: str) -> str:
     job_id, attempt = keeper.job_id, keeper.attempt
-    if outcome.status == "completed":
-        summary = outcome.summary | {"worker": owner, "attempt": attempt}
+    if outcome.summary is not None:  # completed
+        summary = outcome.summary.model_copy(update={"worker": owner,
+                                                     "attempt": attempt}).to_json()
         keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
                                            status="succeeded", now=utcnow(), summary=summary))
         log.info("job %s: succeeded", job_id)
@@ -219,9 +221,5 @@ def _hand_back_after_outage(sessions: sessionmaker[Session], settings: Settings,
 
 
 def _save_stop_checkpoint(sink: SqlSink, outcome: Outcome) -> None:
-    if outcome.checkpoint is None:
-        return
-    import json
-
-    state = json.loads(read_metadata(outcome.checkpoint)["trainyard.state"])
-    sink.save_checkpoint(outcome.checkpoint, state["epoch"], state["step"])
+    if outcome.checkpoint is not None:
+        sink.save_checkpoint(outcome.checkpoint, outcome.epoch, outcome.step)

@@ -21,7 +21,9 @@ from app.services import experiments as exp_service
 from app.services import jobs as job_service
 from app.training.experiments.aggregate import Step, advance
 from app.training.experiments.plan import Child
+from app.training.experiments.roles import parse_role
 from app.training.experiments.targets import load_targets
+from app.training.results import Summary
 from app.validation import SpecRejected
 from worker.execution import dataset_loader
 from worker.retry import DatabaseUnavailable, is_transient, public_message, with_retry
@@ -32,7 +34,8 @@ log = logging.getLogger("trainyard.experiments")
 def _children(session: Session, exp: Experiment) -> list[Child]:
     rows = repo.children(session, exp.id)
     curves = exp.kind == "optimizer_comparison"
-    return [Child(role=j.role or {}, spec=j.spec, status=j.status, summary=j.summary,
+    return [Child(role=parse_role(j.role or {}), spec=j.spec, status=j.status,
+                  summary=Summary.model_validate(j.summary) if j.summary else None,
                   error=j.error_message, job_id=j.id,
                   curves=repo.epoch_curves(session, j.id) if curves else {}) for j in rows]
 
@@ -49,10 +52,14 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
         exp = repo.get_experiment_any_tenant(session, experiment_id)
         if exp is None or exp.status != "running":
             return "not-running"
-        kids = _children(session, exp)
+        stage, tenant, stored = exp.stage, exp.tenant_id, exp.request
+        try:
+            kids = _children(session, exp)
+        except ValueError as exc:  # a stored role or summary no design can read
+            log.exception("experiment %s: unreadable child", experiment_id)
+            return _fail(sessions, experiment_id, stage, f"a child is unreadable: {exc}")
         if any(c.status in repo.ACTIVE for c in kids):
             return "waiting"
-        stage, tenant, stored = exp.stage, exp.tenant_id, exp.request
     task = repo_job_task(sessions, kids)
     try:  # a request stored under older rules may no longer parse: that ends it too
         step = advance(exp_service.parse(stored), kids, lambda spec: load_targets(

@@ -12,7 +12,9 @@ from app.experiment_spec import MedianStopping, Sweep
 from app.models import Job
 from app.services.experiments import parse
 from app.training.experiments.prune import median_stop
-from app.training.optim import metric_mode
+from app.training.experiments.roles import TrialRole, parse_role
+from app.training.metric_names import metric_mode
+from app.training.results import Summary
 
 log = logging.getLogger("trainyard.worker")
 
@@ -47,14 +49,19 @@ class TrialPruner:
 
     def _read_new_peers(self, session: Session) -> None:
         for job in repo.succeeded_children(session, self.experiment_id, list(self.peers)):
-            full = "trial" in (job.role or {}) and not (job.summary or {}).get("pruned")
+            full = is_trial(job) and job.summary is not None and Summary.model_validate(
+                job.summary).pruned is None
             self.peers[job.id] = (repo.metric_curve(session, job.id, self.split, self.name)
                                   if full else None)
 
 
+def is_trial(job: Job) -> bool:
+    return job.role is not None and isinstance(parse_role(job.role), TrialRole)
+
+
 def trial_pruner(sessions: sessionmaker[Session], job: Job) -> TrialPruner | None:
     """A pruner when ``job`` is a trial of a sweep that asked for early termination."""
-    if job.experiment_id is None or "trial" not in (job.role or {}):
+    if job.experiment_id is None or not is_trial(job):
         return None
     with sessions() as session:
         exp = repo.get_experiment_any_tenant(session, job.experiment_id)

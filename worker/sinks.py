@@ -5,7 +5,6 @@ early-termination rule. Every write goes through the keeper, fenced by the attem
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -16,9 +15,7 @@ from app.models import Checkpoint
 from app.training.blobs import sha256
 from app.training.sink import EpochReport
 from worker.lease import PREEMPT, LeaseKeeper
-
-if TYPE_CHECKING:  # the worker's main process imports this module and must not load torch
-    from worker.pruning import TrialPruner
+from worker.pruning import TrialPruner
 
 __all__ = ["PREEMPT", "SqlSink"]
 

@@ -6,7 +6,7 @@ from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 
 from app.errors import ApiError
-from app.training.blobs import CorruptBlob, verify
+from app.training.blobs import CorruptBlob, verify, weights_only
 
 
 class CorruptStored(ApiError):
@@ -14,13 +14,11 @@ class CorruptStored(ApiError):
 
 
 def weights_file(blob: bytes, expected_sha256: str, *, job_id: str, epoch: int) -> bytes:
-    """The ``model.*`` tensors of a training-state blob, verified against its sha256."""
+    """The model's weights in a training-state blob, verified against its sha256."""
     try:
         verify(blob, expected_sha256)
     except CorruptBlob as exc:
         raise CorruptStored(f"checkpoint of job {job_id} at epoch {epoch} failed its checksum "
                             "and is not served") from exc
-    tensors = np_load(blob)
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    return np_save(weights, metadata={"job_id": job_id, "epoch": str(epoch),
+    return np_save(weights_only(np_load(blob)), metadata={"job_id": job_id, "epoch": str(epoch),
                                       "format": "pt"})

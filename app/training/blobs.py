@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# A checkpoint's layout, as far as torch-free readers need it (``checkpoint.TrainState``
+# owns the rest): its JSON state sits under STATE_KEY in the safetensors metadata, and
+# the model's weights are the tensors named ``model.<parameter name>``.
+STATE_KEY = "trainyard.state"
+WEIGHTS = "model"
 
 
 class CorruptBlob(ValueError):
@@ -31,3 +41,9 @@ def read_metadata(blob: bytes) -> dict[str, str]:
     if not isinstance(header, dict):
         raise CorruptBlob("safetensors header is not an object")
     return dict(header.get("__metadata__") or {})
+
+
+def weights_only(tensors: Mapping[str, T]) -> dict[str, T]:
+    """The model's weights among a checkpoint's tensors (torch or numpy), by their own names."""
+    start = len(WEIGHTS) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(WEIGHTS + ".")}

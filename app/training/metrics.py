@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,16 +14,24 @@ from app.training.data import Prepared
 
 EVAL_CHUNK = 8192  # default rows per eval forward pass; the Trainer sizes its own (shapes.py)
 
+Autocast = Callable[[], AbstractContextManager[Any]]  # bf16 autocast, or a null context
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def predicted_labels(out: torch.Tensor, binary_logit: bool) -> torch.Tensor:
+    """The class a model's outputs predict: one logit above 0 (bce), else the argmax."""
+    return (out.squeeze(1) > 0).long() if binary_logit else out.argmax(dim=1)
+
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object],
+def predict(model: nn.Module, x: torch.Tensor, autocast: Autocast,
             chunk: int = EVAL_CHUNK) -> torch.Tensor:
     """Model outputs for every row, in eval mode (dropout off, running BN statistics),
     ``chunk`` rows per forward pass (bounds activation memory)."""
     was_training = model.training
     model.eval()
     try:
-        with autocast():  # type: ignore[attr-defined]
+        with autocast():
             outs = [model(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
     finally:
         model.train(was_training)
@@ -29,7 +40,7 @@ def predict(model: nn.Module, x: torch.Tensor, autocast: Callable[[], object],
 
 def classification_metrics(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
                            binary_logit: bool) -> dict[str, torch.Tensor]:
-    pred = (out.squeeze(1) > 0).long() if binary_logit else out.argmax(dim=1)
+    pred = predicted_labels(out, binary_logit)
     return {"loss": loss, "accuracy": (pred == y).float().mean()}
 
 
@@ -45,8 +56,7 @@ def regression_metrics(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Prepared,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-             autocast: Callable[[], object], binary_logit: bool,
+             loss_fn: LossFn, autocast: Autocast, binary_logit: bool,
              chunk: int = EVAL_CHUNK) -> dict[str, torch.Tensor]:
     """Loss and the task's metrics as device tensors (the caller syncs once)."""
     out = predict(model, x, autocast, chunk)
@@ -70,3 +80,25 @@ def macro_f1(confusion: torch.Tensor) -> float:
     present = denom > 0
     f1 = 2 * tp[present] / denom[present]
     return float(f1.mean()) if present.any() else 0.0
+
+
+@dataclass
+class Evaluator:
+    """One model evaluated on its run's data, ``rows`` rows per forward pass."""
+
+    model: nn.Module
+    data: Prepared
+    loss_fn: LossFn
+    autocast: Autocast
+    binary_logit: bool
+    rows: int
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return predict(self.model, x, self.autocast, self.rows)
+
+    def metrics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return evaluate(self.model, x, y, self.data, self.loss_fn, self.autocast,
+                        self.binary_logit, self.rows)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        return predicted_labels(self.outputs(x), self.binary_logit)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from app import spec as s
+from app.training.metric_names import metric_mode
 
 
 def parameter_groups(model: nn.Module, weight_decay: float,
@@ -61,13 +62,6 @@ def build_optimizer(spec: s.SGD | s.Adagrad | s.Adadelta | s.RMSprop | s.Adam | 
             return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
                                     amsgrad=spec.amsgrad, **FUSED)
     raise ValueError(f"unknown optimizer {spec!r}")
-
-
-def metric_mode(monitor: str, mode: str) -> str:
-    """auto: larger is better for accuracy, f1 and r2; smaller for everything else."""
-    if mode != "auto":
-        return mode
-    return "max" if monitor.rsplit("_", 1)[-1] in {"accuracy", "f1", "r2"} else "min"
 
 
 class LrSchedule:

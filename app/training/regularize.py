@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from app import spec as s
-from app.training.optim import metric_mode
+from app.training.metric_names import default_monitor, metric_mode
 
 
 def penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor | None:
@@ -106,34 +105,48 @@ class WeightNoise:
 
 
 @dataclass
-class EarlyStopper:
-    """Stop after ``patience`` epochs without an improvement of at least ``min_delta``."""
+class BestTracker:
+    """The best epoch by one metric, improved on by at least ``min_delta``. Always on: the
+    summary reports it, checkpoints mark it, and restore_best and early stopping use it."""
 
-    spec: s.EarlyStopping
+    monitor: str
+    maximize: bool
+    min_delta: float = 0.0
     best: float | None = None
     best_epoch: int = -1
-    wait: int = 0
 
-    @property
-    def maximize(self) -> bool:
-        return metric_mode(self.spec.monitor, self.spec.mode) == "max"
+    @classmethod
+    def for_spec(cls, es: s.EarlyStopping | None, has_val: bool) -> BestTracker:
+        if es is None:
+            monitor = default_monitor(has_val)
+            return cls(monitor, metric_mode(monitor, "auto") == "max")
+        return cls(es.monitor, metric_mode(es.monitor, es.mode) == "max", es.min_delta)
 
     def improved(self, value: float) -> bool:
         if self.best is None:
             return True
-        delta = self.spec.min_delta
+        delta = self.min_delta
         return value > self.best + delta if self.maximize else value < self.best - delta
 
     def update(self, epoch: int, value: float) -> bool:
+        """Record one epoch; True when it is the new best."""
+        if not self.improved(value):
+            return False
+        self.best, self.best_epoch = value, epoch
+        return True
+
+
+@dataclass
+class Patience:
+    """Early stopping: stop after ``patience`` epochs in a row without a new best."""
+
+    patience: int
+    wait: int = 0
+
+    def update(self, improved: bool) -> bool:
         """Record one epoch; True when training should stop."""
-        if self.improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+        if improved:
+            self.wait = 0
             return False
         self.wait += 1
-        return self.wait >= self.spec.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        return self.wait >= self.patience

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from app import spec as s
 from app.training.data import ArrayLoader, load_arrays, prepare
-from app.training.loop import Outcome, Trainer, resolve_device
+from app.training.loop import Trainer, resolve_device
+from app.training.results import Outcome
 from app.training.sink import Sink
 
 

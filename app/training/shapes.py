@@ -303,6 +303,33 @@ def batch_rows(spec: s.JobSpec, n_train: int) -> int:
     return max(1, n_train if bs == "full" else min(int(bs), n_train))
 
 
+BATCH_NORM_NEEDS_TWO = "batch norm needs batch_size >= 2 (it normalizes over the batch)"
+
+
+def uses_batch_norm(model: s.MLP | s.CNN) -> bool:
+    return model.norm == "batch"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    size: int  # rows per batch
+    steps: int  # batches per epoch
+    rows_per_epoch: int  # rows trained on per epoch
+
+
+def batch_plan(spec: s.JobSpec, n_train: int) -> BatchPlan:
+    """How an epoch is cut into batches. Batch norm cannot normalize a single row: a lone
+    leftover row is skipped, and a batch of one is refused."""
+    size = batch_rows(spec, n_train)
+    steps = math.ceil(n_train / size)
+    if uses_batch_norm(spec.model):
+        if size == 1:
+            raise ValueError(BATCH_NORM_NEEDS_TWO)
+        if n_train % size == 1 and steps > 1:
+            steps -= 1
+    return BatchPlan(size, steps, min(n_train, steps * size))
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """What a job needs in a worker, in bytes (device and host together)."""

@@ -15,12 +15,20 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """0 + t0 + t1 + ..., in order (what ``sum`` computes, typed as a tensor)."""
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
+
+
 def hessian_vector_product(closure: Closure, params: list[torch.Tensor],
                            vector: list[torch.Tensor]) -> list[torch.Tensor]:
     """H v by double backward (Pearlmutter's trick), never forming H."""
     grads = torch.autograd.grad(closure(), params, create_graph=True)
-    dot = sum((g * v).sum() for g, v in zip(grads, vector, strict=True))
-    return list(torch.autograd.grad(dot, params))  # type: ignore[arg-type]
+    dot = total([(g * v).sum() for g, v in zip(grads, vector, strict=True)])
+    return list(torch.autograd.grad(dot, params))
 
 
 def top_hessian_eigenvalue(model: nn.Module, closure: Closure, iterations: int,
@@ -31,7 +39,7 @@ def top_hessian_eigenvalue(model: nn.Module, closure: Closure, iterations: int,
     v = [torch.randn(p.shape, generator=gen, device=p.device) for p in params]
     eigenvalue = 0.0
     for _ in range(iterations):
-        norm = torch.sqrt(sum((x * x).sum() for x in v))  # type: ignore[arg-type]
+        norm = torch.sqrt(total([(x * x).sum() for x in v]))
         v = [x / norm for x in v]
         hv = hessian_vector_product(closure, params, v)
         eigenvalue = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))

@@ -10,6 +10,7 @@ import torch
 from app import spec as s
 from app.training.data import Prepared, load_arrays, prepare
 from app.training.loop import Trainer
+from app.training.results import Summary
 from app.training.sink import EpochReport, MemorySink
 
 CPU = torch.device("cpu")
@@ -76,3 +77,14 @@ def metrics_without_timing(reports: list[EpochReport]) -> list[tuple[int, dict[s
              for split, vals in r.metrics.items()}
         out.append((r.epoch, m))
     return out
+
+
+def summary_of(**fields: Any) -> Summary:
+    """A child's summary as the aggregation reads it: the given fields over neutral ones."""
+    base: dict[str, Any] = {
+        "task": "classification", "epochs_completed": 1, "best_epoch": None,
+        "monitor": "val_loss", "best_value": None, "early_stopped": False,
+        "stopped_epoch": None, "parameters": 1, "rows": {"train": 1, "val": 1, "test": 1},
+        "seed": 0, "device": "cpu", "versions": {}, "train": {}, "test": {},
+        "generalization_gap": {}}
+    return Summary.model_validate(base | fields)

@@ -191,9 +191,9 @@ def test_every_accepted_spec_runs_within_its_memory_estimate(
     assert chunk_peak <= rows_bytes + (casts if spec.training.precision == "bf16" else 0)
     summary, end = peak_bytes(t.finish)
     assert end <= est.total
-    assert set(summary["train"]) >= {"loss"}
+    assert set(summary.train) >= {"loss"}
     if spec.training.record_predictions:
-        assert len(summary["predictions"]["test"]) == data.x_test.shape[0]
+        assert len(summary.predictions["test"]) == data.x_test.shape[0]
 
 
 # Specs the property test found accepted but failing in the worker, each now refused with

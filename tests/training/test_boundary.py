@@ -39,6 +39,16 @@ def test_the_worker_main_process_does_not_import_torch() -> None:
     assert not seen["torch"], "torch loaded before the fork slows every pool child"
 
 
+def test_results_and_the_aggregation_do_not_import_torch() -> None:
+    """The worker's parent process and the API read summaries and rank trials."""
+    seen = loaded_after("import app.training.results, app.training.metric_names, "
+                        "app.training.experiments.aggregate, app.training.experiments.roles, "
+                        "worker.pruning, app.services.checkpoint_files",
+                        ["torch", "numpy", "pydantic", "worker.pruning"])
+    assert seen["pydantic"] and seen["worker.pruning"], "the probe must import them"
+    assert not seen["torch"], seen
+
+
 def core_modules() -> list[str]:
     """Every module of the training core, experiments included."""
     core = ROOT / "app" / "training"

@@ -124,12 +124,12 @@ def test_test_rows_never_influence_training_or_selection() -> None:
         outcome = t.run()
         runs.append((outcome.summary, metrics_without_timing(sink.reports), weights(t.model)))
     (s1, m1, w1), (s2, m2, w2) = runs
-    assert s1["early_stopped"], "the check needs early stopping to have selected an epoch"
-    assert (s1["best_epoch"], s1["stopped_epoch"]) == (s2["best_epoch"], s2["stopped_epoch"])
+    assert s1.early_stopped, "the check needs early stopping to have selected an epoch"
+    assert (s1.best_epoch, s1.stopped_epoch) == (s2.best_epoch, s2.stopped_epoch)
     assert m1 == m2
     assert_same_weights(w1, w2)
-    assert s1["val"] == s2["val"] and s1["train"] == s2["train"]
-    assert s1["test"]["accuracy"] != s2["test"]["accuracy"]  # the scrambling was real
+    assert s1.val == s2.val and s1.train == s2.train
+    assert s1.test["accuracy"] != s2.test["accuracy"]  # the scrambling was real
 
 
 @pytest.mark.parametrize(("builtin", "shape"), [("digits", [1, 7, 7]), ("digits", [2, 30]),

@@ -22,7 +22,7 @@ def test_bf16_autocast_trains_on_cpu() -> None:
     spec = JobSpec.model_validate({**MOONS, "training": {**MOONS["training"],
                                                          "precision": "bf16"}})
     out = run_spec(spec, MemorySink())
-    assert math.isfinite(out.summary["test"]["loss"]) and out.summary["test"]["accuracy"] > 0.8
+    assert math.isfinite(out.summary.test["loss"]) and out.summary.test["accuracy"] > 0.8
 
 
 def test_auto_resolves_to_what_exists() -> None:

@@ -21,10 +21,12 @@ from app.training.experiments.aggregate import (
     zero_one_decomposition,
 )
 from app.training.experiments.plan import Child, grid, sweep_trials
+from app.training.experiments.roles import TrialRole
 from app.training.resample import resample
 from app.training.runner import run_spec
 from app.training.sharpness import epsilon_sharpness, top_hessian_eigenvalue
 from app.training.sink import MemorySink
+from tests.training.helpers import summary_of
 
 
 def dev_rows(source: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,10 +81,10 @@ def test_grid_enumerates_exactly_the_grid() -> None:
 
 def test_sweep_selects_by_validation_never_by_test() -> None:
     def child(trial: int, val: float, test: float) -> Child:
-        return Child(role={"trial": trial, "params": {"optimizer.lr": trial}}, spec={},
-                     status="succeeded", summary={"val": {"accuracy": val},
-                                                  "test": {"accuracy": test},
-                                                  "best_epoch": 3, "epochs_completed": 5})
+        return Child(role=TrialRole(trial=trial, params={"optimizer.lr": trial}), spec={},
+                     status="succeeded", summary=summary_of(val={"accuracy": val},
+                                                            test={"accuracy": test},
+                                                            best_epoch=3, epochs_completed=5))
 
     kids = [child(0, 0.80, 0.99), child(1, 0.90, 0.70), child(2, 0.85, 0.95)]
     board = leaderboard(trial_scores(kids, "val_accuracy"), "val_accuracy", "auto")
@@ -135,7 +137,7 @@ def test_variance_grows_with_model_size_on_a_small_training_set() -> None:
                 "optimizer": {"kind": "adam", "lr": 0.02},
                 "training": {"epochs": 60, "batch_size": 16, "seed": b,
                              "record_predictions": True}})
-            preds.append(run_spec(spec, MemorySink()).summary["predictions"]["test"])
+            preds.append(run_spec(spec, MemorySink()).summary.predictions["test"])
         return float(np.mean(np.var(np.asarray(preds), axis=0)))
 
     assert variance([256, 256]) > 2 * variance([])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from app import spec as s
+from app.training.results import Summary
 from app.training.runner import run_spec
 from app.training.sink import MemorySink
 from tests.training.helpers import make_spec
@@ -19,16 +19,16 @@ def _example(name: str) -> s.JobSpec:
     return s.JobSpec.model_validate(json.loads((EXAMPLES / name).read_text()))
 
 
-def _summary(spec: s.JobSpec) -> dict[str, Any]:
+def _summary(spec: s.JobSpec) -> Summary:
     outcome = run_spec(spec, MemorySink())
-    assert outcome.status == "completed"
+    assert outcome.status == "completed" and outcome.summary is not None
     return outcome.summary
 
 
 def test_digits_mlp_example() -> None:
     summary = _summary(_example("digits.json"))
-    assert summary["test"]["accuracy"] >= 0.95
-    assert summary["macro_f1"] >= 0.95
+    assert summary.test["accuracy"] >= 0.95
+    assert summary.macro_f1 >= 0.95
 
 
 def test_digits_cnn() -> None:
@@ -36,19 +36,19 @@ def test_digits_cnn() -> None:
                      optimizer={"kind": "adam", "lr": 0.01}, schedule={"kind": "one_cycle"},
                      training={"epochs": 15, "batch_size": 64})
     assert spec.model.channels == [32, 64]  # type: ignore[union-attr]
-    assert _summary(spec)["test"]["accuracy"] >= 0.97
+    assert _summary(spec).test["accuracy"] >= 0.97
 
 
 def test_moons_mlp() -> None:
     spec = make_spec(data={"source": {"synthetic": "moons", "n_samples": 1000, "noise": 0.2}},
                      model={"hidden": [32, 32]}, optimizer={"kind": "adam", "lr": 0.01},
                      training={"epochs": 20, "batch_size": 32})
-    assert _summary(spec)["test"]["accuracy"] >= 0.95
+    assert _summary(spec).test["accuracy"] >= 0.95
 
 
 def test_diabetes_mlp_example() -> None:
     summary = _summary(_example("diabetes.json"))
-    assert summary["test"]["r2"] >= 0.4
+    assert summary.test["r2"] >= 0.4
 
 
 def _sine(hidden: list[int]) -> s.JobSpec:
@@ -62,5 +62,5 @@ def _sine(hidden: list[int]) -> s.JobSpec:
 
 
 def test_one_hidden_layer_fits_a_sine_a_line_cannot() -> None:
-    assert _summary(_sine([64]))["test"]["rmse"] < 0.15
-    assert _summary(_sine([]))["test"]["rmse"] > 0.5
+    assert _summary(_sine([64])).test["rmse"] < 0.15
+    assert _summary(_sine([])).test["rmse"] > 0.5

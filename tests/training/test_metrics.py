@@ -45,13 +45,13 @@ def test_regression_metrics_are_in_original_units() -> None:
         out = predict(t.model, x, contextlib.nullcontext).squeeze(1).double().numpy()
         pred = out * float(data.target.std[0]) + float(data.target.mean[0])
         truth = arrays.y[rows].astype(np.float64)
-        got = summary[split]
+        got = getattr(summary, split)
         assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(truth, pred)),
                                             rel=1e-4)
         assert got["mae"] == pytest.approx(skm.mean_absolute_error(truth, pred), rel=1e-4)
         assert got["r2"] == pytest.approx(skm.r2_score(truth, pred), rel=1e-4, abs=1e-4)
-    assert summary["generalization_gap"]["rmse"] == pytest.approx(
-        summary["train"]["rmse"] - summary["test"]["rmse"])
+    assert summary.generalization_gap["rmse"] == pytest.approx(
+        summary.train["rmse"] - summary.test["rmse"])
 
 
 def test_classification_summary_matches_sklearn() -> None:
@@ -61,11 +61,11 @@ def test_classification_summary_matches_sklearn() -> None:
     summary = t.run().summary
     pred = predict(t.model, t.data.x_test, contextlib.nullcontext).argmax(1).numpy()
     y = t.data.y_test.numpy()
-    assert summary["test"]["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert summary["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    assert summary.test["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert summary.confusion_matrix == skm.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
     with np.errstate(all="ignore"):
         expected = skm.f1_score(y, pred, average="macro", zero_division=0)
-    assert summary["macro_f1"] == pytest.approx(expected)
+    assert summary.macro_f1 == pytest.approx(expected)
 
 
 def test_binary_logit_metrics_threshold_at_zero() -> None:
@@ -76,5 +76,5 @@ def test_binary_logit_metrics_threshold_at_zero() -> None:
     assert out.ndim == 1
     pred = (out > 0).long().numpy()
     y = t.data.y_test.numpy()
-    assert summary["test"]["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert summary["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    assert summary.test["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert summary.confusion_matrix == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 
 from app import experiment_spec as e
-from app.training import checkpoint as ckpt
+from app.training.checkpoint import TrainState
 from app.training.experiments.aggregate import leaderboard, trial_scores
 from app.training.experiments.plan import Child
 from app.training.experiments.prune import median_stop
+from app.training.experiments.roles import TrialRole
+from app.training.results import Pruned
 from app.training.sink import MemorySink
-from tests.training.helpers import make_spec, trainer
+from tests.training.helpers import make_spec, summary_of, trainer
 
 # Three completed trials' val_loss curves; running means at epoch 2: 1.5, 2.5, 0.75
 COMPLETED = [[2.0, 1.0, 0.5], [3.0, 2.0, 1.0], [1.0, 0.5, 0.25]]
@@ -63,22 +65,23 @@ def test_the_trainer_ends_a_pruned_run_like_early_stopping() -> None:
     outcome = trainer(spec, sink).run()
     assert outcome.status == "completed" and len(sink.reports) == 3
     summary = outcome.summary
-    assert summary["epochs_completed"] == 3 and summary["stopped_epoch"] == 3
-    assert summary["pruned"] == {"epoch": 3, "reason": "asked to stop at epoch 3"}
-    assert summary["early_stopped"] is False and "test" in summary
+    assert summary.epochs_completed == 3 and summary.stopped_epoch == 3
+    assert summary.pruned == Pruned(epoch=3, reason="asked to stop at epoch 3")
+    assert summary.early_stopped is False and summary.test
+    assert summary.to_json()["pruned"] == {"epoch": 3, "reason": "asked to stop at epoch 3"}
     last = sink.reports[-1].checkpoint
     assert last is not None, "the stopping epoch is checkpointed"
-    assert ckpt.unpack(last)[1]["pruned"] == summary["pruned"]
+    assert TrainState.from_blob(last).pruned == summary.pruned.model_dump()
     resumed_sink = MemorySink()
     resumed = trainer(spec, resumed_sink).run(resume=last)
-    assert resumed_sink.reports == [] and resumed.summary["pruned"] == summary["pruned"]
+    assert resumed_sink.reports == [] and resumed.summary.pruned == summary.pruned
 
 
 def test_stopped_trials_are_listed_but_never_ranked() -> None:
     def child(trial: int, val: float, pruned: dict[str, object] | None) -> Child:
-        return Child(role={"trial": trial, "params": {"optimizer.lr": trial}}, spec={},
-                     status="succeeded", summary={"val": {"loss": val}, "best_epoch": 2,
-                                                  "epochs_completed": 2, "pruned": pruned})
+        return Child(role=TrialRole(trial=trial, params={"optimizer.lr": trial}), spec={},
+                     status="succeeded", summary=summary_of(val={"loss": val}, best_epoch=2,
+                                                            epochs_completed=2, pruned=pruned))
 
     rows = trial_scores([child(0, 0.5, None), child(1, 0.1, {"epoch": 2, "reason": "r"}),
                          child(2, 0.4, None)], "val_loss")

@@ -15,7 +15,8 @@ from app.training import checkpoint as ckpt
 from app.training import models
 from app.training.optim import decayed_parameters
 from app.training.regularize import (
-    EarlyStopper,
+    BestTracker,
+    Patience,
     WeightNoise,
     add_input_noise,
     cutmix,
@@ -83,11 +84,11 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights() -> None
     summary = t.run().summary
     val = sink.series("val", "loss")
     best = int(np.argmin(val)) + 1  # first epoch with the lowest val_loss
-    assert summary["early_stopped"] and summary["stopped_epoch"] < 40
-    assert summary["best_epoch"] == best
-    assert summary["stopped_epoch"] == best + 3 == summary["epochs_completed"] == len(val)
-    assert summary["best_value"] == val[best - 1]
-    assert summary["restored_best_weights"]
+    assert summary.early_stopped and summary.stopped_epoch < 40
+    assert summary.best_epoch == best
+    assert summary.stopped_epoch == best + 3 == summary.epochs_completed == len(val)
+    assert summary.best_value == val[best - 1]
+    assert summary.restored_best_weights
     assert [r.is_best for r in sink.reports].count(True) >= 2
     # the final weights are the best epoch's, as recorded in that epoch's checkpoint ...
     best_report = sink.reports[best - 1]
@@ -101,7 +102,7 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights() -> None
                               regularization={"early_stopping": None}))
     short.run()
     assert_same_weights(weights(t.model), weights(short.model))
-    assert summary["val"]["loss"] == pytest.approx(val[best - 1], rel=1e-6)
+    assert summary.val["loss"] == pytest.approx(val[best - 1], rel=1e-6)
 
 
 def test_without_restore_best_the_last_weights_remain() -> None:
@@ -109,24 +110,38 @@ def test_without_restore_best_the_last_weights_remain() -> None:
     sink = MemorySink()
     t = trainer(spec, sink)
     summary = t.run().summary
-    assert summary["early_stopped"] and not summary["restored_best_weights"]
+    assert summary.early_stopped and not summary.restored_best_weights
     last_model = ckpt.strip_prefix("model", ckpt.unpack(sink.reports[-1].checkpoint)[0])
     assert_same_weights(weights(t.model), last_model)
 
 
-def test_early_stopper_rule() -> None:
-    es = EarlyStopper(s.EarlyStopping(monitor="val_loss", patience=2, min_delta=0.1))
-    stops = [es.update(e, v) for e, v in enumerate([1.0, 0.95, 0.85, 0.8, 0.79], start=1)]
+def early_stopping(es: s.EarlyStopping, values: list[float]) -> tuple[BestTracker, list[bool]]:
+    best, patience = BestTracker.for_spec(es, has_val=True), Patience(es.patience)
+    return best, [patience.update(best.update(e, v)) for e, v in enumerate(values, start=1)]
+
+
+def test_early_stopping_rule() -> None:
+    es, stops = early_stopping(s.EarlyStopping(monitor="val_loss", patience=2, min_delta=0.1),
+                               [1.0, 0.95, 0.85, 0.8, 0.79])
     # 0.95 is not 0.1 better than 1.0; 0.85 is; 0.8 and 0.79 are not -> stop at epoch 5
     assert stops == [False, False, False, False, True]
     assert (es.best, es.best_epoch) == (0.85, 3)
-    acc = EarlyStopper(s.EarlyStopping(monitor="val_accuracy", patience=1))
-    assert acc.maximize
-    assert [acc.update(e, v) for e, v in enumerate([0.5, 0.7, 0.6], start=1)] == [
-        False, False, True]
+    acc, stops = early_stopping(s.EarlyStopping(monitor="val_accuracy", patience=1),
+                                [0.5, 0.7, 0.6])
+    assert acc.maximize and stops == [False, False, True]
     assert acc.best_epoch == 2
-    zero = EarlyStopper(s.EarlyStopping(patience=0))
-    assert zero.update(1, 1.0) is False and zero.update(2, 2.0) is True
+    assert early_stopping(s.EarlyStopping(patience=0), [1.0, 2.0])[1] == [False, True]
+
+
+def test_the_best_epoch_is_tracked_without_early_stopping() -> None:
+    """No early stopping: the best epoch is still judged, by val_loss (train_loss without
+    a validation split), with no patience rule to end the run."""
+    best = BestTracker.for_spec(None, has_val=True)
+    assert (best.monitor, best.maximize, best.min_delta) == ("val_loss", False, 0.0)
+    assert [best.update(e, v) for e, v in enumerate([1.0, 0.9, 0.95, 0.5], 1)] == [
+        True, True, False, True]
+    assert best.best_epoch == 4
+    assert BestTracker.for_spec(None, has_val=False).monitor == "train_loss"
 
 
 # ------------------------------------------------------------------- mixing
@@ -149,7 +164,7 @@ def test_trainer_mixes_inputs_and_targets_by_the_drawn_ratio() -> None:
     gen_copy = torch.Generator().manual_seed(0)
     gen_copy.set_state(t.gen.get_state())
     xb, yb = t.data.x_train[:16], t.data.y_train[:16]
-    mixed, lam, partner = t._mix(xb)
+    mixed, lam, partner = t._mix(xb, 0.4)
     assert lam == float(np_copy.beta(0.4, 0.4))
     assert torch.equal(partner, torch.randperm(16, generator=gen_copy))
     torch.testing.assert_close(mixed, lam * xb + (1 - lam) * xb[partner])

@@ -55,9 +55,9 @@ def test_runner_reproduces_and_summary_records_seed_versions_device() -> None:
     assert metrics_without_timing(sinks[0].reports) == metrics_without_timing(sinks[1].reports)
     assert outcomes[0].summary == outcomes[1].summary
     summary = outcomes[0].summary
-    assert summary["seed"] == 5
-    assert summary["device"] == "cpu"
-    assert summary["versions"] == {"python": platform.python_version(),
+    assert summary.seed == 5
+    assert summary.device == "cpu"
+    assert summary.versions == {"python": platform.python_version(),
                                    "torch": torch.__version__, "numpy": np.__version__,
                                    "scikit_learn": sklearn.__version__}
     # the final checkpoints agree byte for byte in their tensors

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from app.training import checkpoint as ckpt
-from app.training.checkpoint import CorruptCheckpoint
+from app.training.blobs import CorruptBlob as CorruptCheckpoint
 from app.training.sink import MemorySink
 from tests.training.helpers import (
     assert_same_weights,
@@ -41,10 +41,10 @@ def unbroken() -> dict[str, Any]:
     outcome = t.run()
     summary = outcome.summary
     lrs = sink.series("train", "lr")
-    best, stopped = summary["best_epoch"], summary["stopped_epoch"]
+    best, stopped = summary.best_epoch, summary.stopped_epoch
     cut = lrs.index(min(lrs)) + 1  # first epoch trained with a reduced lr
     # the scenario is only meaningful if its stateful parts act after the stop points used
-    assert summary["early_stopped"] and summary["restored_best_weights"]
+    assert summary.early_stopped and summary.restored_best_weights
     assert 6 <= best < cut <= stopped < 40 and lrs[0] > min(lrs)
     assert t.steps == 7
     return {"spec": spec, "reports": metrics_without_timing(sink.reports),
@@ -65,9 +65,9 @@ def test_resume_mid_run_matches_the_unbroken_run(unbroken: dict[str, Any], offse
     first = MemorySink(stop_after=epoch * steps + step + 1)
     outcome = trainer(spec, first, data).run()
     assert (outcome.status, outcome.reason) == ("stopped", "preempted")
-    assert outcome.checkpoint is not None and not outcome.summary
+    assert outcome.checkpoint is not None and outcome.summary is None
     state = ckpt.unpack(outcome.checkpoint)[1]
-    assert (state["epoch"], state["step"]) == (epoch, step)
+    assert (state["epoch"], state["step"]) == (epoch, step) == (outcome.epoch, outcome.step)
     assert len(first.reports) == epoch
 
     second = MemorySink()
@@ -100,7 +100,7 @@ def test_resume_from_the_early_stopping_checkpoint_trains_no_further(
     spec, reports = unbroken["spec"], unbroken["sink"].reports
     blob = reports[-1].checkpoint
     assert blob is not None
-    assert ckpt.unpack(blob)[1]["stopped_early_at"] == unbroken["summary"]["stopped_epoch"]
+    assert ckpt.unpack(blob)[1]["stopped_early_at"] == unbroken["summary"].stopped_epoch
     sink = MemorySink()
     resumed = trainer(spec, sink)
     outcome = resumed.run(resume=blob)

@@ -11,15 +11,29 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from app import experiment_spec as e
 from app import spec as s
 from app.training.experiments.plan import Child, ChildPlan, boosting_round, final_retrain
-from app.training.optim import metric_mode
+from app.training.experiments.roles import (
+    BatchSizeRole,
+    FinalRole,
+    FoldRole,
+    MemberRole,
+    OptimizerRole,
+    RoundRole,
+    SettingRole,
+    TrialRole,
+)
+from app.training.metric_names import metric_mode
 from app.training.resample import bootstrap_draws, out_of_bag
+from app.training.results import Summary
+
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass
@@ -44,12 +58,14 @@ class Step:
 
 
 def failures(children: list[Child]) -> list[dict[str, Any]]:
-    return [{"job_id": c.job_id, "role": c.role, "status": c.status, "error": c.error}
-            for c in children if c.status != "succeeded"]
+    return [{"job_id": c.job_id, "role": c.role.to_json(), "status": c.status,
+             "error": c.error} for c in children if c.status != "succeeded"]
 
 
-def ok(children: list[Child]) -> list[Child]:
-    return [c for c in children if c.status == "succeeded" and c.summary]
+def ok(children: list[Child], kind: type[R]) -> list[tuple[Child, R, Summary]]:
+    """The succeeded children of one role kind, with their role and summary."""
+    return [(c, c.role, c.summary) for c in children
+            if c.status == "succeeded" and c.summary is not None and isinstance(c.role, kind)]
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -66,11 +82,11 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def cross_validation(children: list[Child]) -> dict[str, Any]:
-    done = ok(children)
-    folds = [{"repeat": c.role["repeat"], "fold": c.role["fold"], "job_id": c.job_id,
-              "val": c.summary["val"], "best_epoch": c.summary["best_epoch"]}  # type: ignore[index]
-             for c in sorted(done, key=lambda c: (c.role["repeat"], c.role["fold"]))]
-    return {"folds": folds, "val": summarize([f["val"] for f in folds]),
+    done = sorted(ok(children, FoldRole), key=lambda d: (d[1].repeat, d[1].fold))
+    folds = [{"repeat": role.repeat, "fold": role.fold, "job_id": c.job_id,
+              "val": summary.val or {}, "best_epoch": summary.best_epoch}
+             for c, role, summary in done]
+    return {"folds": folds, "val": summarize([summary.val or {} for _, _, summary in done]),
             "failures": failures(children)}
 
 
@@ -81,18 +97,16 @@ def trial_scores(children: list[Child], metric: str) -> list[dict[str, Any]]:
     """One row per trial: its objective (mean over folds when cross-validated)."""
     trials: dict[int, dict[str, Any]] = {}
     for c in children:
-        if "trial" not in c.role:
+        role = c.role
+        if not isinstance(role, TrialRole):
             continue
-        row = trials.setdefault(c.role["trial"], {"trial": c.role["trial"],
-                                                  "params": c.role["params"], "scores": [],
-                                                  "best_epochs": [], "failed": False,
-                                                  "pruned": None})
-        if c.status == "succeeded" and c.summary:
-            split, name = metric.split("_", 1)
-            row["scores"].append(c.summary[split][name])
-            row["best_epochs"].append(c.summary.get("best_epoch") or c.summary[
-                "epochs_completed"])
-            row["pruned"] = c.summary.get("pruned")
+        row = trials.setdefault(role.trial, {"trial": role.trial, "params": role.params,
+                                             "scores": [], "best_epochs": [], "failed": False,
+                                             "pruned": None})
+        if c.status == "succeeded" and c.summary is not None:
+            row["scores"].append(c.summary.metric(metric))
+            row["best_epochs"].append(c.summary.epochs_needed)
+            row["pruned"] = c.summary.pruned.model_dump() if c.summary.pruned else None
         else:
             row["failed"] = True
     for row in trials.values():
@@ -113,7 +127,7 @@ def sweep(exp: e.Sweep, children: list[Child]) -> Step:
     metric = exp.objective.metric
     rows = trial_scores(children, metric)
     board = leaderboard(rows, metric, exp.objective.direction)
-    final = [c for c in children if c.role.get("final")]
+    final = [c for c in children if isinstance(c.role, FinalRole)]
     if board and exp.retrain_best and not final:
         return Step(children=[final_retrain(exp, board[0])])
     result: dict[str, Any] = {
@@ -122,20 +136,20 @@ def sweep(exp: e.Sweep, children: list[Child]) -> Step:
             for r in board], "best": board[0]["params"] if board else None,
         "failures": failures(children)}
     if exp.early_termination is not None:
-        result["early_termination"] = early_termination(exp, rows, children)
-    if final and final[0].summary:
-        result["final"] = {"job_id": final[0].job_id, "test": final[0].summary["test"],
-                           "epochs": final[0].summary["epochs_completed"]}
+        result["early_termination"] = early_termination(exp.early_termination, rows, children)
+    if final and final[0].summary is not None:
+        result["final"] = {"job_id": final[0].job_id, "test": final[0].summary.test,
+                           "epochs": final[0].summary.epochs_completed}
     return Step(result=result)
 
 
-def early_termination(exp: e.Sweep, rows: list[dict[str, Any]],
+def early_termination(rule: e.MedianStopping, rows: list[dict[str, Any]],
                       children: list[Child]) -> dict[str, Any]:
     """Which trials the rule stopped, and the epochs it saved against every trial's budget."""
-    trials = [c for c in ok(children) if "trial" in c.role]
-    run = sum(c.summary["epochs_completed"] for c in trials)  # type: ignore[index]
-    budget = sum(s.JobSpec.model_validate(c.spec).training.epochs for c in trials)
-    return {**exp.early_termination.model_dump(),  # type: ignore[union-attr]
+    trials = ok(children, TrialRole)
+    run = sum(summary.epochs_completed for _, _, summary in trials)
+    budget = sum(s.JobSpec.model_validate(c.spec).training.epochs for c, _, _ in trials)
+    return {**rule.model_dump(),
             "stopped": [{"trial": r["trial"], "params": r["params"], **r["pruned"]}
                         for r in rows if r["pruned"] is not None],
             "epochs_run": run, "epochs_budget": budget}
@@ -153,22 +167,22 @@ def score(pred: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
 
 
 def bagging(exp: e.Bagging, children: list[Child], targets: Targets) -> dict[str, Any]:
-    done = sorted(ok(children), key=lambda c: c.role["member"])
+    done = sorted(ok(children, MemberRole), key=lambda d: d[1].member)
     n_dev = len(targets.y_dev)
-    preds = [np.asarray(c.summary["predictions"]["test"]) for c in done]  # type: ignore[index]
+    preds = [np.asarray(summary.prediction("test")) for _, _, summary in done]
     members = [score(p, targets.y_test, targets.task) for p in preds]
     oob_sum: np.ndarray | None = None
     oob_count = np.zeros(n_dev)
-    for c in done:
-        dev_pred = np.asarray(c.summary["predictions"]["dev"])  # type: ignore[index]
-        draws = bootstrap_draws(n_dev, s.BootstrapRows(seed=exp.seed + c.role["member"]))
+    for _, role, summary in done:
+        dev_pred = np.asarray(summary.prediction("dev"))
+        draws = bootstrap_draws(n_dev, s.BootstrapRows(seed=exp.seed + role.member))
         oob = out_of_bag(n_dev, draws)
         oob_sum = np.zeros_like(dev_pred) if oob_sum is None else oob_sum
         oob_sum[oob] += dev_pred[oob]
         oob_count[oob] += 1
-    result: dict[str, Any] = {"members": [{"member": c.role["member"], "job_id": c.job_id,
-                                           "test": m} for c, m in zip(done, members,
-                                                                      strict=True)],
+    result: dict[str, Any] = {"members": [{"member": role.member, "job_id": c.job_id,
+                                           "test": m} for (c, role, _), m in zip(done, members,
+                                                                                 strict=True)],
                               "member_test": summarize(members), "failures": failures(children)}
     if preds:
         result["ensemble_test"] = score(np.mean(preds, axis=0), targets.y_test, targets.task)
@@ -203,49 +217,51 @@ def samme_predict(votes: list[tuple[float, np.ndarray]], n_classes: int) -> np.n
 
 
 def boosting(exp: e.Boosting, children: list[Child], targets: Targets) -> Step:
-    rounds = sorted(children, key=lambda c: c.role["round"])
-    if any(c.status != "succeeded" for c in rounds):
+    if any(c.status != "succeeded" for c in children):
         return Step(result={"rounds": [], "failures": failures(children)})
+    rounds = sorted(ok(children, RoundRole), key=lambda d: d[1].round)
     if targets.task == "classification":
         return _samme(exp, rounds, targets)
     return _gradient(exp, rounds, targets)
 
 
-def _samme(exp: e.Boosting, rounds: list[Child], targets: Targets) -> Step:
+Rounds = list[tuple[Child, RoundRole, Summary]]
+
+
+def _samme(exp: e.Boosting, rounds: Rounds, targets: Targets) -> Step:
     k = targets.n_classes
     weights = np.full(len(targets.y_dev), 1.0 / len(targets.y_dev))
     votes: list[tuple[float, np.ndarray]] = []
     history = []
     stopped = None
-    for c in rounds:
-        pred = c.summary["predictions"]  # type: ignore[index]
-        wrong = (np.asarray(pred["dev"]).argmax(axis=1) != targets.y_dev).astype(float)
+    for c, role, summary in rounds:
+        wrong = (np.asarray(summary.prediction("dev")).argmax(axis=1)
+                 != targets.y_dev).astype(float)
         new_weights, alpha, err = samme_update(weights, wrong, k)
         if err >= 1 - 1 / k:  # no better than chance: SAMME stops here
-            stopped = c.role["round"]
+            stopped = role.round
             break
         weights = new_weights
-        votes.append((alpha, np.asarray(pred["test"]).argmax(axis=1)))
+        votes.append((alpha, np.asarray(summary.prediction("test")).argmax(axis=1)))
         accuracy = float(np.mean(samme_predict(votes, k) == targets.y_test))
-        history.append({"round": c.role["round"], "job_id": c.job_id, "learner_weight": alpha,
+        history.append({"round": role.round, "job_id": c.job_id, "learner_weight": alpha,
                         "weighted_error": err, "ensemble_test": {"accuracy": accuracy},
-                        "learner_test": c.summary["test"]})  # type: ignore[index]
+                        "learner_test": summary.test})
     if stopped is None and len(rounds) < exp.rounds:
         return Step(children=[boosting_round(exp, len(rounds), weights.tolist(), None)])
     return Step(result={"algorithm": "samme", "rounds": history, "stopped_at_round": stopped,
                         "failures": []})
 
 
-def _gradient(exp: e.Boosting, rounds: list[Child], targets: Targets) -> Step:
+def _gradient(exp: e.Boosting, rounds: Rounds, targets: Targets) -> Step:
     f_dev = np.zeros(len(targets.y_dev))
     f_test = np.zeros(len(targets.y_test))
     history = []
-    for c in rounds:
-        rate = 1.0 if c.role["round"] == 0 else exp.learning_rate
-        pred = c.summary["predictions"]  # type: ignore[index]
-        f_dev += rate * np.asarray(pred["dev"])
-        f_test += rate * np.asarray(pred["test"])
-        history.append({"round": c.role["round"], "job_id": c.job_id, "learner_weight": rate,
+    for c, role, summary in rounds:
+        rate = 1.0 if role.round == 0 else exp.learning_rate
+        f_dev += rate * np.asarray(summary.prediction("dev"))
+        f_test += rate * np.asarray(summary.prediction("test"))
+        history.append({"round": role.round, "job_id": c.job_id, "learner_weight": rate,
                         "ensemble_test": score(f_test, targets.y_test, "regression"),
                         "train_residual_rmse": float(np.sqrt(np.mean((targets.y_dev - f_dev)
                                                                      ** 2)))})
@@ -289,11 +305,11 @@ def zero_one_decomposition(labels: np.ndarray, y: np.ndarray) -> dict[str, float
 def bias_variance(exp: e.BiasVariance, children: list[Child], targets: Targets) -> dict[str, Any]:
     curve = []
     for setting, value in enumerate(exp.values):
-        members = [c for c in ok(children) if c.role["setting"] == setting]
+        members = [summary for _, role, summary in ok(children, SettingRole)
+                   if role.setting == setting]
         if len(members) < 2:
             continue
-        preds = np.stack([np.asarray(c.summary["predictions"]["test"])  # type: ignore[index]
-                          for c in members])
+        preds = np.stack([np.asarray(summary.prediction("test")) for summary in members])
         if targets.task == "regression":
             terms = squared_decomposition(preds, targets.y_test, targets.truth_test,
                                           targets.noise_variance)
@@ -309,23 +325,28 @@ def bias_variance(exp: e.BiasVariance, children: list[Child], targets: Targets) 
 
 
 def batch_size(children: list[Child]) -> dict[str, Any]:
-    def order(c: Child) -> float:
-        b = c.role["batch_size"]
+    def order(done: tuple[Child, BatchSizeRole, Summary]) -> float:
+        b = done[1].batch_size
         return math.inf if b == "full" else float(b)
 
-    curve = [{"batch_size": c.role["batch_size"], "job_id": c.job_id,
-              "generalization_gap": c.summary["generalization_gap"],  # type: ignore[index]
-              "test": c.summary["test"], "train": c.summary["train"],  # type: ignore[index]
-              **{k: v for k, v in c.summary["sharpness"].items()  # type: ignore[index]
-                 if k in ("hessian_top_eigenvalue", "epsilon_sharpness")}}
-             for c in sorted(ok(children), key=order)]
+    curve = [{"batch_size": role.batch_size, "job_id": c.job_id,
+              "generalization_gap": summary.generalization_gap,
+              "test": summary.test, "train": summary.train, **sharpness_of(summary)}
+             for c, role, summary in sorted(ok(children, BatchSizeRole), key=order)]
     return {"curve": curve, "failures": failures(children)}
 
 
+def sharpness_of(summary: Summary) -> dict[str, float]:
+    if summary.sharpness is None:
+        raise ValueError("a batch-size child ran without its sharpness measure")
+    return {"hessian_top_eigenvalue": summary.sharpness.hessian_top_eigenvalue,
+            "epsilon_sharpness": summary.sharpness.epsilon_sharpness}
+
+
 def optimizer_comparison(children: list[Child]) -> dict[str, Any]:
+    done = sorted(ok(children, OptimizerRole), key=lambda d: d[1].index)
     runs = [{"optimizer": c.spec["optimizer"], "job_id": c.job_id, "curves": c.curves,
-             "test": c.summary["test"], "best_epoch": c.summary["best_epoch"]}  # type: ignore[index]
-            for c in sorted(ok(children), key=lambda c: c.role["index"])]
+             "test": summary.test, "best_epoch": summary.best_epoch} for c, _, summary in done]
     epochs = max((len(v) for r in runs for v in r["curves"].values()), default=0)
     return {"epochs": list(range(1, epochs + 1)), "runs": runs, "failures": failures(children)}
 

@@ -16,11 +16,23 @@ from typing import Any
 from app import experiment_spec as e
 from app import spec as s
 from app.spec import JobSpec
+from app.training.experiments.roles import (
+    BatchSizeRole,
+    FinalRole,
+    FoldRole,
+    MemberRole,
+    OptimizerRole,
+    Role,
+    RoundRole,
+    SettingRole,
+    TrialRole,
+)
+from app.training.results import Summary
 
 
 @dataclass
 class ChildPlan:
-    role: dict[str, Any]  # what this child is in the design (fold, trial, round, ...)
+    role: dict[str, Any]  # a Role's JSON, as stored in jobs.role (fold, trial, round, ...)
     spec: JobSpec
 
 
@@ -28,10 +40,10 @@ class ChildPlan:
 class Child:
     """A child job as the aggregation sees it."""
 
-    role: dict[str, Any]
+    role: Role
     spec: dict[str, Any]
     status: str
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
     error: str | None = None
     job_id: str = ""
     curves: dict[str, list[float]] = field(default_factory=dict)  # split_name -> per epoch
@@ -156,7 +168,7 @@ def sweep_trials(sweep: e.Sweep) -> list[dict[str, Any]]:
 
 
 def folds(base: JobSpec, prefix: str, k: int, repeats: int, seed: int, stratify: bool,
-          role: dict[str, Any], changes: dict[str, Any] | None = None) -> list[ChildPlan]:
+          trial: TrialRole | None, changes: dict[str, Any] | None = None) -> list[ChildPlan]:
     plans = []
     for repeat in range(repeats):
         for index in range(k):
@@ -164,7 +176,10 @@ def folds(base: JobSpec, prefix: str, k: int, repeats: int, seed: int, stratify:
                     "stratify": stratify}
             spec = child_spec(base, f"{prefix}-r{repeat}f{index}",
                               {**(changes or {}), "data.rows": rows})
-            plans.append(ChildPlan({**role, "repeat": repeat, "fold": index}, spec))
+            role: Role = (FoldRole(repeat=repeat, fold=index) if trial is None else
+                          TrialRole(trial=trial.trial, params=trial.params, repeat=repeat,
+                                    fold=index))
+            plans.append(ChildPlan(role.to_json(), spec))
     return plans
 
 
@@ -173,28 +188,28 @@ def first_stage(exp: Any) -> list[ChildPlan]:
     base, name = exp.base, exp.name
     match exp:
         case e.CrossValidation():
-            return folds(base, name, exp.k, exp.repeats, exp.seed, exp.stratify, {})
+            return folds(base, name, exp.k, exp.repeats, exp.seed, exp.stratify, None)
         case e.Sweep():
             return sweep_stage(exp)
         case e.Bagging():
-            return [ChildPlan({"member": i}, child_spec(base, f"{name}-bag{i}", {
+            return [ChildPlan(MemberRole(member=i).to_json(), child_spec(base, f"{name}-bag{i}", {
                 "data.rows": {"kind": "bootstrap", "seed": exp.seed + i},
                 "training.record_predictions": True})) for i in range(exp.n_models)]
         case e.Boosting():
             return [boosting_round(exp, 0, None, None)]
         case e.BiasVariance():
-            return [ChildPlan({"setting": s, "value": v, "replicate": b}, child_spec(
+            return [ChildPlan(SettingRole(setting=s, value=v, replicate=b).to_json(), child_spec(
                 base, f"{name}-s{s}b{b}", {exp.parameter: v, "training.record_predictions": True,
                                            "data.rows": {"kind": "bootstrap",
                                                          "seed": exp.seed + b}}))
                     for s, v in enumerate(exp.values) for b in range(exp.replicates)]
         case e.BatchSize():
             sharp = exp.sharpness.model_dump(mode="json")
-            return [ChildPlan({"batch_size": b}, child_spec(base, f"{name}-bs{b}", {
-                "training.batch_size": b, "training.sharpness": sharp}))
+            return [ChildPlan(BatchSizeRole(batch_size=b).to_json(), child_spec(
+                base, f"{name}-bs{b}", {"training.batch_size": b, "training.sharpness": sharp}))
                 for b in exp.batch_sizes]
         case e.OptimizerComparison():
-            return [ChildPlan({"optimizer": o.kind, "index": i}, child_spec(
+            return [ChildPlan(OptimizerRole(optimizer=o.kind, index=i).to_json(), child_spec(
                 base, f"{name}-{o.kind}{i}", {"optimizer": o.model_dump(mode="json")}))
                 for i, o in enumerate(exp.optimizers)]
     raise ValueError(f"unknown experiment kind {exp!r}")
@@ -203,12 +218,13 @@ def first_stage(exp: Any) -> list[ChildPlan]:
 def sweep_stage(exp: e.Sweep) -> list[ChildPlan]:
     plans: list[ChildPlan] = []
     for t, params in enumerate(sweep_trials(exp)):
-        role = {"trial": t, "params": params}
+        role = TrialRole(trial=t, params=params)
         if exp.objective.cv_folds:
             plans += folds(exp.base, f"{exp.name}-t{t}", exp.objective.cv_folds, 1, exp.seed,
                            True, role, params)
         else:
-            plans.append(ChildPlan(role, child_spec(exp.base, f"{exp.name}-t{t}", params)))
+            plans.append(ChildPlan(role.to_json(), child_spec(exp.base, f"{exp.name}-t{t}",
+                                                              params)))
     return plans
 
 
@@ -221,8 +237,8 @@ def boosting_round(exp: e.Boosting, round_: int, weights: list[float] | None,
     elif exp.base.loss.kind in ("cross_entropy", "nll", "bce"):
         changes["data.rows"] = {"kind": "bootstrap", "seed": exp.seed + round_,
                                 "weights": weights}
-    return ChildPlan({"round": round_}, child_spec(exp.base, f"{exp.name}-round{round_}",
-                                                   changes))
+    spec = child_spec(exp.base, f"{exp.name}-round{round_}", changes)
+    return ChildPlan(RoundRole(round=round_).to_json(), spec)
 
 
 def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
@@ -236,4 +252,4 @@ def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
                                             "training.epochs": epochs})
     if isinstance(spec.schedule, s.ReduceOnPlateau):
         spec = child_spec(spec, spec.name, {"schedule": {"kind": "constant"}})
-    return ChildPlan({"final": True, "params": best["params"]}, spec)
+    return ChildPlan(FinalRole(final=True, params=best["params"]).to_json(), spec)
