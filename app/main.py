@@ -24,6 +24,7 @@ from app.routes import catalog, datasets, experiments, health, jobs
 from app.schemas import V1_ERRORS
 from app.services import keys
 from app.services.workers import watch_queues
+from app.spec_unions import EXPERIMENT_KINDS, UNION_FIELDS, UNION_LIST_FIELDS
 from app.validation import SpecRejected
 
 log = logging.getLogger("trainyard.api")
@@ -32,11 +33,6 @@ log = logging.getLogger("trainyard.api")
 def error_body(code: str, message: str,
                fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or []}}
-
-
-UNION_FIELDS = {"source", "model", "loss", "optimizer", "schedule", "rows"}
-EXPERIMENT_KINDS = {"cross_validation", "sweep", "bagging", "boosting", "bias_variance",
-                    "batch_size", "optimizer_comparison"}
 
 
 def _model_names(cls: type[BaseModel]) -> set[str]:
@@ -56,12 +52,12 @@ def json_path(loc: tuple[Any, ...]) -> str:
         if ((seg == "body" and not out) or (isinstance(seg, str) and "[" in seg)
                 or seg in SPEC_MODEL_NAMES):
             continue
-        if isinstance(prev, int) and out[-2:-1] == ["optimizers"]:
-            prev = "optimizer"  # an item of optimizer_comparison's list: a tagged union too
+        if isinstance(prev, int) and len(out) > 1 and out[-2] in UNION_LIST_FIELDS:
+            prev = "#item"  # an item of a list of tagged unions (optimizer_comparison's)
         if not out and prev is None and seg in EXPERIMENT_KINDS:
             prev = "#kind"  # the experiment's own union tag
             continue
-        if isinstance(seg, str) and (prev in UNION_FIELDS or prev == "synthetic"):
+        if isinstance(seg, str) and (prev in UNION_FIELDS or prev in ("#item", "synthetic")):
             prev = "synthetic" if seg == "synthetic" and prev == "source" else "#tag"
             continue
         out.append(str(seg))

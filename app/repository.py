@@ -31,6 +31,11 @@ def _insert(session: Session, model: type[Any]) -> Any:
     return (postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model))
 
 
+def ping(session: Session) -> None:
+    """One round trip to SQL (readiness); raises when it is unreachable."""
+    session.execute(select(1))
+
+
 # ------------------------------------------------------------------ tenants & keys
 
 
@@ -290,7 +295,8 @@ def checkpoints_meta(session: Session, job_id: str) -> Sequence[Any]:
     return session.execute(stmt).all()
 
 
-def checkpoint_blob(session: Session, checkpoint_id: int) -> Checkpoint | None:
+def checkpoint_with_blob(session: Session, checkpoint_id: int) -> Checkpoint | None:
+    """The whole row, blob included (``checkpoints_meta`` leaves it out)."""
     return session.get(Checkpoint, checkpoint_id)
 
 
@@ -298,10 +304,6 @@ def checkpoints_newest_first(session: Session, job_id: str) -> Sequence[Checkpoi
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(
         Checkpoint.epoch.desc(), Checkpoint.step.desc())
     return session.scalars(stmt).all()
-
-
-def delete_checkpoint(session: Session, checkpoint_id: int) -> None:
-    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
 
 
 # --------------------------------------------------------------------- datasets

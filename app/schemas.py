@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.clock import as_utc
 from app.models import Dataset, Job
+from app.spec_unions import experiment_kinds
 
 
 class Progress(BaseModel):
@@ -135,26 +136,6 @@ class CheckpointOut(BaseModel):
     download: str
 
 
-class DatasetOut(BaseModel):
-    id: str
-    name: str
-    format: str
-    task: str
-    rows: int
-    features: int
-    n_classes: int
-    info: dict[str, Any]
-    sha256: str
-    size_bytes: int
-    created_at: datetime
-
-    @classmethod
-    def of(cls, ds: Dataset) -> DatasetOut:
-        return cls(id=ds.id, name=ds.name, format=ds.format, task=ds.task, rows=ds.rows,
-                   features=ds.features, n_classes=ds.n_classes, info=ds.info, sha256=ds.sha256,
-                   size_bytes=ds.size_bytes, created_at=as_utc(ds.created_at))
-
-
 class DatasetSummary(BaseModel):
     """A list item: no ``info`` (feature names, classes); GET the dataset for those."""
 
@@ -172,10 +153,19 @@ class DatasetSummary(BaseModel):
 
     @classmethod
     def of(cls, ds: Dataset) -> DatasetSummary:
-        return cls(id=ds.id, name=ds.name, format=ds.format, task=ds.task, rows=ds.rows,
-                   features=ds.features, n_classes=ds.n_classes, sha256=ds.sha256,
-                   size_bytes=ds.size_bytes, created_at=as_utc(ds.created_at),
-                   links={"self": f"/v1/datasets/{ds.id}"})
+        return DatasetSummary(id=ds.id, name=ds.name, format=ds.format, task=ds.task,
+                              rows=ds.rows, features=ds.features, n_classes=ds.n_classes,
+                              sha256=ds.sha256, size_bytes=ds.size_bytes,
+                              created_at=as_utc(ds.created_at),
+                              links={"self": f"/v1/datasets/{ds.id}"})
+
+
+class DatasetOut(DatasetSummary):
+    info: dict[str, Any]
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetOut:
+        return DatasetOut(**dict(DatasetSummary.of(ds)), info=ds.info)
 
 
 class DatasetPage(BaseModel):
@@ -238,8 +228,7 @@ class ExperimentItem(BaseModel):
 
     id: str
     name: str
-    kind: str = Field(examples=["cross_validation", "sweep", "bagging", "boosting",
-                                "bias_variance", "batch_size", "optimizer_comparison"])
+    kind: str = Field(examples=experiment_kinds())
     status: str = Field(examples=["running", "succeeded", "partial", "failed", "cancelled"])
     progress: ExperimentProgress
     created_at: datetime

@@ -7,12 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
-from app import repository as repo
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.schemas import DatasetOut, DatasetPage, DatasetSummary, error_responses
 from app.services import datasets as service
-from app.services.jobs import decode_cursor, encode_cursor
-from app.training.blobs import sha256
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -34,13 +31,10 @@ def upload_dataset(
 
     A plain ``def``: parsing is CPU-bound and runs in a worker thread, so the event loop
     (``/healthz``, other requests) keeps answering while a large upload parses."""
-    content = file.file.read(settings.limits.max_dataset_bytes + 1)
-    dataset = service.build_dataset(content=content, filename=file.filename, fmt=format,
-                                    target=target, task=task, input_shape=input_shape, name=name,
-                                    limits=settings.limits)
-    digest = sha256(content + repr((target, task, format, input_shape, name)).encode())
-    stored, created = service.create(session, tenant_id=tenant, dataset=dataset,
-                                     idempotency_key=idempotency_key, request_hash=digest)
+    stored, created = service.upload(
+        session, tenant_id=tenant, idempotency_key=idempotency_key, limits=settings.limits,
+        content=file.file.read(settings.limits.max_dataset_bytes + 1), filename=file.filename,
+        fmt=format, target=target, task=task, input_shape=input_shape, name=name)
     return JSONResponse(DatasetOut.of(stored).model_dump(mode="json"),
                         status_code=201 if created else 200,
                         headers={"Location": f"/v1/datasets/{stored.id}"})
@@ -51,11 +45,8 @@ def list_datasets(session: SessionDep, tenant: TenantDep,
                   cursor: Annotated[str | None, Query(max_length=300)] = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100) -> DatasetPage:
     """Newest first, with cursor pagination; items leave out ``info`` (GET one for it)."""
-    before = decode_cursor(cursor) if cursor else None
-    rows = repo.list_datasets(session, tenant, before=before, limit=limit + 1)
-    more, rows = len(rows) > limit, rows[:limit]
-    return DatasetPage(items=[DatasetSummary.of(d) for d in rows],
-                       next_cursor=encode_cursor(rows[-1]) if more and rows else None)
+    rows, next_cursor = service.list_page(session, tenant, cursor=cursor, limit=limit)
+    return DatasetPage(items=[DatasetSummary.of(d) for d in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))

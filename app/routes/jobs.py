@@ -37,8 +37,7 @@ def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: 
                tenant: TenantDep, idempotency_key: IdemKey = None) -> Any:
     """Queue a training job. The same Idempotency-Key and body returns the original job."""
     job, created = service.submit(session, tenant_id=tenant, spec=spec, settings=settings,
-                                  idempotency_key=idempotency_key,
-                                  raw=spec.model_dump(mode="json"))
+                                  idempotency_key=idempotency_key)
     body = JobOut.of(job).model_dump(mode="json")
     return JSONResponse(body, status_code=201 if created else 200,
                         headers={"Location": f"/v1/jobs/{job.id}"})

@@ -14,7 +14,7 @@ import re
 import zipfile
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from app.clock import new_id, utcnow
 from app.config import Limits
 from app.errors import NotFound, TooLarge, Unprocessable
 from app.models import Dataset
-from app.services.jobs import commit_unless_raced, replay
+from app.services import cursors, idempotency
 from app.training.blobs import sha256
 
 MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
@@ -267,18 +267,38 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
 
 def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_key: str | None,
            request_hash: str) -> tuple[Dataset, bool]:
-    idempotency_key = idempotency_key or None  # an empty header is no key
-    if idempotency_key and (existing := replay(
-            repo.dataset_by_idempotency_key(session, tenant_id, idempotency_key),
-            idempotency_key, request_hash)):
-        return existing, False
-    dataset.tenant_id, dataset.idempotency_key = tenant_id, idempotency_key
-    dataset.request_hash = request_hash
-    repo.add_dataset(session, dataset)
-    if not commit_unless_raced(session, idempotency_key):
-        return create(session, tenant_id=tenant_id, dataset=dataset,
-                      idempotency_key=idempotency_key, request_hash=request_hash)
-    return dataset, True
+    """Store a built dataset, or replay the one ``idempotency_key`` stored."""
+
+    def insert(key: str | None) -> Dataset:
+        dataset.tenant_id, dataset.idempotency_key = tenant_id, key
+        dataset.request_hash = request_hash
+        repo.add_dataset(session, dataset)
+        return dataset
+
+    def find(key: str) -> Dataset | None:
+        return repo.dataset_by_idempotency_key(session, tenant_id, key)
+
+    return idempotency.create_once(session, key=idempotency_key, digest=request_hash,
+                                   find=find, insert=insert)
+
+
+def upload(session: Session, *, tenant_id: str, idempotency_key: str | None, limits: Limits,
+           content: bytes, filename: str | None, fmt: str | None, target: str | None,
+           task: str, input_shape: str | None, name: str | None) -> tuple[Dataset, bool]:
+    """Validate an upload completely, then store it (or replay). Returns (dataset, created)."""
+    dataset = build_dataset(content=content, filename=filename, fmt=fmt, target=target,
+                            task=task, input_shape=input_shape, name=name, limits=limits)
+    form = {"target": target, "task": task, "format": fmt, "input_shape": input_shape,
+            "name": name}
+    return create(session, tenant_id=tenant_id, dataset=dataset, idempotency_key=idempotency_key,
+                  request_hash=idempotency.request_hash(form, content))
+
+
+def list_page(session: Session, tenant_id: str, *, cursor: str | None,
+              limit: int) -> tuple[Sequence[Dataset], str | None]:
+    """Newest first, without ``info`` or the blob."""
+    return cursors.page(lambda before, n: repo.list_datasets(session, tenant_id, before=before,
+                                                             limit=n), cursor, limit)
 
 
 def get(session: Session, tenant_id: str, dataset_id: str) -> Dataset:

@@ -14,10 +14,11 @@ from app import experiment_spec as e
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
-from app.errors import NotFound, Unprocessable
+from app.errors import NotFound
 from app.models import Experiment, Job
-from app.services import dataset_refs
+from app.services import cursors, dataset_refs
 from app.services import jobs as job_service
+from app.services.idempotency import create_once, request_hash
 from app.spec import Task
 from app.training.experiments.plan import (
     ChildPlan,
@@ -136,36 +137,48 @@ def check_objective(sweep: e.Sweep, task: Task) -> None:
                                     f"not logged for a {task} task; choose one of {logged}")])
 
 
-def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
-           idempotency_key: str | None) -> tuple[Experiment, bool]:
-    raw = exp.model_dump(mode="json")
-    digest = job_service.body_hash(raw)
-    idempotency_key = idempotency_key or None  # an empty header is no key
-    if idempotency_key and (existing := job_service.replay(
-            repo.experiment_by_idempotency_key(session, tenant_id, idempotency_key),
-            idempotency_key, digest)):
-        return existing, False
+def new_experiment(session: Session, tenant_id: str, exp: Any,
+                   settings: Settings) -> tuple[Experiment, list[Job]]:
+    """The experiment's row and its first stage's, every child validated (none added yet)."""
     dataset_refs.resolve_experiment(session, tenant_id, exp)  # before anything reads data
     plans = plan_children(exp, settings)
     now = utcnow()
     experiment = Experiment(id=new_id("exp"), tenant_id=tenant_id, name=exp.name, kind=exp.kind,
-                            request=raw, status="running", stage=0, created_at=now,
-                            updated_at=now, idempotency_key=idempotency_key,
-                            request_hash=digest)
+                            request=exp.model_dump(mode="json"), status="running", stage=0,
+                            created_at=now, updated_at=now)
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
     if isinstance(exp, e.Sweep):
         check_objective(exp, cast(Task, jobs[0].task))
     check_later_stages(session, tenant_id, exp, plans, job_service.validate(
         session, tenant_id, plans[0].spec, settings), settings)
-    job_service.reserve_slots(session, tenant_id, len(jobs), settings)  # locks until COMMIT
-    repo.add_experiment(session, experiment)
-    for job in jobs:
-        repo.add_job(session, job)
-    if not job_service.commit_unless_raced(session, idempotency_key):
-        return submit(session, tenant_id=tenant_id, exp=exp, settings=settings,
-                      idempotency_key=idempotency_key)
-    job_service.enqueue_committed(session, jobs)
-    return experiment, True
+    return experiment, jobs
+
+
+def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
+           idempotency_key: str | None) -> tuple[Experiment, bool]:
+    """Plan and validate the first stage, INSERT the experiment and its children, COMMIT,
+    enqueue. Returns (experiment, created)."""
+    digest = request_hash(exp.model_dump(mode="json"))
+    jobs: list[Job] = []
+
+    def insert(key: str | None) -> Experiment:
+        experiment, children = new_experiment(session, tenant_id, exp, settings)
+        experiment.idempotency_key, experiment.request_hash = key, digest
+        job_service.reserve_slots(session, tenant_id, len(children), settings)  # locks to COMMIT
+        repo.add_experiment(session, experiment)
+        for job in children:
+            repo.add_job(session, job)
+        jobs.extend(children)
+        return experiment
+
+    def find(key: str) -> Experiment | None:
+        return repo.experiment_by_idempotency_key(session, tenant_id, key)
+
+    experiment, created = create_once(session, key=idempotency_key, digest=digest, find=find,
+                                      insert=insert)
+    if created:
+        job_service.enqueue_committed(session, jobs)
+    return experiment, created
 
 
 def get(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
@@ -181,23 +194,16 @@ def progress(session: Session, experiments: Sequence[Experiment]) -> dict[str, d
 
 def list_page(session: Session, tenant_id: str, *, status: str | None, kind: str | None,
               cursor: str | None, limit: int) -> tuple[Sequence[Experiment], str | None]:
-    before = job_service.decode_cursor(cursor) if cursor else None
-    rows = repo.list_experiments(session, tenant_id, status=status, kind=kind, before=before,
-                                 limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None
+    return cursors.page(lambda before, n: repo.list_experiments(
+        session, tenant_id, status=status, kind=kind, before=before, limit=n), cursor, limit)
 
 
 def jobs_of(session: Session, tenant_id: str, experiment_id: str, *, cursor: str | None,
             limit: int) -> tuple[Sequence[Job], str | None]:
     """The children oldest first (the design's order), a page at a time."""
     get(session, tenant_id, experiment_id)
-    after = job_service.decode_cursor(cursor) if cursor else None
-    rows = repo.children_page(session, experiment_id, after=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, job_service.encode_cursor(rows[-1]) if more and rows else None
+    return cursors.page(lambda after, n: repo.children_page(
+        session, experiment_id, after=after, limit=n), cursor, limit)
 
 
 def cancel(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
@@ -205,10 +211,3 @@ def cancel(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
     repo.cancel_experiment(session, exp, utcnow())
     session.commit()
     return exp
-
-
-def invalid(exc: ValidationError) -> Unprocessable:
-    fields = [{"loc": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
-              for err in exc.errors()]
-    return Unprocessable("; ".join(f"{f['loc']}: {f['message']}" for f in fields[:5]),
-                         fields=fields)

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import repository as repo
 from app import spec as s
-from app.clock import as_utc, new_id, utcnow
+from app.clock import new_id, utcnow
 from app.config import Settings
-from app.errors import Conflict, NotFound, TooMany, Unprocessable
+from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
-from app.services import dataset_refs
+from app.services import cursors, dataset_refs
+from app.services.idempotency import create_once, request_hash
 from app.training import shapes
 from app.validation import check_spec
 
 log = logging.getLogger("trainyard.jobs")
-
-
-def body_hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def data_info(session: Session, tenant_id: str, source: Any) -> shapes.DataInfo:
@@ -64,37 +56,6 @@ def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Se
                created_at=now, updated_at=now)
 
 
-class _Replayable(Protocol):
-    request_hash: str | None
-
-
-R = TypeVar("R", bound=_Replayable)
-
-
-def replay(existing: R | None, key: str, digest: str) -> R | None:
-    """The resource an Idempotency-Key already created, or 409 if the body differs."""
-    if existing is not None and existing.request_hash != digest:
-        raise Conflict(f"Idempotency-Key '{key}' was used with a different body")
-    return existing
-
-
-def commit_unless_raced(session: Session, idempotency_key: str | None) -> bool:
-    """COMMIT; False when a concurrent request with the same Idempotency-Key won the
-    insert (the caller then replays it)."""
-    try:
-        session.commit()
-        return True
-    except IntegrityError:
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        return False
-
-
-def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
-    return replay(repo.job_by_idempotency_key(session, tenant_id, key), key, digest)
-
-
 def enqueue_committed(session: Session, jobs: Sequence[Job]) -> None:
     """After COMMIT: ring the broker. If it is down the reaper enqueues later."""
     sent = []
@@ -124,22 +85,25 @@ def reserve_slots(session: Session, tenant_id: str, wanted: int, settings: Setti
 
 
 def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Settings,
-           idempotency_key: str | None, raw: Any) -> tuple[Job, bool]:
+           idempotency_key: str | None) -> tuple[Job, bool]:
     """Validate, INSERT, COMMIT, enqueue. Returns (job, created)."""
-    digest = body_hash(raw)
-    idempotency_key = idempotency_key or None  # an empty header is no key
-    if idempotency_key and (job := _replay(session, tenant_id, idempotency_key, digest)):
-        return job, False
-    info = validate(session, tenant_id, spec, settings)
-    reserve_slots(session, tenant_id, 1, settings)
-    job = new_job(tenant_id, spec, info, settings, idempotency_key=idempotency_key,
-                  request_hash=digest)
-    repo.add_job(session, job)
-    if not commit_unless_raced(session, idempotency_key):
-        return submit(session, tenant_id=tenant_id, spec=spec, settings=settings,
-                      idempotency_key=idempotency_key, raw=raw)
-    enqueue_committed(session, [job])
-    return job, True
+
+    def insert(key: str | None) -> Job:
+        info = validate(session, tenant_id, spec, settings)
+        reserve_slots(session, tenant_id, 1, settings)
+        job = new_job(tenant_id, spec, info, settings, idempotency_key=key, request_hash=digest)
+        repo.add_job(session, job)
+        return job
+
+    def find(key: str) -> Job | None:
+        return repo.job_by_idempotency_key(session, tenant_id, key)
+
+    digest = request_hash(spec.model_dump(mode="json"))
+    job, created = create_once(session, key=idempotency_key, digest=digest, find=find,
+                               insert=insert)
+    if created:
+        enqueue_committed(session, [job])
+    return job, created
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -149,37 +113,12 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-class _Keyed(Protocol):
-    id: str
-    created_at: datetime
-
-
-def encode_cursor(row: _Keyed) -> str:
-    """The keyset cursor after ``row`` (jobs, experiments and datasets page alike)."""
-    raw = f"{as_utc(row.created_at).isoformat()}|{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        # a hand-made cursor without an offset, or one whose UTC time is out of range,
-        # must not reach SQL (each was a 500)
-        return as_utc(datetime.fromisoformat(created)).astimezone(UTC), row_id
-    except (ValueError, OverflowError) as exc:
-        raise Unprocessable("cursor is not one this API issued",
-                            fields=[{"loc": "cursor", "message": "malformed"}]) from exc
-
-
 def list_page(session: Session, tenant_id: str, *, status: str | None, name: str | None,
               experiment_id: str | None, cursor: str | None,
               limit: int) -> tuple[Sequence[Job], str | None]:
-    before = decode_cursor(cursor) if cursor else None
-    jobs = repo.list_jobs(session, tenant_id, status=status, name=name,
-                          experiment_id=experiment_id, before=before, limit=limit + 1)
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return jobs, encode_cursor(jobs[-1]) if more and jobs else None
+    return cursors.page(lambda before, n: repo.list_jobs(
+        session, tenant_id, status=status, name=name, experiment_id=experiment_id,
+        before=before, limit=n), cursor, limit)
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -213,7 +152,7 @@ def checkpoint(session: Session, tenant_id: str, job_id: str, ref: str) -> Check
     else:
         raise Unprocessable("checkpoint ref must be 'best', 'latest' or an epoch number",
                             fields=[{"loc": "ref", "message": f"got '{ref}'"}])
-    blob = repo.checkpoint_blob(session, match.id) if match else None
-    if blob is None:
+    row = repo.checkpoint_with_blob(session, match.id) if match else None
+    if row is None:
         raise NotFound(f"job '{job_id}' has no checkpoint '{ref}' (latest and best are kept)")
-    return blob
+    return row

@@ -57,7 +57,7 @@ def run(env: tuple[Any, Settings], tenant: str, spec: dict[str, Any]) -> Any:
     sessions, settings = env
     with sessions() as s:
         job, _ = job_service.submit(s, tenant_id=tenant, spec=JobSpec.model_validate(spec),
-                                    settings=settings, idempotency_key=None, raw=spec)
+                                    settings=settings, idempotency_key=None)
     outcome = execute(job.id, sessions, settings)
     with sessions() as s:
         return outcome, repo.get_job_any_tenant(s, job.id)
