@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from app.training import checkpoint as ckpt
 from app.training.blobs import CorruptBlob as CorruptCheckpoint
+from app.training.checkpoint import TrainState
 from app.training.sink import MemorySink
 from tests.training.helpers import (
     assert_same_weights,
@@ -140,3 +145,28 @@ def test_flipped_byte_fails_the_checksum() -> None:
             ckpt.unpack(bytes(bad), digest)
     with pytest.raises(CorruptCheckpoint):
         ckpt.unpack(blob[: len(blob) // 2])  # truncated: unreadable even without a checksum
+
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+def test_a_checkpoint_written_before_train_state_resumes_to_the_same_end() -> None:
+    """A mid-epoch checkpoint written by the Trainer before the loop was split (its
+    pack()), with best weights, plateau state, mixup RNG: today's loop resumes it and ends
+    with the weights and the summary of the old code's unbroken run."""
+    run = json.loads((FIXTURES / "v1_run.json").read_text())
+    blob = (FIXTURES / "v1_mid_epoch.safetensors").read_bytes()
+    state = TrainState.from_blob(blob)
+    assert (state.epoch, state.step) == (3, 2) and state.best_weights is not None
+    spec = make_spec(run["spec"])
+    t = trainer(spec)
+    outcome = t.run(resume=blob)
+    assert outcome.summary is not None
+    expected = load_file(str(FIXTURES / "v1_final_weights.safetensors"))
+    if run["torch"] == torch.__version__:  # bit-exact on the torch that wrote it
+        assert_same_weights(weights(t.model), expected)
+        assert outcome.summary.to_json() == run["summary"]
+    else:
+        for name, value in weights(t.model).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-6)
+        assert outcome.summary.to_json().keys() == run["summary"].keys()
