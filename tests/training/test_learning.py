@@ -31,6 +31,15 @@ def test_digits_mlp_example() -> None:
     assert summary.macro_f1 >= 0.95
 
 
+def test_digits_cnn_example() -> None:
+    # the example as shipped: a user copying it must not conclude CNNs do worse on images
+    spec = _example("digits-cnn.json")
+    assert spec.model.kind == "cnn"
+    summary = _summary(spec)
+    assert summary.test["accuracy"] >= 0.97
+    assert summary.macro_f1 is not None and summary.macro_f1 >= 0.97
+
+
 def test_digits_cnn() -> None:
     spec = make_spec(data={"source": {"builtin": "digits"}}, model={"kind": "cnn"},
                      optimizer={"kind": "adam", "lr": 0.01}, schedule={"kind": "one_cycle"},
