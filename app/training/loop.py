@@ -22,19 +22,10 @@ from app import spec as s
 from app.training.checkpoint import Best, EpochProgress, TrainState
 from app.training.data import Prepared
 from app.training.losses import build_loss
-from app.training.metrics import Autocast, Evaluator, predicted_labels
+from app.training.metrics import Autocast, Evaluator, global_norm, predicted_labels
 from app.training.models import build_model
 from app.training.optim import LrSchedule, build_optimizer, decayed_parameters, set_lr
-from app.training.regularize import (
-    BestTracker,
-    Patience,
-    WeightNoise,
-    add_input_noise,
-    cutmix,
-    mixup,
-    penalty,
-    shift_and_flip,
-)
+from app.training.regularize import BatchRegularizer, BestTracker, Patience, WeightNoise, penalty
 from app.training.report import RunFacts, summarize
 from app.training.results import Outcome, Pruned, Summary
 from app.training.shapes import batch_plan, eval_chunk_rows, output_dim
@@ -77,6 +68,8 @@ class Trainer:
         self.loss_fn = build_loss(spec.loss, data.info.n_classes, device)
         self.optimizer = build_optimizer(spec.optimizer, self.model)
         self.schedule = LrSchedule(spec.schedule, spec.optimizer.lr, tr.epochs)
+        self.batch = BatchRegularizer(reg, data.input_shape, data.info.task == "regression",
+                                      self.loss_fn, self.gen, self.np_rng)
         self.decayed = decayed_parameters(self.model, spec.optimizer.decay_all_parameters)
         self.weight_noise = (WeightNoise(self.decayed, reg.weight_noise, self.gen)
                              if reg.weight_noise > 0 else None)
@@ -148,16 +141,13 @@ class Trainer:
                                                                        torch.Tensor]:
         """Forward, backward, step. Returns (output, primary targets, data loss)."""
         reg = self.spec.regularization
-        xb = self._augment(xb)
-        mix_lam, partner = 1.0, None
-        if (mix := reg.mixup or reg.cutmix) is not None:
-            xb, mix_lam, partner = self._mix(xb, mix.alpha)
+        xb, mix_lam, partner = self.batch.inputs(xb)
         if self.weight_noise is not None:
             self.weight_noise.add()
         with self.autocast():
             out = self.model(xb)
         out = out.float()
-        loss = self._data_loss(out, yb, mix_lam, partner)
+        loss = self.batch.loss(out, yb, mix_lam, partner)
         extra = penalty(self.decayed, reg.l1, reg.l2)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss if extra is None else loss + extra)
@@ -167,31 +157,6 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.training.grad_clip_norm)
         self.optimizer.step()
         return out, yb, loss.detach()
-
-    def _augment(self, xb: torch.Tensor) -> torch.Tensor:
-        reg = self.spec.regularization
-        if reg.augment is not None:
-            xb = shift_and_flip(xb, self.data.input_shape, reg.augment, self.gen)
-        if reg.input_noise > 0:
-            xb = add_input_noise(xb, reg.input_noise, self.gen)
-        return xb
-
-    def _mix(self, xb: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, torch.Tensor]:
-        reg = self.spec.regularization
-        lam = float(self.np_rng.beta(alpha, alpha))
-        partner = torch.randperm(xb.shape[0], generator=self.gen, device=self.device)
-        if reg.mixup is not None:
-            return mixup(xb, lam, partner), lam, partner
-        mixed, kept = cutmix(xb, self.data.input_shape, lam, partner, self.np_rng)
-        return mixed, kept, partner
-
-    def _data_loss(self, out: torch.Tensor, yb: torch.Tensor, lam: float,
-                   partner: torch.Tensor | None) -> torch.Tensor:
-        if partner is None:
-            return self.loss_fn(out, yb)
-        if self.data.info.task == "regression":
-            return self.loss_fn(out, lam * yb + (1 - lam) * yb[partner])
-        return lam * self.loss_fn(out, yb) + (1 - lam) * self.loss_fn(out, yb[partner])
 
     # ------------------------------------------------------------- epoch end
 
@@ -229,10 +194,11 @@ class Trainer:
         """Train and validation metrics, brought to the host in one sync."""
         assert self.progress is not None  # called right after train_epoch
         p = self.progress
-        train: dict[str, torch.Tensor] = {
-            "loss": p.loss.mean(), "grad_norm": self._grad_norm(),
-            "weight_norm": torch.linalg.vector_norm(
-                torch.stack(torch._foreach_norm(list(self.model.parameters()))))}
+        params, device = list(self.model.parameters()), self.device
+        grads = [q.grad for q in params if q.grad is not None]  # of the epoch's last step
+        train: dict[str, torch.Tensor] = {"loss": p.loss.mean(),
+                                          "grad_norm": global_norm(grads, device),
+                                          "weight_norm": global_norm(params, device)}
         if self.data.info.task == "classification":
             train["accuracy"] = p.correct.sum() / self.rows_per_epoch
         device_values = {"train": train}
@@ -247,13 +213,6 @@ class Trainer:
         metrics["train"].update(lr=self.optimizer.param_groups[0]["lr"], epoch_seconds=p.seconds,
                                 samples_per_second=self.rows_per_epoch / max(p.seconds, 1e-9))
         return metrics
-
-    def _grad_norm(self) -> torch.Tensor:
-        """Global gradient norm at the epoch's last step."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
-            return torch.zeros((), device=self.device)
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _check_finite(self, mean_loss: float, step_loss: torch.Tensor) -> None:
         if math.isfinite(mean_loss):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,13 @@ EVAL_CHUNK = 8192  # default rows per eval forward pass; the Trainer sizes its o
 
 Autocast = Callable[[], AbstractContextManager[Any]]  # bf16 autocast, or a null context
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def global_norm(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The 2-norm of all the tensors together (0 for none)."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
 
 
 def predicted_labels(out: torch.Tensor, binary_logit: bool) -> torch.Tensor:

@@ -7,6 +7,7 @@ check it against the formula it names.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,3 +151,46 @@ class Patience:
             return False
         self.wait += 1
         return self.wait >= self.patience
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class BatchRegularizer:
+    """What a run does to each training batch: shifts and flips, input noise, mixup or
+    cutmix, and the loss against the mixed targets. Draws from the run's generators."""
+
+    spec: s.Regularization
+    input_shape: tuple[int, ...]
+    regression: bool
+    loss_fn: LossFn
+    gen: torch.Generator
+    np_rng: np.random.Generator
+
+    def inputs(self, xb: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """The transformed batch, with the mixing ratio and partner rows when mixing."""
+        reg = self.spec
+        if reg.augment is not None:
+            xb = shift_and_flip(xb, self.input_shape, reg.augment, self.gen)
+        if reg.input_noise > 0:
+            xb = add_input_noise(xb, reg.input_noise, self.gen)
+        if (mix := reg.mixup or reg.cutmix) is not None:
+            return self.mix(xb, mix.alpha)
+        return xb, 1.0, None
+
+    def mix(self, xb: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, torch.Tensor]:
+        lam = float(self.np_rng.beta(alpha, alpha))
+        partner = torch.randperm(xb.shape[0], generator=self.gen, device=xb.device)
+        if self.spec.mixup is not None:
+            return mixup(xb, lam, partner), lam, partner
+        mixed, kept = cutmix(xb, self.input_shape, lam, partner, self.np_rng)
+        return mixed, kept, partner
+
+    def loss(self, out: torch.Tensor, yb: torch.Tensor, lam: float,
+             partner: torch.Tensor | None) -> torch.Tensor:
+        if partner is None:
+            return self.loss_fn(out, yb)
+        if self.regression:
+            return self.loss_fn(out, lam * yb + (1 - lam) * yb[partner])
+        return lam * self.loss_fn(out, yb) + (1 - lam) * self.loss_fn(out, yb[partner])

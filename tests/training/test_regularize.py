@@ -164,7 +164,7 @@ def test_trainer_mixes_inputs_and_targets_by_the_drawn_ratio() -> None:
     gen_copy = torch.Generator().manual_seed(0)
     gen_copy.set_state(t.gen.get_state())
     xb, yb = t.data.x_train[:16], t.data.y_train[:16]
-    mixed, lam, partner = t._mix(xb, 0.4)
+    mixed, lam, partner = t.batch.mix(xb, 0.4)
     assert lam == float(np_copy.beta(0.4, 0.4))
     assert torch.equal(partner, torch.randperm(16, generator=gen_copy))
     torch.testing.assert_close(mixed, lam * xb + (1 - lam) * xb[partner])
@@ -172,7 +172,7 @@ def test_trainer_mixes_inputs_and_targets_by_the_drawn_ratio() -> None:
     out = torch.randn(16, 2)
     soft = lam * F.one_hot(yb, 2).float() + (1 - lam) * F.one_hot(yb[partner], 2).float()
     expected = -(soft * F.log_softmax(out, dim=1)).sum(1).mean()
-    torch.testing.assert_close(t._data_loss(out, yb, lam, partner), expected)
+    torch.testing.assert_close(t.batch.loss(out, yb, lam, partner), expected)
 
 
 def test_regression_mixup_mixes_the_targets() -> None:
@@ -183,7 +183,7 @@ def test_regression_mixup_mixes_the_targets() -> None:
     perm = torch.tensor([1, 2, 3, 0])
     out = torch.zeros(4, 1)
     target = 0.25 * y + 0.75 * y[perm]
-    torch.testing.assert_close(t._data_loss(out, y, 0.25, perm), (target**2).mean())
+    torch.testing.assert_close(t.batch.loss(out, y, 0.25, perm), (target**2).mean())
 
 
 @pytest.mark.parametrize(("shape", "lam"), [((2, 8, 8), 0.5), ((1, 8, 8), 0.8),
