@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Stack, distributed_stack, tiny_spec, wait_for, wait_job
-from tests.integration.test_distributed import parent_pid, slow_digits
+from tests.integration.test_distributed import parent_pid, slow_digits, worker_running
 
 pytestmark = pytest.mark.reliability
 
@@ -291,13 +291,15 @@ def test_postgres_down_longer_than_the_retry_window(tmp_path: Path, postgres_url
     and no driver text (host, SQL) reaches the job."""
     with distributed_stack(tmp_path, postgres_url, redis_url,
                            TRAINYARD_DB_RETRY_SECONDS="2") as stack, stack.client() as http:
-        stack.start_worker("w1")
-        job_id = http.post("/v1/jobs", json=slow_digits(epochs=30)).json()["id"]
-        wait_for(lambda: running(http, job_id, 3), 120, 0.05)
-        stack.start_worker("w2")  # idle, with a reaper that could re-claim the job too
-        wait_for(lambda: " ready." in stack.log("w2"), 90, 0.2, "w2")
+        for name in ("w1", "w2"):  # the idle one has a reaper that could re-claim the job
+            stack.start_worker(name)
+            wait_for(lambda n=name: " ready." in stack.log(n), 90, 0.2, name)
+        job_id = http.post("/v1/jobs", json=slow_digits(epochs=60)).json()["id"]
+        # stopped while it still has most of its epochs ahead (a finished job has no copy
+        # to hand back: starting a worker after submitting let it finish first under load)
+        owner = worker_running(stack, wait_for(lambda: running(http, job_id, 3), 120, 0.05))
         pg("stop")
-        wait_for(lambda: "handing the job back" in stack.log("w1"), 60, 0.2, "the give-up")
+        wait_for(lambda: "handing the job back" in stack.log(owner), 60, 0.2, "the give-up")
         time.sleep(4)  # the lease (4 s) expires too
         pg("start")
         wait_for(pg_up, 30)
@@ -306,7 +308,7 @@ def test_postgres_down_longer_than_the_retry_window(tmp_path: Path, postgres_url
         assert done["status"] == "succeeded" and done["error"] is None, log
         assert done["attempt"] == 1, "an outage must not use up an attempt:\n" + log
         assert "the database is back; handed back" in log
-        assert_complete(postgres_url, job_id, 30)
+        assert_complete(postgres_url, job_id, 60)
         resumed = rows(postgres_url, "SELECT DISTINCT attempt FROM metrics WHERE job_id = :j",
                        j=job_id)
         assert {r.attempt for r in resumed} == {1}, "the same attempt number, after the release"
