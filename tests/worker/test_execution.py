@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
-from app.db import make_engine
-from app.models import Base, Checkpoint, Job
+from app.models import Checkpoint, Job
 from app.services import reaper
 from app.services.jobs import new_job
 from app.spec import JobSpec
@@ -23,14 +21,6 @@ from app.training import shapes
 from app.training.blobs import sha256
 from tests.conftest import tiny_spec
 from worker.execution import execute, newest_good_checkpoint
-
-
-@pytest.fixture()
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'w.db'}")
-    Base.metadata.create_all(engine)
-    yield sessionmaker(bind=engine, expire_on_commit=False)
-    engine.dispose()
 
 
 @pytest.fixture()

@@ -4,19 +4,16 @@ processes is covered in tests/integration/test_experiments.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
-from app.clock import utcnow
 from app.config import Settings
-from app.db import make_engine
-from app.models import Base
 from app.services import experiments as service
+from tests.worker.conftest import add_tenants, quiet_broker
 from worker.execution import execute
 from worker.orchestrate import advance_experiment
 
@@ -30,17 +27,11 @@ SINE = {"data": {"source": {"synthetic": "function", "fn": "sin", "n_samples": 2
 
 
 @pytest.fixture()
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Settings]]:
-    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'x.db'}")
-    Base.metadata.create_all(engine)
-    sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda *a: None)
-    monkeypatch.setattr("worker.orchestrate.enqueue_advance", lambda *a: None)
-    with sessions() as s:
-        repo.ensure_tenant(s, "t", utcnow())
-        s.commit()
-    yield sessions, Settings(home=tmp_path)
-    engine.dispose()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sessions: sessionmaker[Session]) -> tuple[sessionmaker[Session], Settings]:
+    quiet_broker(monkeypatch)
+    add_tenants(sessions, "t")
+    return sessions, Settings(home=tmp_path)
 
 
 def by_trial(job: Any) -> int:
@@ -172,13 +163,8 @@ def test_failed_children_are_named_not_waited_on(env: Any) -> None:
     assert {f["status"] for f in out["result"]["failures"]} == {"failed"}
 
 
-def test_a_stage_that_cannot_start_ends_the_experiment_failed_with_the_message(
-        env: Any) -> None:
-    """Submission checks the final retrain; here the limit is tightened afterwards (an
-    operator lowering max_work), so starting stage 1 (the final retrain; stages count from
-    0) is refused: the experiment must end failed, naming the reason, not be re-advanced
-    forever."""
-    sessions, settings = env
+def sweep_with_trials_trained(sessions: sessionmaker[Session], settings: Settings) -> str:
+    """A two-trial sweep whose trials have succeeded, waiting for its next advance."""
     request = {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.02, 0.05]}}
     with sessions() as s:
         exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
@@ -186,15 +172,26 @@ def test_a_stage_that_cannot_start_ends_the_experiment_failed_with_the_message(
         trials = [j.id for j in repo.children(s, exp.id)]
     for job_id in trials:
         assert execute(job_id, sessions, settings) == "succeeded"
+    return exp.id
+
+
+def test_a_stage_that_cannot_start_ends_the_experiment_failed_with_the_message(
+        env: Any) -> None:
+    """Submission checks the final retrain; here the limit is tightened afterwards (an
+    operator lowering max_work), so starting stage 1 (the final retrain; stages count from
+    0) is refused: the experiment must end failed, naming the reason, not be re-advanced
+    forever."""
+    sessions, settings = env
+    exp_id = sweep_with_trials_trained(sessions, settings)
     settings.limits.max_work = 800  # the trials' 4 x 210 rows fit no more; nor does the final
-    assert advance_experiment(exp.id, sessions, settings) == "failed"
-    assert advance_experiment(exp.id, sessions, settings) == "not-running"
+    assert advance_experiment(exp_id, sessions, settings) == "failed"
+    assert advance_experiment(exp_id, sessions, settings) == "not-running"
     with sessions() as s:
-        row = repo.get_experiment_any_tenant(s, exp.id)
+        row = repo.get_experiment_any_tenant(s, exp_id)
         assert row is not None and row.status == "failed"
         assert row.error_message is not None and "stage 1 could not start" in row.error_message
         assert "exceeds the limit 800" in row.error_message
-        assert len(repo.children(s, exp.id)) == 2
+        assert len(repo.children(s, exp_id)) == 2
         assert repo.experiments_to_advance(s) == []
 
 
@@ -245,22 +242,16 @@ def test_a_database_error_in_aggregation_is_not_shown_to_the_tenant(
     from worker import orchestrate
 
     sessions, settings = env
-    request = {"kind": "sweep", "base": MOONS, "parameters": {"optimizer.lr": [0.02, 0.05]}}
-    with sessions() as s:
-        exp, _ = service.submit(s, tenant_id="t", exp=service.parse(request),
-                                settings=settings, idempotency_key=None)
-        trials = [j.id for j in repo.children(s, exp.id)]
-    for job_id in trials:
-        assert execute(job_id, sessions, settings) == "succeeded"
+    exp_id = sweep_with_trials_trained(sessions, settings)
 
     def leaky(*_: Any, **__: Any) -> Any:
         with sessions() as s:  # a real driver error, its message full of SQL
             s.execute(sa.text("SELECT * FROM no_such_table_pg_prod_internal"))
 
     monkeypatch.setattr(orchestrate, "advance", leaky)
-    assert advance_experiment(exp.id, sessions, settings) == "failed"
+    assert advance_experiment(exp_id, sessions, settings) == "failed"
     with sessions() as s:
-        row = repo.get_experiment_any_tenant(s, exp.id)
+        row = repo.get_experiment_any_tenant(s, exp_id)
         assert row is not None and row.error_message is not None
         assert row.error_message.startswith("OperationalError: a database error"), row
         assert "no_such_table" not in row.error_message and "SELECT" not in row.error_message

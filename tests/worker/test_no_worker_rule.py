@@ -6,7 +6,6 @@ needs a worker that was seen long ago: the rule reads nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
-from app.db import make_engine
-from app.models import Base, Experiment, Job, Worker
+from app.models import Experiment, Job, Worker
 from app.services import reaper, workers
 from app.services.jobs import new_job
 from app.spec import JobSpec
@@ -27,14 +25,6 @@ from tests.conftest import tiny_spec
 
 AFTER = 60.0  # no_worker_after_seconds in these tests
 LOST = 10.0
-
-
-@pytest.fixture()
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'w.db'}")
-    Base.metadata.create_all(engine)
-    yield sessionmaker(bind=engine, expire_on_commit=False)
-    engine.dispose()
 
 
 @pytest.fixture()

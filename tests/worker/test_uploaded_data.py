@@ -3,21 +3,18 @@ upload reaches the core, and the worker reads only the job's own tenant's datase
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
-from app.clock import utcnow
 from app.config import Settings
-from app.db import make_engine
-from app.models import Base
 from app.services import datasets
 from app.services import jobs as job_service
 from app.spec import JobSpec
+from tests.worker.conftest import add_tenants, quiet_broker
 from worker.execution import execute
 
 # 16 features per row, viewed as a 1x4x4 image once input_shape is given at upload.
@@ -29,18 +26,11 @@ CNN = {"model": {"kind": "cnn", "channels": [4], "kernel_size": 3, "norm": "none
 
 
 @pytest.fixture()
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Settings]]:
-    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'u.db'}")
-    Base.metadata.create_all(engine)
-    sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    monkeypatch.setattr("app.services.jobs.enqueue_job", lambda *a: None)
-    monkeypatch.setattr("worker.orchestrate.enqueue_advance", lambda *a: None)
-    with sessions() as s:
-        for tenant in ("a", "b"):
-            repo.ensure_tenant(s, tenant, utcnow())
-        s.commit()
-    yield sessions, Settings(home=tmp_path)
-    engine.dispose()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sessions: sessionmaker[Session]) -> tuple[sessionmaker[Session], Settings]:
+    quiet_broker(monkeypatch)
+    add_tenants(sessions, "a", "b")
+    return sessions, Settings(home=tmp_path)
 
 
 def upload(env: tuple[Any, Settings], tenant: str, **form: Any) -> str:
