@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
-from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.routes import responses
 from app.schemas import DatasetOut, DatasetPage, DatasetSummary, error_responses
 from app.services import datasets as service
 
@@ -35,9 +35,7 @@ def upload_dataset(
         session, tenant_id=tenant, idempotency_key=idempotency_key, limits=settings.limits,
         content=file.file.read(settings.limits.max_dataset_bytes + 1), filename=file.filename,
         fmt=format, target=target, task=task, input_shape=input_shape, name=name)
-    return JSONResponse(DatasetOut.of(stored).model_dump(mode="json"),
-                        status_code=201 if created else 200,
-                        headers={"Location": f"/v1/datasets/{stored.id}"})
+    return responses.created(DatasetOut.of(stored), created, f"/v1/datasets/{stored.id}")
 
 
 @router.get("", response_model=DatasetPage)

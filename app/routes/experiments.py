@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query
-from fastapi.responses import JSONResponse
 
 from app import experiment_spec as e
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.routes import responses
 from app.schemas import ExperimentOut, ExperimentPage, JobOut, JobPage, error_responses
 from app.services import experiments as service
 
@@ -27,9 +27,8 @@ def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
     created_exp, created = service.submit(session, tenant_id=tenant, exp=exp, settings=settings,
                                           idempotency_key=idempotency_key)
     counts = service.progress(session, [created_exp]).get(created_exp.id, {})
-    body = ExperimentOut.of(created_exp, counts).model_dump(mode="json")
-    return JSONResponse(body, status_code=201 if created else 200,
-                        headers={"Location": f"/v1/experiments/{created_exp.id}"})
+    return responses.created(ExperimentOut.of(created_exp, counts), created,
+                             f"/v1/experiments/{created_exp.id}")
 
 
 @router.get("", response_model=ExperimentPage)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
-from fastapi.responses import JSONResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.routes import responses
 from app.schemas import (
     CheckpointOut,
     JobItem,
@@ -38,9 +38,7 @@ def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: 
     """Queue a training job. The same Idempotency-Key and body returns the original job."""
     job, created = service.submit(session, tenant_id=tenant, spec=spec, settings=settings,
                                   idempotency_key=idempotency_key)
-    body = JobOut.of(job).model_dump(mode="json")
-    return JSONResponse(body, status_code=201 if created else 200,
-                        headers={"Location": f"/v1/jobs/{job.id}"})
+    return responses.created(JobOut.of(job), created, f"/v1/jobs/{job.id}")
 
 
 @router.get("", response_model=JobListPage)

@@ -25,9 +25,10 @@ from sqlalchemy.orm import Session
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Limits
-from app.errors import NotFound, TooLarge, Unprocessable
+from app.errors import TooLarge, Unprocessable
 from app.models import Dataset
 from app.services import cursors, idempotency
+from app.services.rows import found
 from app.training.blobs import sha256
 
 MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
@@ -302,10 +303,7 @@ def list_page(session: Session, tenant_id: str, *, cursor: str | None,
 
 
 def get(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    ds = repo.get_dataset(session, tenant_id, dataset_id)
-    if ds is None:
-        raise NotFound(f"no dataset '{dataset_id}'")
-    return ds
+    return found(repo.get_dataset(session, tenant_id, dataset_id), "dataset", dataset_id)
 
 
 def load_arrays(blob: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,11 @@ from app import experiment_spec as e
 from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
-from app.errors import NotFound
 from app.models import Experiment, Job
 from app.services import cursors, dataset_refs
 from app.services import jobs as job_service
 from app.services.idempotency import create_once, request_hash
+from app.services.rows import found
 from app.spec import Task
 from app.training.experiments.plan import (
     ChildPlan,
@@ -29,8 +29,9 @@ from app.training.experiments.plan import (
     first_stage,
     grid_size,
 )
+from app.training.metric_names import epoch_metric_names
 from app.training.shapes import DataInfo
-from app.validation import Problem, SpecRejected, epoch_metric_names
+from app.validation import Problem, SpecRejected
 
 EXPERIMENT = TypeAdapter(e.Experiment)
 
@@ -182,10 +183,8 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
 
 
 def get(session: Session, tenant_id: str, experiment_id: str) -> Experiment:
-    exp = repo.get_experiment(session, tenant_id, experiment_id)
-    if exp is None:
-        raise NotFound(f"no experiment '{experiment_id}'")
-    return exp
+    return found(repo.get_experiment(session, tenant_id, experiment_id), "experiment",
+                 experiment_id)
 
 
 def progress(session: Session, experiments: Sequence[Experiment]) -> dict[str, dict[str, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.orm import Session
 
@@ -15,9 +15,11 @@ from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
-from app.services import cursors, dataset_refs
+from app.services import checkpoint_files, cursors, dataset_refs
 from app.services.idempotency import create_once, request_hash
+from app.services.rows import found
 from app.training import shapes
+from app.training.blobs import sha256
 from app.validation import check_spec
 
 log = logging.getLogger("trainyard.jobs")
@@ -107,10 +109,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = repo.get_job(session, tenant_id, job_id)
-    if job is None:
-        raise NotFound(f"no job '{job_id}'")
-    return job
+    return found(repo.get_job(session, tenant_id, job_id), "job", job_id)
 
 
 def list_page(session: Session, tenant_id: str, *, status: str | None, name: str | None,
@@ -141,10 +140,14 @@ def checkpoints(session: Session, tenant_id: str, job_id: str) -> Sequence[Any]:
 
 
 def checkpoint(session: Session, tenant_id: str, job_id: str, ref: str) -> Checkpoint:
-    """``best``, ``latest`` or an epoch number."""
+    """``best``, ``latest`` or an epoch number. ``best`` is the row written at the best
+    epoch while it is kept; else the best weights the latest checkpoint carries (the best
+    epoch's own checkpoint need not have been written), as an unsaved row of that epoch."""
     rows = checkpoints(session, tenant_id, job_id)
     if ref == "best":
         match = next((r for r in rows if r.is_best), None)
+        if match is None and rows:
+            return _best_carried(session, job_id, rows[0].id) or _not_found(job_id, ref)
     elif ref == "latest":
         match = rows[0] if rows else None
     elif ref.isdigit():
@@ -153,6 +156,22 @@ def checkpoint(session: Session, tenant_id: str, job_id: str, ref: str) -> Check
         raise Unprocessable("checkpoint ref must be 'best', 'latest' or an epoch number",
                             fields=[{"loc": "ref", "message": f"got '{ref}'"}])
     row = repo.checkpoint_with_blob(session, match.id) if match else None
-    if row is None:
-        raise NotFound(f"job '{job_id}' has no checkpoint '{ref}' (latest and best are kept)")
-    return row
+    return row if row is not None else _not_found(job_id, ref)
+
+
+def _best_carried(session: Session, job_id: str, latest_id: int) -> Checkpoint | None:
+    latest = repo.checkpoint_with_blob(session, latest_id)
+    if latest is None:
+        return None
+    carried = checkpoint_files.best_carried(latest.blob, latest.sha256, job_id=job_id,
+                                            epoch=latest.epoch)
+    if carried is None:
+        return None
+    epoch, blob = carried
+    return Checkpoint(job_id=job_id, epoch=epoch, step=0, attempt=latest.attempt, is_best=True,
+                      sha256=sha256(blob), size_bytes=len(blob), blob=blob,
+                      created_at=latest.created_at)
+
+
+def _not_found(job_id: str, ref: str) -> NoReturn:
+    raise NotFound(f"job '{job_id}' has no checkpoint '{ref}' (latest and best are kept)")
