@@ -269,15 +269,20 @@ def metrics_page(session: Session, job_id: str, *, after: int, limit: int,
 # ------------------------------------------------------------------ checkpoints
 
 
-def add_checkpoint(session: Session, ckpt: Checkpoint) -> None:
-    """Insert (replacing an older copy of the same epoch/step) and keep latest + best only."""
+def add_checkpoint(session: Session, ckpt: Checkpoint, *, best_epoch: int | None = None) -> None:
+    """Insert (replacing an older copy of the same epoch/step) and keep latest + best only.
+    ``is_best`` marks the row written at the best epoch; ``best_epoch`` is the best epoch
+    whose weights the new blob carries: an older row flagged best at another epoch is
+    superseded by them (the ``best`` download then reads them from the latest row)."""
     same = (Checkpoint.job_id == ckpt.job_id, Checkpoint.epoch == ckpt.epoch,
             Checkpoint.step == ckpt.step)
     ckpt.is_best = ckpt.is_best or bool(session.scalar(select(Checkpoint.is_best).where(*same)))
     session.execute(delete(Checkpoint).where(*same))
-    if ckpt.is_best:
-        session.execute(update(Checkpoint).where(Checkpoint.job_id == ckpt.job_id)
-                        .values(is_best=False))
+    if ckpt.is_best or best_epoch is not None:
+        stale = update(Checkpoint).where(Checkpoint.job_id == ckpt.job_id)
+        if not ckpt.is_best:
+            stale = stale.where(Checkpoint.epoch != best_epoch)
+        session.execute(stale.values(is_best=False))
     session.add(ckpt)
     session.flush()
     keep = select(Checkpoint.id).where(Checkpoint.job_id == ckpt.job_id,

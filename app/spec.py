@@ -665,6 +665,10 @@ class Sharpness(Strict):
     max_rows: Int = Field(2048, ge=1, le=100_000, description="Training rows used.")
 
 
+# Checkpoints cost a SQL write of weights + optimizer state; metric rows land every epoch.
+DEFAULT_CHECKPOINT_SECONDS = 30.0
+
+
 class Training(Strict):
     """How long, in what batches, with which seed and on which device."""
 
@@ -679,7 +683,23 @@ class Training(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast forward.")
     grad_clip_norm: Float | None = Field(None, gt=0.0, description="Clip the global grad norm.")
-    checkpoint_every: Int = Field(1, ge=1, description="Epochs between checkpoints.")
+    checkpoint_every: Int | None = Field(
+        None, ge=1, description="Epochs between checkpoints. Set alone, it replaces the "
+        "time rule (checkpoint_every_seconds); set with it, a checkpoint is written when "
+        "either is due.")
+    checkpoint_every_seconds: Float | None = Field(
+        None, ge=0.0, description="Seconds of training between checkpoints (0: every epoch), "
+        f"judged at epoch ends; {DEFAULT_CHECKPOINT_SECONDS:g} when neither this nor "
+        "checkpoint_every is set. The last epoch, an early stop and a stop request "
+        "(preemption, timeout) always write one, and each checkpoint carries the best "
+        "epoch's weights.")
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """The time rule in force: None when only ``checkpoint_every`` was asked for."""
+        if self.checkpoint_every_seconds is None and self.checkpoint_every is None:
+            return DEFAULT_CHECKPOINT_SECONDS
+        return self.checkpoint_every_seconds
     record_predictions: bool = Field(
         False, description="Put the final model's predictions on the development and test "
         "rows in the summary (class probabilities, or values in original units).")

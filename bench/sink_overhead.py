@@ -169,10 +169,13 @@ class SqlTarget:
         return job_id, job.attempt
 
     def sink(self, spec: dict[str, Any]) -> Any:
+        from worker.lease import LeaseKeeper
         from worker.sinks import SqlSink
 
         job_id, attempt = self.new_running_job(spec)
-        sink = SqlSink(self.sessions, self.settings, job_id=job_id, attempt=attempt)
+        # the keeper's heartbeat thread is not started: a run is far shorter than the lease
+        keeper = LeaseKeeper(self.sessions, self.settings, job_id=job_id, attempt=attempt)
+        sink = SqlSink(keeper, self.settings)
         sink.bench_job_id = job_id  # type: ignore[attr-defined]
         return sink
 

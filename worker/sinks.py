@@ -1,4 +1,5 @@
-"""The SQL-backed sink: one transaction per epoch, stop requests (read from the job's
+"""The SQL-backed sink: one transaction per epoch (metric rows and progress always, a
+checkpoint when the trainer's cadence made one due), stop requests (read from the job's
 ``LeaseKeeper``, so ``should_stop`` costs no SQL), and (for sweep trials) the
 early-termination rule. Every write goes through the keeper, fenced by the attempt."""
 
@@ -12,7 +13,7 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.models import Checkpoint
-from app.training.blobs import sha256
+from app.training.blobs import carried_best_epoch, sha256
 from app.training.sink import EpochReport
 from worker.lease import PREEMPT, LeaseKeeper
 from worker.pruning import TrialPruner
@@ -73,4 +74,5 @@ class SqlSink:
     def _store(self, session: Session, blob: bytes, epoch: int, step: int, best: bool) -> None:
         repo.add_checkpoint(session, Checkpoint(
             job_id=self.job_id, epoch=epoch, step=step, attempt=self.attempt, is_best=best,
-            sha256=sha256(blob), size_bytes=len(blob), blob=blob, created_at=utcnow()))
+            sha256=sha256(blob), size_bytes=len(blob), blob=blob, created_at=utcnow()),
+            best_epoch=carried_best_epoch(blob))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,29 @@ class EpochProgress:
 
 
 @dataclass
+class Cadence:
+    """When an epoch end writes a checkpoint: every ``epochs`` epochs and/or once
+    ``seconds`` have passed since the last one (either rule may be off). The clock only
+    picks which epochs are written; nothing in the training state depends on it."""
+
+    epochs: int | None
+    seconds: float | None
+    clock: Callable[[], float] = time.monotonic
+    last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last = self.clock()  # a run (or a resumed one) starts from a checkpoint
+
+    def due(self, epoch: int) -> bool:
+        by_epochs = self.epochs is not None and epoch % self.epochs == 0
+        by_time = self.seconds is not None and self.clock() - self.last >= self.seconds
+        return by_epochs or by_time
+
+    def written(self) -> None:
+        self.last = self.clock()
+
+
+@dataclass
 class Best:
     """The best epoch so far by the monitored metric, and the patience count after it."""
 
@@ -113,7 +137,7 @@ class TrainState:
     lr: float
     schedule: dict[str, Any]
     best: Best
-    best_weights: dict[str, torch.Tensor] | None  # kept for restore_best
+    best_weights: dict[str, torch.Tensor] | None  # the best epoch's (best.epoch)
     rng_torch: torch.Tensor
     rng_gen: torch.Tensor
     rng_cuda: torch.Tensor | None

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from app import spec as s
-from app.training.checkpoint import Best, EpochProgress, TrainState
+from app.training.checkpoint import Best, Cadence, EpochProgress, TrainState
 from app.training.data import Prepared
 from app.training.losses import build_loss
 from app.training.metrics import Autocast, Evaluator, global_norm, predicted_labels
@@ -77,7 +77,10 @@ class Trainer:
         self.best = BestTracker.for_spec(es, data.has_val)
         self.patience = Patience(es.patience) if es is not None else None
         self.restore_best = es is not None and es.restore_best
+        # kept always: every checkpoint carries them, so `best` is served without a
+        # checkpoint written at the best epoch itself
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.cadence = Cadence(tr.checkpoint_every, tr.checkpoint_seconds)
         plan = batch_plan(spec, data.x_train.shape[0])
         self.batch_size, self.steps = plan.size, plan.steps
         self.rows_per_epoch = plan.rows_per_epoch
@@ -109,10 +112,10 @@ class Trainer:
 
     def finish(self) -> Summary:
         """The end-of-run report, with the best weights restored when asked for."""
-        if self.best_weights is not None:
+        restored = self.restore_best and self.best_weights is not None
+        if restored and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        facts = RunFacts(self.epoch, self.best, self.stopped_early_at, self.pruned,
-                         self.best_weights is not None)
+        facts = RunFacts(self.epoch, self.best, self.stopped_early_at, self.pruned, restored)
         return summarize(self.spec, self.eval, self.device, facts)
 
     def train_epoch(self) -> str | None:
@@ -174,9 +177,9 @@ class Trainer:
             self.pruned, stop = Pruned(epoch=self.epoch, reason=why), True
         if stop:
             self.stopped_early_at = self.epoch
-        due = (self.epoch % self.spec.training.checkpoint_every == 0 or is_best or stop
-               or self.epoch == self.spec.training.epochs)
-        blob = self.snapshot().to_blob() if due else None
+        # a best epoch is not forced: its weights travel in the next checkpoint
+        due = self.cadence.due(self.epoch) or stop or self.epoch == self.spec.training.epochs
+        blob = self.pack() if due else None
         self.sink.epoch_end(EpochReport(self.epoch, metrics, blob, is_best))
         return stop
 
@@ -185,7 +188,7 @@ class Trainer:
         if self.best.monitor not in flat:
             return False, False
         is_best = self.best.update(self.epoch, flat[self.best.monitor])
-        if is_best and self.restore_best:
+        if is_best:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         stop = self.patience is not None and self.patience.update(is_best)
         return is_best, stop
@@ -228,6 +231,12 @@ class Trainer:
             "add warm-up or gradient clipping")
 
     # ------------------------------------------------------------ checkpoint
+
+    def pack(self) -> bytes:
+        """A checkpoint blob now; restarts the time rule's count."""
+        blob = self.snapshot().to_blob()
+        self.cadence.written()
+        return blob
 
     def snapshot(self) -> TrainState:
         """The full training state, mid-epoch included."""

@@ -34,7 +34,9 @@ RESUME: dict[str, Any] = {
     "schedule": {"kind": "reduce_on_plateau", "patience": 1, "factor": 0.5},
     "regularization": {"mixup": {"alpha": 0.4}, "input_noise": 0.05,
                        "early_stopping": {"patience": 4}},
-    "training": {"epochs": 40, "batch_size": 32, "seed": 0, "device": "cpu"},
+    # every epoch end checkpointed, so any of them can be resumed from
+    "training": {"epochs": 40, "batch_size": 32, "seed": 0, "device": "cpu",
+                 "checkpoint_every_seconds": 0},
 }
 
 
