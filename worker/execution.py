@@ -17,14 +17,15 @@ from app.clock import utcnow
 from app.config import Settings
 from app.models import Job
 from app.queue import enqueue_job
-from app.services.datasets import load_arrays
 from app.spec import JobSpec
 from app.training.blobs import CorruptBlob, read_metadata, verify
-from app.training.data import ArrayLoader, DataError, Uploaded
+from app.training.data import DataError
 from app.training.loop import TrainingDiverged
 from app.training.results import Outcome
 from app.training.runner import run_spec
 from worker import registry
+from worker.advance import request_advance
+from worker.datasets import dataset_loader
 from worker.lease import LeaseKeeper
 from worker.pruning import trial_pruner
 from worker.retry import (
@@ -59,21 +60,6 @@ def newest_good_checkpoint(sessions: sessionmaker[Session], job_id: str) -> byte
     return None
 
 
-def dataset_loader(sessions: sessionmaker[Session], tenant_id: str) -> ArrayLoader:
-    """Reads uploads of ``tenant_id`` only (the job's or experiment's owner), with the row
-    shape stored at upload."""
-    def load(dataset_id: str) -> Uploaded:
-        with sessions() as session:
-            row = repo.dataset_with_blob(session, tenant_id, dataset_id)
-        if row is None:
-            raise DataError(f"dataset {dataset_id} no longer exists")
-        x, y = load_arrays(row.blob)
-        shape = (row.info or {}).get("input_shape")
-        return Uploaded(x, y, tuple(shape) if shape else None)
-
-    return load
-
-
 # Outcomes after which this job's experiment has nothing new to look at.
 NOT_ENDED = ("not-claimed", "lease-lost", "preempted", "database-unavailable")
 
@@ -85,8 +71,6 @@ def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) ->
     When an experiment's child ends, its experiment is asked to advance."""
     outcome = _execute(job_id, sessions, settings)
     if outcome not in NOT_ENDED:
-        from worker.orchestrate import request_advance
-
         try:
             request_advance(sessions, job_id)
         except Exception as exc:  # the reaper advances stalled experiments

@@ -16,7 +16,6 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.models import Experiment, Job
-from app.queue import enqueue_advance
 from app.services import experiments as exp_service
 from app.services import jobs as job_service
 from app.training.experiments.aggregate import Step, advance
@@ -25,7 +24,7 @@ from app.training.experiments.roles import parse_role
 from app.training.experiments.targets import load_targets
 from app.training.results import Summary
 from app.validation import SpecRejected
-from worker.execution import dataset_loader
+from worker.datasets import dataset_loader
 from worker.retry import DatabaseUnavailable, is_transient, public_message, with_retry
 
 log = logging.getLogger("trainyard.experiments")
@@ -130,16 +129,3 @@ def _fail(sessions: sessionmaker[Session], experiment_id: str, stage: int, messa
         s, experiment_id, stage=stage, status="failed", result=None, now=utcnow(),
         message=message))
     return "failed"
-
-
-def request_advance(sessions: sessionmaker[Session], job_id: str) -> None:
-    """After a child ends: ask some worker to advance its experiment."""
-    with sessions() as session:
-        job = repo.get_job_any_tenant(session, job_id)
-        if job is None or job.experiment_id is None:
-            return
-        experiment_id, queue = job.experiment_id, job.queue
-    try:
-        enqueue_advance(experiment_id, queue)
-    except Exception as exc:  # the reaper advances experiments whose message was lost
-        log.warning("could not enqueue advance of %s: %s", experiment_id, exc)
