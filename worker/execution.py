@@ -123,7 +123,7 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
         raise
     except TrainingDiverged as exc:
         return _fail(keeper, "diverged", str(exc))
-    except (DataError, ValueError) as exc:
+    except DataError as exc:  # the core's deliberate refusal; other ValueErrors are bugs
         return _fail(keeper, "data", str(exc))
     except Exception as exc:
         if is_transient(exc):  # a read outside with_retry (checkpoint, dataset)

@@ -16,6 +16,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from app import spec as s
+from app.training.errors import DataError as DataError  # its home; imported from here too
 from app.training.resample import resample
 from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
 
@@ -32,10 +33,6 @@ class Uploaded:
 
 # Uploaded datasets are resolved by the caller (the worker reads them from SQL).
 ArrayLoader = Callable[[str], Uploaded]
-
-
-class DataError(ValueError):
-    """The data cannot be used as the spec asks (a message a person can act on)."""
 
 
 @dataclass

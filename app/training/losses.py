@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from app import spec as s
+from app.training.errors import DataError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -22,7 +23,7 @@ def _weights(values: list[float] | None, n_classes: int,
     if values is None:
         return None
     if len(values) != n_classes:
-        raise ValueError(f"loss.class_weights has {len(values)} entries for {n_classes} classes")
+        raise DataError(f"loss.class_weights has {len(values)} entries for {n_classes} classes")
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from app import spec as s
+from app.training.errors import DataError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -171,7 +172,7 @@ def build_model(spec: s.MLP | s.CNN, input_shape: tuple[int, ...], n_out: int) -
         model = MLP(spec, math.prod(input_shape), n_out)
     else:
         if len(input_shape) not in (2, 3):
-            raise ValueError("a cnn needs data.input_shape [C, L] or [C, H, W]")
+            raise DataError("a cnn needs data.input_shape [C, L] or [C, H, W]")
         model = CNN(spec, input_shape, n_out)
     initialize(model, spec.init)
     return model

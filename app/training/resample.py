@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from app import spec as s
+from app.training.errors import DataError
 
 
 def fold_members(labels: np.ndarray | None, n: int, rows: s.FoldRows) -> np.ndarray:
@@ -45,11 +46,11 @@ def resample(dev: np.ndarray, labels: np.ndarray | None,
     n = len(dev)
     if isinstance(rows, s.FoldRows):
         if rows.k > n:
-            raise ValueError(f"data.rows.k={rows.k} exceeds the {n} development rows")
+            raise DataError(f"data.rows.k={rows.k} exceeds the {n} development rows")
         fold = fold_members(labels, n, rows)
         return np.delete(dev, fold), dev[fold]
     if rows.weights is not None and len(rows.weights) != n:
-        raise ValueError(f"data.rows.weights has {len(rows.weights)} entries for {n} "
+        raise DataError(f"data.rows.weights has {len(rows.weights)} entries for {n} "
                          "development rows")
     draws = bootstrap_draws(n, rows)
     return dev[draws], dev[out_of_bag(n, draws)]

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from app import spec as s
+from app.training.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def batch_plan(spec: s.JobSpec, n_train: int) -> BatchPlan:
     steps = math.ceil(n_train / size)
     if uses_batch_norm(spec.model):
         if size == 1:
-            raise ValueError(BATCH_NORM_NEEDS_TWO)
+            raise DataError(BATCH_NORM_NEEDS_TWO)
         if n_train % size == 1 and steps > 1:
             steps -= 1
     return BatchPlan(size, steps, min(n_train, steps * size))

@@ -26,7 +26,7 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 def quiet_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     """No broker in these tests: the calls under test are made directly."""
     monkeypatch.setattr("app.services.jobs.enqueue_job", lambda *a: None)
-    monkeypatch.setattr("worker.orchestrate.enqueue_advance", lambda *a: None)
+    monkeypatch.setattr("worker.advance.enqueue_advance", lambda *a: None)
 
 
 def add_tenants(sessions: sessionmaker[Session], *tenants: str) -> None:

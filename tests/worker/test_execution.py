@@ -287,3 +287,25 @@ def test_driver_text_never_reaches_the_error_message(sessions: sessionmaker[Sess
     assert shown.startswith("IntegrityError: ") and "SQL" not in shown
     assert "INSERT" not in shown and job.id not in shown
     assert public_message(ValueError("bad shape")) == "ValueError: bad shape"
+
+
+def test_the_cores_data_refusal_fails_the_job_as_data(sessions: sessionmaker[Session],
+                                                      settings: Settings) -> None:
+    """A DataError raised deep in the core (resampling) is the tenant's data: reason data."""
+    spec = tiny_spec(data__rows={"kind": "bootstrap", "seed": 0, "weights": [1.0, 2.0]})
+    job = add_job(sessions, settings, spec=JobSpec.model_validate(spec).model_dump(mode="json"))
+    assert execute(job.id, sessions, settings) == "failed:data"
+    done = reload(sessions, job.id)
+    assert done.status == "failed" and done.error_reason == "data"
+    assert done.error_message is not None and "data.rows.weights has 2 entries" in done.error_message
+
+
+def test_a_value_error_that_is_not_about_data_is_an_error(sessions: sessionmaker[Session],
+                                                          settings: Settings) -> None:
+    """A stored spec that no longer parses is the service's bug, not the tenant's data:
+    pydantic's ValidationError is a ValueError, and it must not pass for reason data."""
+    job = add_job(sessions, settings, spec={**tiny_spec(), "training": {"epochs": -3}})
+    assert execute(job.id, sessions, settings) == "failed:error"
+    done = reload(sessions, job.id)
+    assert done.status == "failed" and done.error_reason == "error"
+    assert done.error_message is not None and done.error_message.startswith("ValidationError:")
