@@ -29,11 +29,11 @@ WORKDIR /srv/trainyard
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
 # The other dependencies, cached apart from the source: an editable install over
-# placeholder packages. Editable matters: app/cli.py finds alembic.ini and
-# migrations/ at parents[1] of its own file, which must be this tree, not site-packages.
+# placeholder packages. Editable matters: app/services/admin.py finds alembic.ini and
+# migrations/ (and trainyard/cli.py finds examples/) in this tree, not in site-packages.
 COPY pyproject.toml README.md ./
-RUN mkdir app worker \
- && touch app/__init__.py worker/__init__.py \
+RUN mkdir app worker trainyard \
+ && touch app/__init__.py worker/__init__.py trainyard/__init__.py \
  && pip install -e .
 
 COPY alembic.ini ./
@@ -41,9 +41,10 @@ COPY migrations/ migrations/
 COPY examples/ examples/
 COPY worker/ worker/
 COPY app/ app/
+COPY trainyard/ trainyard/
 
 # Fail the build, not the deployment, if the CLI cannot find its migrations.
-RUN python -c "from app.cli import ROOT; assert (ROOT / 'alembic.ini').is_file() and (ROOT / 'migrations' / 'env.py').is_file(), ROOT" \
+RUN python -c "from app.services.admin import SOURCE_ROOT as R; assert (R / 'alembic.ini').is_file() and (R / 'migrations' / 'env.py').is_file(), R" \
  && trainyard --help > /dev/null
 
 USER trainyard

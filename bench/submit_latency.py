@@ -4,10 +4,10 @@
 Default: the embedded mode (SQLite under a temporary TRAINYARD_HOME, kombu's filesystem
 broker), exactly what ``trainyard run`` uses:
 
-    python -m app.cli migrate
-    python -m app.cli keys create bench          # 2nd line of stdout is the key
-    python -m app.cli api --host 127.0.0.1 --port P
-    python -m app.cli worker --concurrency 1
+    python -m trainyard.cli migrate
+    python -m trainyard.cli keys create bench          # 2nd line of stdout is the key
+    python -m trainyard.cli api --host 127.0.0.1 --port P
+    python -m trainyard.cli worker --concurrency 1
 
 With ``--database-url`` (a Postgres server URL; this script creates, migrates and drops
 its own database ``trainyard_bench_latency`` there) and/or ``--broker-url`` (e.g.
@@ -79,7 +79,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def cli(self, *args: str, timeout: float = 180) -> str:
-        out = subprocess.run([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "trainyard.cli", *args], env=self.env, cwd=ROOT,
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"trainyard {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
@@ -88,7 +88,7 @@ class Stack:
     def start(self, name: str, *args: str) -> None:
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT, stdout=log,
+            [sys.executable, "-m", "trainyard.cli", *args], env=self.env, cwd=ROOT, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 

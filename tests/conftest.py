@@ -108,7 +108,7 @@ class Stack:
         self.key = ""
 
     def cli(self, *args: str, timeout: float = 120) -> str:
-        out = subprocess.run([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "trainyard.cli", *args], env=self.env, cwd=ROOT,
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"trainyard {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
@@ -116,8 +116,9 @@ class Stack:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", *args], env=self.env,
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self.procs[name] = proc
         return proc
 

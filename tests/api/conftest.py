@@ -24,9 +24,9 @@ def app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("TRAINYARD_DATABASE_URL", raising=False)
     monkeypatch.delenv("TRAINYARD_BROKER_URL", raising=False)
     reset_caches()
-    from app.cli import cmd_migrate
+    from app.services.admin import upgrade_schema
 
-    cmd_migrate(None)  # type: ignore[arg-type]
+    upgrade_schema()
     yield tmp_path
     from app.db import get_engine
 

@@ -198,10 +198,10 @@ def pg_client(postgres_url: str, tmp_path: Path,
     monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
     monkeypatch.setenv("TRAINYARD_DATABASE_URL", postgres_url)
     reset_caches()
-    from app.cli import cmd_migrate
     from app.main import create_app
+    from app.services.admin import upgrade_schema
 
-    cmd_migrate(None)  # type: ignore[arg-type]
+    upgrade_schema()
     with TestClient(create_app()) as c:
         c.headers["Authorization"] = f"Bearer {make_key('pg-odd')}"
         yield c

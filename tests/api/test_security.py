@@ -90,10 +90,10 @@ def test_revoked_key_gets_401(app_home: Path) -> None:
         c.headers["Authorization"] = f"Bearer {key}"
         assert c.get("/v1/jobs").status_code == 200
         env = {"TRAINYARD_HOME": str(app_home), "PATH": "/usr/bin:/bin"}
-        listing = subprocess.run([sys.executable, "-m", "app.cli", "keys", "list"], env=env,
+        listing = subprocess.run([sys.executable, "-m", "trainyard.cli", "keys", "list"], env=env,
                                  capture_output=True, text=True, check=True).stdout
         key_id = next(line.split()[0] for line in listing.splitlines() if "carol" in line)
-        subprocess.run([sys.executable, "-m", "app.cli", "keys", "revoke", key_id], env=env,
+        subprocess.run([sys.executable, "-m", "trainyard.cli", "keys", "revoke", key_id], env=env,
                        check=True, capture_output=True)
         r = c.get("/v1/jobs")
         assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
@@ -156,7 +156,7 @@ def test_dev_key_file_is_never_readable_by_others(app_home: Path) -> None:
     """The mode is sampled at every audited operation once the file exists (a file written
     with the umask's 0644 and chmod-ed afterwards is seen at 0644 by the chmod's own event),
     not only at the end."""
-    from app.cli import ensure_dev_key
+    from trainyard.cli import ensure_dev_key
 
     path = app_home / "dev-key"
     modes: list[int] = []

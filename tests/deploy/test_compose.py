@@ -23,8 +23,8 @@ import jsonschema
 import pytest
 import yaml
 
-from app.cli import cmd_api, cmd_migrate, cmd_worker, parser
 from app.config import Settings
+from trainyard.cli import cmd_api, cmd_migrate, cmd_worker, parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -339,7 +339,7 @@ def test_dockerfile_base_user_and_layout() -> None:
     users = instructions("USER")
     assert users and users[-1].split(":")[0] not in ("root", "0"), "must not run as root"
     runs = " ".join(instructions("RUN"))
-    # app/cli.py finds alembic.ini and migrations/ next to the package: editable install.
+    # app/services/admin.py finds alembic.ini and migrations/ in the tree: editable install.
     assert re.search(r"pip install (-e|--editable) \.", runs), "install the tree editable"
 
 
@@ -349,7 +349,7 @@ def test_dockerfile_copies_what_the_cli_needs_and_it_is_in_the_context() -> None
         parts = [p for p in exec_form(args) if not p.startswith("--")]
         sources += [p.rstrip("/") for p in parts[:-1]]
     for needed in ("pyproject.toml", "README.md", "alembic.ini", "migrations", "app", "worker",
-                   "examples"):
+                   "trainyard", "examples"):
         assert needed in sources, f"Dockerfile does not COPY {needed}"
     ignored = [p.strip().rstrip("/") for p in DOCKERIGNORE.read_text().splitlines()
                if p.strip() and not p.startswith("#")]

@@ -45,7 +45,7 @@ def test_cli_reports_a_refused_spec_by_field(embedded: Stack, tmp_path: Path) ->
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(tiny_spec(model__hidden=[-1])))
     env = embedded.env | {"TRAINYARD_URL": embedded.url, "TRAINYARD_API_KEY": embedded.key}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(bad)], env=env,
+    out = subprocess.run([sys.executable, "-m", "trainyard.cli", "submit", str(bad)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "HTTP 422" in out.stderr and "model.hidden" in out.stderr, out.stderr

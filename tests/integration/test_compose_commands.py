@@ -4,7 +4,7 @@ and Redis, and pushes a job through them.
 The compose file is the source: each service's ``command`` and ``environment`` are
 read from it; only what cannot exist outside Docker is translated (the hostnames
 ``postgres`` and ``redis`` become the test database and Redis, the API's port
-becomes a free one, the ``trainyard`` console script becomes ``python -m app.cli``).
+becomes a free one, the ``trainyard`` console script becomes ``python -m trainyard.cli``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def compose_env(svc: dict[str, Any], postgres_url: str, redis_url: str) -> dict[
 
 
 def local_args(svc: dict[str, Any], port: int | None = None) -> list[str]:
-    """``trainyard ARGS...`` from compose, as arguments for ``python -m app.cli``."""
+    """``trainyard ARGS...`` from compose, as arguments for ``python -m trainyard.cli``."""
     cmd = [str(part) for part in svc["command"]]
     assert cmd[0] == "trainyard", cmd
     args = cmd[1:]
@@ -131,8 +131,8 @@ def test_the_compose_commands_train_a_job_end_to_end(stack: ComposeStack) -> Non
     assert console_script_installed(), "the `trainyard` console script is not installed"
     migrate, api, worker = (compose_service(n) for n in ("migrate", "api", "worker"))
 
-    out = subprocess.run([sys.executable, "-m", "app.cli", *local_args(migrate)], env=stack.env,
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "trainyard.cli", *local_args(migrate)],
+                         env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"migrate failed:\n{out.stdout}\n{out.stderr}"
 
     stack.start("api", *local_args(api, port=stack.port))

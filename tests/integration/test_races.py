@@ -90,8 +90,8 @@ def test_experiment_cap_holds_under_concurrent_submits(capped: Stack) -> None:
 
 def migrated(url: str, home: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(home), "TRAINYARD_DATABASE_URL": url}
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "trainyard.cli", "migrate"], env=env, cwd=ROOT,
+                   check=True, capture_output=True)
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -26,7 +26,7 @@ def test_run_demo_trains_digits_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "run.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run", "--demo"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "run", "--demo"], env=env,
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:

@@ -128,7 +128,7 @@ def test_trainyard_run_stopped_by_group_sigterm(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "run.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "run", "--port", str(port)],
                                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:

@@ -76,10 +76,6 @@ def test_the_api_process_loads_neither_torch_nor_sklearn() -> None:
     assert not seen["torch"] and not seen["sklearn"] and not seen["worker"], seen
 
 
-# The `trainyard` command is the composition root: it starts workers, so it may import them.
-COMPOSITION_ROOT = {ROOT / "app" / "cli.py"}
-
-
 def imported_modules(path: Path) -> set[str]:
     """Every module a file imports, at any depth (lazy imports inside functions too)."""
     import ast
@@ -93,10 +89,52 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
+def top_level_imports(path: Path) -> set[str]:
+    """The modules a file imports when it is itself imported (module level, not in functions;
+    ``if TYPE_CHECKING:`` blocks never run)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
 def test_no_module_under_app_imports_worker() -> None:
+    """No exception: the composition root that starts workers is trainyard/cli.py."""
     offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p)
                                                   if m == "worker" or m.startswith("worker."))
-                 for p in (ROOT / "app").rglob("*.py") if p not in COMPOSITION_ROOT}
+                 for p in (ROOT / "app").rglob("*.py")}
     offenders = {path: mods for path, mods in offenders.items() if mods}
-    assert imported_modules(ROOT / "app" / "cli.py") & {"worker.celery_app"}, "probe"
     assert offenders == {}, offenders
+
+
+def test_the_composition_root_imports_app_and_worker_only_lazily() -> None:
+    cli = ROOT / "trainyard" / "cli.py"
+    imported = imported_modules(cli)
+    assert {"worker.celery_app", "app.services"} <= imported, "probe"
+    eager = {m for m in top_level_imports(cli) if m.split(".")[0] in ("app", "worker")}
+    assert eager == set(), eager
+    # SQL goes through the services (app.services.admin), never sessions or the repository
+    assert not imported & {"app.db", "app.repository", "app.models", "sqlalchemy"}, imported
+
+
+HEAVY = ["torch", "celery", "sqlalchemy", "fastapi", "alembic", "app", "worker"]
+
+
+def test_the_cli_and_its_help_load_no_server_dependency() -> None:
+    seen = loaded_after("import trainyard.cli\ntry:\n    trainyard.cli.main(['--help'])\n"
+                        "except SystemExit:\n    pass", [*HEAVY, "argparse", "trainyard.cli"])
+    assert seen["trainyard.cli"] and seen["argparse"], "the probe must have built the parser"
+    assert not any(seen[name] for name in HEAVY), seen
+
+
+def test_the_client_needs_only_httpx_and_the_standard_library() -> None:
+    seen = loaded_after("import trainyard.client", [*HEAVY, "pydantic", "httpx"])
+    assert seen["httpx"], "the probe must actually have imported the client"
+    assert not any(seen[name] for name in [*HEAVY, "pydantic"]), seen
+    mods = {m.split(".")[0] for m in imported_modules(ROOT / "trainyard" / "client.py")}
+    assert mods - set(sys.stdlib_module_names) == {"httpx"}, mods

@@ -1,6 +1,10 @@
 """The ``trainyard`` command: run the service (api, worker, migrate, run) and use it
 (submit, watch, jobs, show, keys)."""
 
+# The composition root: the one module that may import both ``app`` and ``worker``. It does
+# so only inside the commands that need them, so ``trainyard --help`` and the client
+# commands load neither torch, celery, sqlalchemy nor fastapi.
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.config import get_settings
+if TYPE_CHECKING:
+    from trainyard.client import Client
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +34,9 @@ def setup_logging() -> None:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    from alembic import command
-    from alembic.config import Config
+    from app.services import admin
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    command.upgrade(config, "head")
-    print(f"database at head: {get_settings().resolved_database_url.split('@')[-1]}")
+    print(f"database at head: {admin.upgrade_schema()}")
     return 0
 
 
@@ -49,6 +50,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from app.config import get_settings
     from worker.celery_app import celery
 
     queues = args.queues or get_settings().default_queue
@@ -67,23 +69,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(_args: argparse.Namespace) -> int:
-    from app.db import get_sessionmaker
-    from app.services.reaper import reap_once
+    from app.services import admin
 
-    print(json.dumps(reap_once(get_sessionmaker(), get_settings())))
+    print(json.dumps(admin.reap()))
     return 0
 
 
 def ensure_dev_key() -> str:
     """Embedded mode: a development key for tenant 'dev', created once."""
-    from app.db import session_scope
-    from app.services import keys
+    from app.config import get_settings
+    from app.services import admin
 
     path = get_settings().home / "dev-key"
     if path.exists():
         return path.read_text().strip()
-    with session_scope() as session:
-        _, key = keys.create(session, tenant_id="dev")
+    _, key = admin.create_key("dev")
     # created with mode 0600 by the open itself: never readable by others, even briefly
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(key + "\n")
@@ -92,11 +92,13 @@ def ensure_dev_key() -> str:
 
 
 def _spawn(*argv: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *argv])
+    return subprocess.Popen([sys.executable, "-m", "trainyard.cli", *argv])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """API + one real worker process on the embedded default, in the foreground."""
+    from app.config import get_settings
+
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     cmd_migrate(args)
@@ -154,7 +156,7 @@ def _kill_tree(pid: int) -> None:
 
 
 def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
-    from app.client import Client, wait_ready
+    from trainyard.client import Client, wait_ready, watch
 
     client = Client(url, key)
     if not wait_ready(client, stop):
@@ -162,16 +164,14 @@ def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
     spec = json.loads((ROOT / "examples" / "digits.json").read_text())
     job = client.submit(spec)
     print(f"demo: submitted examples/digits.json as {job['id']}; watching it train", flush=True)
-    from app.client import watch
-
     watch(client, job["id"], stop=stop)
 
 
 # ------------------------------------------------------------------- client side
 
 
-def _client() -> Any:
-    from app.client import Client
+def _client() -> Client:
+    from trainyard.client import Client
 
     return Client.from_env()
 
@@ -188,9 +188,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return _watch(_client(), args.id)
 
 
-def _watch(client: Any, resource_id: str) -> int:
+def _watch(client: Client, resource_id: str) -> int:
     """Exit status 0 only when the job or experiment succeeded."""
-    from app.client import is_experiment_id, watch, watch_experiment
+    from trainyard.client import is_experiment_id, watch, watch_experiment
 
     follow = watch_experiment if is_experiment_id(resource_id) else watch
     return 0 if follow(client, resource_id) == "succeeded" else 1
@@ -207,7 +207,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from app.client import headline
+    from trainyard.client import headline
 
     page = _client().list_experiments(status=args.status, kind=args.kind, limit=args.limit)
     for exp in page["items"]:
@@ -225,27 +225,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from app import repository as repo
-    from app.clock import utcnow
-    from app.db import session_scope
-    from app.services import keys
+    from app.services import admin
 
-    with session_scope() as session:
-        if args.action == "create":
-            if not args.tenant:
-                print("usage: trainyard keys create TENANT", file=sys.stderr)
-                return 2
-            key_id, key = keys.create(session, tenant_id=args.tenant)
-            print(f"{key_id}  tenant={args.tenant}\n{key}\n(shown once; store it now)")
-        elif args.action == "list":
-            for k in repo.list_keys(session):
-                state = "revoked" if k.revoked_at else "active"
-                print(f"{k.id}  tenant={k.tenant_id}  {state}  created={k.created_at:%Y-%m-%d}")
-        else:
-            if not repo.revoke_key(session, args.tenant or "", utcnow()):
-                print(f"no active key '{args.tenant}'", file=sys.stderr)
-                return 1
-            print(f"revoked {args.tenant}")
+    if args.action == "create":
+        if not args.tenant:
+            print("usage: trainyard keys create TENANT", file=sys.stderr)
+            return 2
+        key_id, key = admin.create_key(args.tenant)
+        print(f"{key_id}  tenant={args.tenant}\n{key}\n(shown once; store it now)")
+    elif args.action == "list":
+        for k in admin.list_keys():
+            state = "revoked" if k.revoked else "active"
+            print(f"{k.id}  tenant={k.tenant_id}  {state}  created={k.created_at:%Y-%m-%d}")
+    elif not admin.revoke_key(args.tenant or ""):
+        print(f"no active key '{args.tenant}'", file=sys.stderr)
+        return 1
+    else:
+        print(f"revoked {args.tenant}")
     return 0
 
 
@@ -305,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import httpx
 
-    from app.client import ApiFailure
+    from trainyard.client import ApiFailure
 
     try:
         return int(args.func(args))

@@ -1,15 +1,17 @@
-"""A small HTTP client for the CLI (and for scripts): submit, poll, watch."""
+"""A small HTTP client for the CLI (and for scripts): submit, poll, watch.
+
+Light on purpose: httpx and the standard library only, never ``app`` or ``worker``, so the
+client installs and imports without the server's dependencies."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
-
-from app.config import get_settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -27,7 +29,9 @@ class Client:
     @classmethod
     def from_env(cls) -> Client:
         key = os.environ.get("TRAINYARD_API_KEY")
-        dev_key = get_settings().home / "dev-key"
+        # TRAINYARD_HOME as the server's settings read it (same variable, same default),
+        # read here without them so the client needs no server package
+        dev_key = Path(os.environ.get("TRAINYARD_HOME", ".trainyard")) / "dev-key"
         if not key and dev_key.exists():
             key = dev_key.read_text().strip()
         return cls(os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000"), key)

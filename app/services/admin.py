@@ -1,0 +1,63 @@
+"""The operator's commands (`trainyard migrate`, `keys`, `reap`) as services that own their
+transaction: the CLI calls these and never opens a session or calls the repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import get_settings
+from app.db import get_sessionmaker, session_scope
+from app.services import keys
+from app.services.reaper import reap_once
+
+# alembic.ini and migrations/ sit beside the packages in the source tree (hence the editable
+# install in the Dockerfile), not inside site-packages
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One API key as an operator sees it: never its hash."""
+
+    id: str
+    tenant_id: str
+    created_at: datetime
+    revoked: bool
+
+
+def upgrade_schema() -> str:
+    """Migrate the database to head; returns where it is, without credentials."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(SOURCE_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(SOURCE_ROOT / "migrations"))
+    command.upgrade(config, "head")
+    return get_settings().resolved_database_url.split("@")[-1]
+
+
+def create_key(tenant_id: str) -> tuple[str, str]:
+    """A new key for the tenant (created if new): (key id, the key itself, shown once)."""
+    with session_scope() as session:
+        return keys.create(session, tenant_id=tenant_id)
+
+
+def list_keys() -> list[KeyInfo]:
+    with session_scope() as session:
+        return [KeyInfo(k.id, k.tenant_id, k.created_at, k.revoked_at is not None)
+                for k in repo.list_keys(session)]
+
+
+def revoke_key(key_id: str) -> bool:
+    """False when no active key has this id (unknown or already revoked)."""
+    with session_scope() as session:
+        return repo.revoke_key(session, key_id, utcnow())
+
+
+def reap() -> dict[str, list[str]]:
+    """One reaper pass, as the API's background reaper runs it."""
+    return reap_once(get_sessionmaker(), get_settings())
