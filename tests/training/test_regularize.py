@@ -78,7 +78,7 @@ ES_SPEC = {
 
 
 def test_early_stopping_stops_after_patience_and_restores_best_weights() -> None:
-    spec = make_spec(ES_SPEC)
+    spec = make_spec(ES_SPEC, training={"checkpoint_every_seconds": 0})  # every epoch's kept
     sink = MemorySink()
     t = trainer(spec, sink)
     summary = t.run().summary
