@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 def slow_digits(epochs: int = 60) -> dict[str, Any]:
     return {"name": "slow-digits", "data": {"source": {"builtin": "digits"}},
             "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},
-            "training": {"epochs": epochs, "batch_size": 32, "seed": 3}}
+            # a checkpoint every epoch: the kill tests count on resuming after the last row
+            "training": {"epochs": epochs, "batch_size": 32, "seed": 3,
+                         "checkpoint_every_seconds": 0}}
 
 
 def parent_pid(pid: int) -> int:
