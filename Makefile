@@ -24,7 +24,7 @@ run: $(BIN)/.installed
 	$(BIN)/trainyard run --demo
 
 lint: $(BIN)/.installed-dev
-	$(BIN)/ruff check app worker tests bench migrations
+	$(BIN)/ruff check app worker trainyard tests bench migrations
 	$(BIN)/mypy
 
 test: lint

@@ -132,6 +132,15 @@ def test_the_cli_and_its_help_load_no_server_dependency() -> None:
     assert not any(seen[name] for name in HEAVY), seen
 
 
+def test_a_client_command_loads_no_server_dependency() -> None:
+    """`trainyard jobs` against nothing listening: the client ran (and failed to connect)."""
+    seen = loaded_after("import os\nos.environ['TRAINYARD_URL'] = 'http://127.0.0.1:9'\n"
+                        "import trainyard.cli\nassert trainyard.cli.main(['jobs']) == 1",
+                        [*HEAVY, "trainyard.client"])
+    assert seen["trainyard.client"], "the probe must actually have run a client command"
+    assert not any(seen[name] for name in HEAVY), seen
+
+
 def test_the_client_needs_only_httpx_and_the_standard_library() -> None:
     seen = loaded_after("import trainyard.client", [*HEAVY, "pydantic", "httpx"])
     assert seen["httpx"], "the probe must actually have imported the client"
