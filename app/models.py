@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.statuses import ExperimentStatus, FailureReason, JobStatus
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -31,6 +34,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
+E = TypeVar("E", bound=StrEnum)
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
 
@@ -49,6 +53,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class StrEnumColumn(TypeDecorator[E]):
+    """A StrEnum in a plain VARCHAR: the same column (and rows) as a str one, so no migration
+    and no CHECK constraint; values come back as members, and an unknown one is refused on
+    write."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> E | None:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -92,7 +115,7 @@ class Job(Base):
     spec: Mapped[dict[str, Any]]
     task: Mapped[str] = mapped_column(String(20))
     queue: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[JobStatus] = mapped_column(StrEnumColumn(JobStatus, 16))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -101,7 +124,7 @@ class Job(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     total_epochs: Mapped[int] = mapped_column(Integer)
     summary: Mapped[dict[str, Any] | None]
-    error_reason: Mapped[str | None] = mapped_column(String(32))
+    error_reason: Mapped[FailureReason | None] = mapped_column(StrEnumColumn(FailureReason, 32))
     error_message: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -180,7 +203,7 @@ class Experiment(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     request: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[ExperimentStatus] = mapped_column(StrEnumColumn(ExperimentStatus, 16))
     stage: Mapped[int] = mapped_column(Integer, default=0)  # bumped per stage (a fencing token)
     result: Mapped[dict[str, Any] | None]
     error_message: Mapped[str | None] = mapped_column(Text)

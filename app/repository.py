@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
 from app.models import ApiKey, Checkpoint, Dataset, Experiment, Job, Metric, Tenant, Worker
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
+from app.statuses import ACTIVE, ExperimentStatus, FailureReason, JobStatus
 
 
 class LeaseLost(RuntimeError):
@@ -102,7 +100,7 @@ def _older_than(model: type[Job] | type[Experiment] | type[Dataset],
     return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
 
 
-def list_jobs(session: Session, tenant_id: str, *, status: str | None, name: str | None,
+def list_jobs(session: Session, tenant_id: str, *, status: JobStatus | None, name: str | None,
               experiment_id: str | None, before: tuple[datetime, str] | None,
               limit: int) -> Sequence[Job]:
     """Newest first; ``before`` is the (created_at, id) of the previous page's last row."""
@@ -133,10 +131,11 @@ def cancel(session: Session, job: Job, now: datetime) -> None:
 
     One UPDATE that decides on the row as it is when written, not on the status read
     earlier: a claim committing in between leaves the job running with the flag set."""
-    was_queued = Job.status == "queued"
+    was_queued = Job.status == JobStatus.QUEUED
     session.execute(update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE)).values(
         cancel_requested=True, updated_at=now,
-        status=case((was_queued, "cancelled"), else_=Job.status),
+        status=case((was_queued, literal(JobStatus.CANCELLED, Job.status.type)),
+                    else_=Job.status),
         finished_at=case((was_queued, now), else_=Job.finished_at)))
     session.refresh(job)
 
@@ -147,12 +146,13 @@ def claim(session: Session, job_id: str, owner: str, now: datetime, lease: float
 
     ``take_expired=False`` claims only a queued job, not one whose lease expired (right
     after a database outage, its worker may be alive and about to hand it back)."""
-    expired = and_(Job.status == "running", Job.lease_expires_at < now)
-    claimable = or_(Job.status == "queued", expired) if take_expired else Job.status == "queued"
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    queued = Job.status == JobStatus.QUEUED
+    claimable = or_(queued, expired) if take_expired else queued
     stmt = (update(Job)
             .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
                    Job.attempt < Job.max_attempts)
-            .values(status="running", attempt=Job.attempt + 1, lease_owner=owner,
+            .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease), updated_at=now,
                     started_at=func.coalesce(Job.started_at, now))
             .returning(Job.attempt))
@@ -163,7 +163,7 @@ def claim(session: Session, job_id: str, owner: str, now: datetime, lease: float
 
 
 def _fenced(job_id: str, attempt: int) -> Any:
-    return and_(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+    return and_(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
 
 
 def heartbeat(session: Session, job_id: str, attempt: int, now: datetime, lease: float) -> bool:
@@ -192,8 +192,8 @@ def record_epoch(session: Session, *, job_id: str, attempt: int, epoch: int,
             set_={"value": insert.excluded.value, "attempt": insert.excluded.attempt}))
 
 
-def finish(session: Session, *, job_id: str, attempt: int, status: str, now: datetime,
-           summary: dict[str, Any] | None = None, reason: str | None = None,
+def finish(session: Session, *, job_id: str, attempt: int, status: JobStatus, now: datetime,
+           summary: dict[str, Any] | None = None, reason: FailureReason | None = None,
            message: str | None = None) -> None:
     stmt = (update(Job).where(_fenced(job_id, attempt))
             .values(status=status, summary=summary, error_reason=reason, error_message=message,
@@ -205,7 +205,7 @@ def finish(session: Session, *, job_id: str, attempt: int, status: str, now: dat
 def release(session: Session, *, job_id: str, attempt: int, now: datetime) -> None:
     """Hand a preempted job back to the queue; the attempt it used is given back too."""
     stmt = (update(Job).where(_fenced(job_id, attempt))
-            .values(status="queued", attempt=attempt - 1, lease_owner=None,
+            .values(status=JobStatus.QUEUED, attempt=attempt - 1, lease_owner=None,
                     lease_expires_at=None, updated_at=now, enqueued_at=now))
     if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost(job_id)
@@ -214,43 +214,43 @@ def release(session: Session, *, job_id: str, attempt: int, now: datetime) -> No
 def cancel_expired(session: Session, job_id: str, now: datetime) -> bool:
     """End a running job flagged for cancellation whose worker is gone (lease expired)."""
     stmt = (update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now,
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now,
                    Job.cancel_requested.is_(True))
-            .values(status="cancelled", finished_at=now, updated_at=now, lease_owner=None,
+            .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, lease_owner=None,
                     lease_expires_at=None))
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
-def fail_unclaimable(session: Session, job_id: str, now: datetime, *, reason: str,
+def fail_unclaimable(session: Session, job_id: str, now: datetime, *, reason: FailureReason,
                      message: str) -> bool:
     """Fail a job that is not held by a live lease (reaper, poison jobs)."""
     stmt = (update(Job)
-            .where(Job.id == job_id, or_(Job.status == "queued",
-                                         and_(Job.status == "running",
+            .where(Job.id == job_id, or_(Job.status == JobStatus.QUEUED,
+                                         and_(Job.status == JobStatus.RUNNING,
                                               Job.lease_expires_at < now)))
-            .values(status="failed", error_reason=reason, error_message=message,
+            .values(status=JobStatus.FAILED, error_reason=reason, error_message=message,
                     finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None))
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
 def stale_queued(session: Session, older_than: datetime, limit: int = 500) -> Sequence[Job]:
-    stmt = (select(Job).where(Job.status == "queued",
+    stmt = (select(Job).where(Job.status == JobStatus.QUEUED,
                               or_(Job.enqueued_at.is_(None), Job.enqueued_at < older_than))
             .order_by(Job.created_at).limit(limit))
     return session.scalars(stmt).all()
 
 
 def expired_running(session: Session, now: datetime, limit: int = 500) -> Sequence[Job]:
-    stmt = (select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+    stmt = (select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
             .order_by(Job.created_at).limit(limit))
     return session.scalars(stmt).all()
 
 
 def cancelled_while_queued(session: Session, job_id: str, now: datetime) -> None:
     """A queued job flagged for cancellation before a worker saw it."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued",
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED,
                                       Job.cancel_requested.is_(True))
-                    .values(status="cancelled", finished_at=now, updated_at=now))
+                    .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now))
 
 
 # ---------------------------------------------------------------------- metrics
@@ -371,8 +371,9 @@ def experiment_by_idempotency_key(session: Session, tenant_id: str,
     return session.scalars(stmt).first()
 
 
-def list_experiments(session: Session, tenant_id: str, *, status: str | None, kind: str | None,
-                     before: tuple[datetime, str] | None, limit: int) -> Sequence[Experiment]:
+def list_experiments(session: Session, tenant_id: str, *, status: ExperimentStatus | None,
+                     kind: str | None, before: tuple[datetime, str] | None,
+                     limit: int) -> Sequence[Experiment]:
     stmt = select(Experiment).where(Experiment.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Experiment.status == status)
@@ -430,7 +431,7 @@ def metric_curve(session: Session, job_id: str, split: str, name: str) -> list[f
 def succeeded_children(session: Session, experiment_id: str,
                        skip: Sequence[str]) -> Sequence[Job]:
     """An experiment's succeeded children, less those in ``skip`` (already seen)."""
-    stmt = select(Job).where(Job.experiment_id == experiment_id, Job.status == "succeeded")
+    stmt = select(Job).where(Job.experiment_id == experiment_id, Job.status == JobStatus.SUCCEEDED)
     if skip:
         stmt = stmt.where(Job.id.notin_(skip))
     return session.scalars(stmt).all()
@@ -439,16 +440,17 @@ def succeeded_children(session: Session, experiment_id: str,
 def bump_stage(session: Session, experiment_id: str, stage: int, now: datetime) -> bool:
     """Move a running experiment past ``stage``; False if another advance got there first."""
     stmt = (update(Experiment).where(Experiment.id == experiment_id, Experiment.stage == stage,
-                                     Experiment.status == "running")
+                                     Experiment.status == ExperimentStatus.RUNNING)
             .values(stage=stage + 1, updated_at=now))
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
 
-def finish_experiment(session: Session, experiment_id: str, *, stage: int, status: str,
+def finish_experiment(session: Session, experiment_id: str, *, stage: int,
+                      status: ExperimentStatus,
                       result: dict[str, Any] | None, now: datetime,
                       message: str | None = None) -> bool:
     stmt = (update(Experiment).where(Experiment.id == experiment_id, Experiment.stage == stage,
-                                     Experiment.status == "running")
+                                     Experiment.status == ExperimentStatus.RUNNING)
             .values(status=status, result=result, error_message=message, finished_at=now,
                     updated_at=now, stage=stage + 1))
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
@@ -457,12 +459,12 @@ def finish_experiment(session: Session, experiment_id: str, *, stage: int, statu
 def cancel_experiment(session: Session, experiment: Experiment, now: datetime) -> None:
     """The experiment and every child: queued ones at once, running ones at a batch boundary."""
     session.execute(update(Experiment).where(Experiment.id == experiment.id,
-                                             Experiment.status == "running")
-                    .values(status="cancelled", finished_at=now, updated_at=now))
+                                             Experiment.status == ExperimentStatus.RUNNING)
+                    .values(status=ExperimentStatus.CANCELLED, finished_at=now, updated_at=now))
     kids = Job.experiment_id == experiment.id
-    session.execute(update(Job).where(kids, Job.status == "queued").values(
-        status="cancelled", cancel_requested=True, finished_at=now, updated_at=now))
-    session.execute(update(Job).where(kids, Job.status == "running").values(
+    session.execute(update(Job).where(kids, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now))
+    session.execute(update(Job).where(kids, Job.status == JobStatus.RUNNING).values(
         cancel_requested=True, updated_at=now))
     session.refresh(experiment)
 
@@ -470,7 +472,8 @@ def cancel_experiment(session: Session, experiment: Experiment, now: datetime) -
 def experiments_to_advance(session: Session, limit: int = 100) -> Sequence[str]:
     """Running experiments with no queued or running child (a lost advance message)."""
     active = select(Job.id).where(Job.experiment_id == Experiment.id, Job.status.in_(ACTIVE))
-    stmt = (select(Experiment.id).where(Experiment.status == "running", ~active.exists())
+    stmt = (select(Experiment.id).where(Experiment.status == ExperimentStatus.RUNNING,
+                                        ~active.exists())
             .limit(limit))
     return list(session.scalars(stmt).all())
 
@@ -502,15 +505,17 @@ def workers_seen_since(session: Session, since: datetime) -> Sequence[Worker]:
 
 def queued_queues(session: Session) -> list[str]:
     """The queues that have at least one queued job."""
-    return list(session.scalars(select(Job.queue).where(Job.status == "queued").distinct()))
+    stmt = select(Job.queue).where(Job.status == JobStatus.QUEUED).distinct()
+    return list(session.scalars(stmt))
 
 
 def fail_queued_in_queue(session: Session, queue: str, *, created_before: datetime,
-                         now: datetime, reason: str, message: str) -> list[str]:
+                         now: datetime, reason: FailureReason, message: str) -> list[str]:
     """Fail the queue's jobs still queued and created before the cutoff; their ids."""
     stmt = (update(Job)
-            .where(Job.queue == queue, Job.status == "queued", Job.created_at < created_before)
-            .values(status="failed", error_reason=reason, error_message=message,
+            .where(Job.queue == queue, Job.status == JobStatus.QUEUED,
+                   Job.created_at < created_before)
+            .values(status=JobStatus.FAILED, error_reason=reason, error_message=message,
                     finished_at=now, updated_at=now)
             .returning(Job.id))
     return list(session.scalars(stmt))

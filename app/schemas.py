@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 from app.clock import as_utc
 from app.models import Dataset, Job
 from app.spec_unions import experiment_kinds
+from app.statuses import TERMINAL, ExperimentStatus, FailureReason, JobStatus
+from app.training.results import Summary
 
 
 class Progress(BaseModel):
@@ -18,14 +20,14 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    reason: str = Field(examples=["diverged", "worker_lost", "no_worker", "timeout", "data"])
+    reason: FailureReason
     message: str
 
 
 class JobOut(BaseModel):
     id: str
     name: str
-    status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
+    status: JobStatus
     experiment_id: str | None
     queue: str = Field(description="The queue it waits on; a worker started with "
                        "`trainyard worker --queues <queue>` runs it. With no live worker on "
@@ -41,7 +43,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    summary: dict[str, Any] | None
+    summary: Summary | None = Field(description="A completed run's end; fields that do not "
+                                    "apply (val, predictions, sharpness, ...) are left out.")
     error: JobError | None
     spec: dict[str, Any]
     links: dict[str, str]
@@ -58,7 +61,8 @@ class JobOut(BaseModel):
             cancel_requested=job.cancel_requested, worker=job.lease_owner, role=job.role,
             created_at=as_utc(job.created_at),
             started_at=job.started_at and as_utc(job.started_at),
-            finished_at=job.finished_at and as_utc(job.finished_at), summary=job.summary,
+            finished_at=job.finished_at and as_utc(job.finished_at),
+            summary=Summary.model_validate(job.summary) if job.summary is not None else None,
             error=error, spec=job.spec,
             links={"self": base, "metrics": f"{base}/metrics", "checkpoints": f"{base}/checkpoints",
                    "cancel": f"{base}/cancel"})
@@ -82,7 +86,7 @@ class JobItem(BaseModel):
 
     id: str
     name: str
-    status: str
+    status: JobStatus
     experiment_id: str | None
     queue: str
     progress: Progress
@@ -101,8 +105,9 @@ class JobItem(BaseModel):
     @classmethod
     def of(cls, job: Job) -> JobItem:
         full = JobOut.of(job)
-        summary = ({k: full.summary[k] for k in LIST_SUMMARY_KEYS if k in full.summary}
-                   if full.summary is not None else None)
+        stored = full.summary.to_json() if full.summary is not None else None
+        summary = ({k: stored[k] for k in LIST_SUMMARY_KEYS if k in stored}
+                   if stored is not None else None)
         return cls(**full.model_dump(exclude={"spec", "summary"}), summary=summary)
 
 
@@ -120,7 +125,7 @@ class MetricPoint(BaseModel):
 
 
 class MetricsPage(BaseModel):
-    job_status: str
+    job_status: JobStatus
     points: list[MetricPoint]
     next_after: int = Field(description="Cursor to poll for newer points.")
 
@@ -229,7 +234,7 @@ class ExperimentItem(BaseModel):
     id: str
     name: str
     kind: str = Field(examples=experiment_kinds())
-    status: str = Field(examples=["running", "succeeded", "partial", "failed", "cancelled"])
+    status: ExperimentStatus
     progress: ExperimentProgress
     created_at: datetime
     finished_at: datetime | None
@@ -244,11 +249,12 @@ class ExperimentOut(ExperimentItem):
     @classmethod
     def of(cls, exp: Any, counts: dict[str, int]) -> ExperimentOut:
         base = f"/v1/experiments/{exp.id}"
-        ended = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
+        ended = sum(counts.get(k, 0) for k in TERMINAL)
         return cls(id=exp.id, name=exp.name, kind=exp.kind, status=exp.status,
                    progress=ExperimentProgress(done=ended, total=sum(counts.values()),
-                                               succeeded=counts.get("succeeded", 0),
-                                               failed=counts.get("failed", 0), stage=exp.stage),
+                                               succeeded=counts.get(JobStatus.SUCCEEDED, 0),
+                                               failed=counts.get(JobStatus.FAILED, 0),
+                                               stage=exp.stage),
                    created_at=as_utc(exp.created_at),
                    finished_at=exp.finished_at and as_utc(exp.finished_at), result=exp.result,
                    error=exp.error_message, request=exp.request,

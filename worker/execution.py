@@ -18,6 +18,7 @@ from app.config import Settings
 from app.models import Job
 from app.queue import enqueue_job
 from app.spec import JobSpec
+from app.statuses import FailureReason, JobStatus
 from app.training.blobs import CorruptBlob, read_metadata, verify
 from app.training.data import DataError
 from app.training.loop import TrainingDiverged
@@ -122,20 +123,20 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
     except TrainingDiverged as exc:
-        return _fail(keeper, "diverged", str(exc))
+        return _fail(keeper, FailureReason.DIVERGED, str(exc))
     except DataError as exc:  # the core's deliberate refusal; other ValueErrors are bugs
-        return _fail(keeper, "data", str(exc))
+        return _fail(keeper, FailureReason.DATA, str(exc))
     except Exception as exc:
         if is_transient(exc):  # a read outside with_retry (checkpoint, dataset)
             raise DatabaseUnavailable("the database is unreachable") from exc
         log.exception("job %s failed", job.id)
-        return _fail(keeper, "error", public_message(exc))
+        return _fail(keeper, FailureReason.ERROR, public_message(exc))
     return _record(keeper, settings, sink, outcome, owner)
 
 
-def _fail(keeper: LeaseKeeper, reason: str, message: str) -> str:
+def _fail(keeper: LeaseKeeper, reason: FailureReason, message: str) -> str:
     keeper.write(lambda s: repo.finish(s, job_id=keeper.job_id, attempt=keeper.attempt,
-                                       status="failed", now=utcnow(), reason=reason,
+                                       status=JobStatus.FAILED, now=utcnow(), reason=reason,
                                        message=message))
     log.info("job %s: failed (%s) %s", keeper.job_id, reason, message)
     return f"failed:{reason}"
@@ -148,17 +149,18 @@ def _record(keeper: LeaseKeeper, settings: Settings, sink: SqlSink, outcome: Out
         summary = outcome.summary.model_copy(update={"worker": owner,
                                                      "attempt": attempt}).to_json()
         keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
-                                           status="succeeded", now=utcnow(), summary=summary))
+                                           status=JobStatus.SUCCEEDED, now=utcnow(),
+                                           summary=summary))
         log.info("job %s: succeeded", job_id)
-        return "succeeded"
-    if outcome.reason == "cancelled":
+        return JobStatus.SUCCEEDED
+    if outcome.reason == "cancelled":  # the core's stop reason
         keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
-                                           status="cancelled", now=utcnow()))
-        return "cancelled"
+                                           status=JobStatus.CANCELLED, now=utcnow()))
+        return JobStatus.CANCELLED
     _save_stop_checkpoint(sink, outcome)
     if outcome.reason == "timeout":
         limit = settings.job_time_limit_seconds
-        return _fail(keeper, "timeout", f"the job ran past its wall-time limit "
+        return _fail(keeper, FailureReason.TIMEOUT, f"the job ran past its wall-time limit "
                      f"of {limit:g}s; its checkpoint was saved")
     keeper.write(lambda s: repo.release(s, job_id=job_id, attempt=attempt, now=utcnow()))
     keeper.on_release()

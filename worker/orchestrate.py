@@ -18,6 +18,7 @@ from app.config import Settings
 from app.models import Experiment, Job
 from app.services import experiments as exp_service
 from app.services import jobs as job_service
+from app.statuses import ACTIVE, ExperimentStatus, JobStatus
 from app.training.experiments.aggregate import Step, advance
 from app.training.experiments.plan import Child
 from app.training.experiments.roles import parse_role
@@ -39,17 +40,17 @@ def _children(session: Session, exp: Experiment) -> list[Child]:
                   curves=repo.epoch_curves(session, j.id) if curves else {}) for j in rows]
 
 
-def final_status(result: dict[str, Any], children: list[Child]) -> str:
-    if not any(c.status == "succeeded" for c in children):
-        return "failed"
-    return "partial" if result.get("failures") else "succeeded"
+def final_status(result: dict[str, Any], children: list[Child]) -> ExperimentStatus:
+    if not any(c.status == JobStatus.SUCCEEDED for c in children):
+        return ExperimentStatus.FAILED
+    return ExperimentStatus.PARTIAL if result.get("failures") else ExperimentStatus.SUCCEEDED
 
 
 def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
                        settings: Settings) -> str:
     with sessions() as session:
         exp = repo.get_experiment_any_tenant(session, experiment_id)
-        if exp is None or exp.status != "running":
+        if exp is None or exp.status != ExperimentStatus.RUNNING:
             return "not-running"
         stage, tenant, stored = exp.stage, exp.tenant_id, exp.request
         try:
@@ -57,7 +58,7 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
         except ValueError as exc:  # a stored role or summary no design can read
             log.exception("experiment %s: unreadable child", experiment_id)
             return _fail(sessions, experiment_id, stage, f"a child is unreadable: {exc}")
-        if any(c.status in repo.ACTIVE for c in kids):
+        if any(c.status in ACTIVE for c in kids):
             return "waiting"
     task = repo_job_task(sessions, kids)
     try:  # a request stored under older rules may no longer parse: that ends it too
@@ -126,6 +127,6 @@ def _finish(sessions: sessionmaker[Session], experiment_id: str, stage: int, ste
 
 def _fail(sessions: sessionmaker[Session], experiment_id: str, stage: int, message: str) -> str:
     with_retry(sessions, lambda s: repo.finish_experiment(
-        s, experiment_id, stage=stage, status="failed", result=None, now=utcnow(),
-        message=message))
-    return "failed"
+        s, experiment_id, stage=stage, status=ExperimentStatus.FAILED, result=None,
+        now=utcnow(), message=message))
+    return ExperimentStatus.FAILED

@@ -11,6 +11,7 @@ from app.deps import SessionDep, SettingsDep, TenantDep
 from app.routes import responses
 from app.schemas import ExperimentOut, ExperimentPage, JobOut, JobPage, error_responses
 from app.services import experiments as service
+from app.statuses import ExperimentStatus
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 NOT_FOUND = error_responses(404)
@@ -33,8 +34,7 @@ def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(session: SessionDep, tenant: TenantDep,
-                     status: Annotated[str | None, Query(pattern="^(running|succeeded|partial|"
-                                                                 "failed|cancelled)$")] = None,
+                     status: ExperimentStatus | None = None,
                      kind: Annotated[str | None, Query(max_length=32)] = None,
                      cursor: Annotated[str | None, Query(max_length=300)] = None,
                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> ExperimentPage:

@@ -20,6 +20,7 @@ from app.schemas import (
 from app.services import checkpoint_files
 from app.services import jobs as service
 from app.spec import JobSpec
+from app.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = error_responses(404)
@@ -43,8 +44,7 @@ def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: 
 
 @router.get("", response_model=JobListPage)
 def list_jobs(session: SessionDep, tenant: TenantDep,
-              status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|"
-                                                          "cancelled)$")] = None,
+              status: JobStatus | None = None,
               name: Annotated[str | None, Query(max_length=200)] = None,
               experiment_id: Annotated[str | None, Query(max_length=40)] = None,
               cursor: Annotated[str | None, Query(max_length=300)] = None,

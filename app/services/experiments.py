@@ -20,6 +20,7 @@ from app.services import jobs as job_service
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
 from app.spec import Task
+from app.statuses import ExperimentStatus
 from app.training.experiments.plan import (
     ChildPlan,
     boosting_round,
@@ -29,6 +30,7 @@ from app.training.experiments.plan import (
     first_stage,
     grid_size,
 )
+from app.training.experiments.roles import TrialRole
 from app.training.metric_names import epoch_metric_names
 from app.training.shapes import DataInfo
 from app.validation import Problem, SpecRejected
@@ -85,10 +87,10 @@ def later_stages(exp: Any, first: list[ChildPlan], info: DataInfo) -> list[Child
     retrain of any trial (for as many epochs as the trial has), and a boosting round after
     the first (its weights or offsets: one per development row)."""
     if isinstance(exp, e.Sweep) and exp.retrain_best:
-        trials = {p.role["trial"]: p for p in first}
-        return [final_retrain(exp, {"params": p.role["params"],
+        trials = {p.role.trial: (p.role, p) for p in first if isinstance(p.role, TrialRole)}
+        return [final_retrain(exp, {"params": role.params,
                                     "best_epochs": [p.spec.training.epochs]})
-                for p in trials.values()]
+                for role, p in trials.values()]
     if isinstance(exp, e.Boosting) and exp.rounds > 1:
         split = exp.base.data.split
         dev = info.n_rows - math.ceil(info.n_rows * split.test)
@@ -116,11 +118,12 @@ def child_jobs(session: Session, tenant_id: str, experiment_id: str, plans: list
         try:
             info = job_service.validate(session, tenant_id, plan.spec, settings)
         except SpecRejected as exc:
-            raise SpecRejected([Problem(("base", *p.loc), f"in child {plan.role}: {p.msg}")
+            where = f"in child {plan.role.to_json()}"
+            raise SpecRejected([Problem(("base", *p.loc), f"{where}: {p.msg}")
                                 for p in exc.problems]) from exc
         job = job_service.new_job(tenant_id, plan.spec, info, settings,
                                   experiment_id=experiment_id)
-        job.role = plan.role
+        job.role = plan.role.to_json()
         jobs.append(job)
     return jobs
 
@@ -145,8 +148,9 @@ def new_experiment(session: Session, tenant_id: str, exp: Any,
     plans = plan_children(exp, settings)
     now = utcnow()
     experiment = Experiment(id=new_id("exp"), tenant_id=tenant_id, name=exp.name, kind=exp.kind,
-                            request=exp.model_dump(mode="json"), status="running", stage=0,
-                            created_at=now, updated_at=now)
+                            request=exp.model_dump(mode="json"),
+                            status=ExperimentStatus.RUNNING, stage=0, created_at=now,
+                            updated_at=now)
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
     if isinstance(exp, e.Sweep):
         check_objective(exp, cast(Task, jobs[0].task))
@@ -191,7 +195,8 @@ def progress(session: Session, experiments: Sequence[Experiment]) -> dict[str, d
     return repo.child_counts(session, [x.id for x in experiments])
 
 
-def list_page(session: Session, tenant_id: str, *, status: str | None, kind: str | None,
+def list_page(session: Session, tenant_id: str, *, status: ExperimentStatus | None,
+              kind: str | None,
               cursor: str | None, limit: int) -> tuple[Sequence[Experiment], str | None]:
     return cursors.page(lambda before, n: repo.list_experiments(
         session, tenant_id, status=status, kind=kind, before=before, limit=n), cursor, limit)

@@ -18,6 +18,7 @@ from app.queue import enqueue_job
 from app.services import checkpoint_files, cursors, dataset_refs
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
+from app.statuses import JobStatus
 from app.training import shapes
 from app.training.blobs import sha256
 from app.validation import check_spec
@@ -52,7 +53,7 @@ def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Se
     queue = queue or ("gpu" if spec.training.device == "cuda" else settings.default_queue)
     return Job(id=new_id("job"), tenant_id=tenant_id, experiment_id=experiment_id,
                name=spec.name, spec=spec.model_dump(mode="json"), task=info.task, queue=queue,
-               status="queued", attempt=0, max_attempts=settings.max_attempts,
+               status=JobStatus.QUEUED, attempt=0, max_attempts=settings.max_attempts,
                cancel_requested=False, epoch=0, total_epochs=spec.training.epochs,
                idempotency_key=idempotency_key, request_hash=request_hash,
                created_at=now, updated_at=now)
@@ -112,7 +113,8 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     return found(repo.get_job(session, tenant_id, job_id), "job", job_id)
 
 
-def list_page(session: Session, tenant_id: str, *, status: str | None, name: str | None,
+def list_page(session: Session, tenant_id: str, *, status: JobStatus | None,
+              name: str | None,
               experiment_id: str | None, cursor: str | None,
               limit: int) -> tuple[Sequence[Job], str | None]:
     return cursors.page(lambda before, n: repo.list_jobs(

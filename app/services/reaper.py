@@ -23,6 +23,7 @@ from app.models import Job
 from app.queue import enqueue_advance
 from app.services.jobs import enqueue_committed
 from app.services.workers import fail_jobs_without_worker, live_queues
+from app.statuses import FailureReason
 
 log = logging.getLogger("trainyard.reaper")
 
@@ -69,7 +70,7 @@ def _reap_expired(session: Session, now: datetime, requeue_before: datetime,
             if repo.cancel_expired(session, job.id, now):
                 report["cancelled"].append(job.id)
         elif job.attempt >= job.max_attempts:
-            if repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
+            if repo.fail_unclaimable(session, job.id, now, reason=FailureReason.WORKER_LOST,
                                      message=_lost_message(job)):
                 report["failed"].append(job.id)
         elif _expired_needing_enqueue(job, requeue_before):
@@ -94,7 +95,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
             if job.cancel_requested:
                 repo.cancelled_while_queued(session, job.id, now)
             elif job.attempt >= job.max_attempts:
-                repo.fail_unclaimable(session, job.id, now, reason="worker_lost",
+                repo.fail_unclaimable(session, job.id, now, reason=FailureReason.WORKER_LOST,
                                       message=_lost_message(job))
                 report["failed"].append(job.id)
             else:

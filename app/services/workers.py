@@ -30,6 +30,7 @@ from app.clock import as_utc, utcnow
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Worker
+from app.statuses import FailureReason
 
 log = logging.getLogger("trainyard.workers")
 
@@ -138,7 +139,7 @@ def fail_jobs_without_worker(sessions: sessionmaker[Session], settings: Settings
             if queue in consumed:
                 continue
             ids = repo.fail_queued_in_queue(session, queue, created_before=cutoff, now=now,
-                                            reason="no_worker",
+                                            reason=FailureReason.NO_WORKER,
                                             message=no_worker_message(queue, after))
             if ids:
                 log.warning("no live worker for queue %r: failed %s", queue, ids)

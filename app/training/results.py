@@ -6,13 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 SplitMetrics = dict[str, float]  # metric name -> value, as metric_names.EVAL lists them
 
 # Keys left out of the stored JSON when they do not apply (rather than stored as null).
 ABSENT_WHEN_NONE = ("val", "macro_f1", "confusion_matrix", "predictions", "sharpness",
                     "worker", "attempt")
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _absent() -> Any:
+    """An ABSENT_WHEN_NONE field: left out of every dump (to_json, the API's JobOut) when
+    None, so the API returns the stored JSON as it is."""
+    return Field(None, exclude_if=_is_none)
 
 
 class Pruned(BaseModel):
@@ -49,15 +59,15 @@ class Summary(BaseModel):
     device: str
     versions: dict[str, str]
     train: SplitMetrics
-    val: SplitMetrics | None = None
+    val: SplitMetrics | None = _absent()
     test: SplitMetrics
     generalization_gap: SplitMetrics
-    macro_f1: float | None = None
-    confusion_matrix: list[list[int]] | None = None
-    predictions: dict[str, list[Any]] | None = None  # "dev"/"test" -> per row
-    sharpness: SharpnessResult | None = None
-    worker: str | None = None  # set by the worker that ran it
-    attempt: int | None = None
+    macro_f1: float | None = _absent()
+    confusion_matrix: list[list[int]] | None = _absent()
+    predictions: dict[str, list[Any]] | None = _absent()  # "dev"/"test" -> per row
+    sharpness: SharpnessResult | None = _absent()
+    worker: str | None = _absent()  # set by the worker that ran it
+    attempt: int | None = _absent()
 
     def metric(self, name: str) -> float:
         """A final metric by its logged name, ``split_name`` (``val_loss``)."""

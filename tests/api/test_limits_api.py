@@ -243,14 +243,21 @@ def test_list_items_leave_out_bodies_that_grow(client: TestClient) -> None:
     with session_scope() as session:  # what a finished job with record_predictions holds
         row = session.get(Job, job["id"])
         assert row is not None
-        row.summary = {"task": "classification", "test": {"loss": 0.5, "accuracy": 0.9},
-                       "predictions": {"test": [[0.5, 0.5]] * 5000},
-                       "confusion_matrix": [[1, 0], [0, 1]]}
+        headline = {"task": "classification", "epochs_completed": 1, "best_epoch": None,
+                    "monitor": "val_loss", "best_value": None, "early_stopped": False,
+                    "stopped_epoch": None, "pruned": None, "parameters": 3,
+                    "train": {"loss": 0.4}, "test": {"loss": 0.5, "accuracy": 0.9},
+                    "generalization_gap": {"loss": 0.1}}
+        stored = {**headline, "restored_best_weights": False, "seed": 0, "device": "cpu",
+                  "rows": {"train": 8, "test": 2}, "versions": {"torch": "x"},
+                  "predictions": {"test": [[0.5, 0.5]] * 5000},
+                  "confusion_matrix": [[1, 0], [0, 1]]}
+        row.summary = stored
     [item] = client.get("/v1/jobs").json()["items"]
     assert "spec" not in item and item["id"] == job["id"]
-    assert item["summary"] == {"task": "classification", "test": {"loss": 0.5, "accuracy": 0.9}}
+    assert item["summary"] == headline
     full = client.get(f"/v1/jobs/{job['id']}").json()
-    assert len(full["summary"]["predictions"]["test"]) == 5000 and full["spec"]
+    assert full["summary"] == stored and full["spec"]  # as stored: no val, no nulls added
     exp = client.post("/v1/experiments", json={"kind": "cross_validation", "k": 2,
                                                "base": tiny_spec()}).json()
     listed = client.get("/v1/experiments").json()["items"]

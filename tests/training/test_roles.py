@@ -26,8 +26,9 @@ EXPERIMENT: TypeAdapter[e.Experiment] = TypeAdapter(e.Experiment)
 def test_planned_roles_read_back_as_their_kind(path: Path) -> None:
     exp = EXPERIMENT.validate_python(json.loads(path.read_text()))
     plans = first_stage(exp)
-    roles = [parse_role(json.loads(json.dumps(p.role))) for p in plans]  # through JSON
-    assert [r.to_json() for r in roles] == [p.role for p in plans]
+    stored = [p.role.to_json() for p in plans]  # what jobs.role holds
+    roles = [parse_role(json.loads(json.dumps(raw))) for raw in stored]  # through JSON
+    assert roles == [p.role for p in plans] and [r.to_json() for r in roles] == stored
     assert len({type(r) for r in roles}) == 1, "one design, one kind of role"
     if isinstance(exp, e.CrossValidation):
         assert {type(r) for r in roles} == {FoldRole}
@@ -35,9 +36,11 @@ def test_planned_roles_read_back_as_their_kind(path: Path) -> None:
         first = roles[0]
         assert isinstance(first, TrialRole)
         best = {"params": first.params, "best_epochs": [3]}
-        assert isinstance(parse_role(final_retrain(exp, best).role), FinalRole)
+        final = final_retrain(exp, best).role
+        assert isinstance(final, FinalRole) and parse_role(final.to_json()) == final
     if isinstance(exp, e.Boosting):
-        assert parse_role(boosting_round(exp, 2, None, [0.0]).role) == RoundRole(round=2)
+        role = boosting_round(exp, 2, None, [0.0]).role
+        assert role == RoundRole(round=2) and parse_role(role.to_json()) == role
 
 
 def test_a_role_of_no_known_kind_is_refused() -> None:

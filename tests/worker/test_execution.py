@@ -297,7 +297,8 @@ def test_the_cores_data_refusal_fails_the_job_as_data(sessions: sessionmaker[Ses
     assert execute(job.id, sessions, settings) == "failed:data"
     done = reload(sessions, job.id)
     assert done.status == "failed" and done.error_reason == "data"
-    assert done.error_message is not None and "data.rows.weights has 2 entries" in done.error_message
+    assert done.error_message is not None
+    assert "data.rows.weights has 2 entries" in done.error_message
 
 
 def test_a_value_error_that_is_not_about_data_is_an_error(sessions: sessionmaker[Session],

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from app import experiment_spec as e
 from app import spec as s
+from app.statuses import JobStatus
 from app.training.experiments.plan import Child, ChildPlan, boosting_round, final_retrain
 from app.training.experiments.roles import (
     BatchSizeRole,
@@ -59,13 +60,14 @@ class Step:
 
 def failures(children: list[Child]) -> list[dict[str, Any]]:
     return [{"job_id": c.job_id, "role": c.role.to_json(), "status": c.status,
-             "error": c.error} for c in children if c.status != "succeeded"]
+             "error": c.error} for c in children if c.status != JobStatus.SUCCEEDED]
 
 
 def ok(children: list[Child], kind: type[R]) -> list[tuple[Child, R, Summary]]:
     """The succeeded children of one role kind, with their role and summary."""
     return [(c, c.role, c.summary) for c in children
-            if c.status == "succeeded" and c.summary is not None and isinstance(c.role, kind)]
+            if c.status == JobStatus.SUCCEEDED and c.summary is not None
+            and isinstance(c.role, kind)]
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -103,7 +105,7 @@ def trial_scores(children: list[Child], metric: str) -> list[dict[str, Any]]:
         row = trials.setdefault(role.trial, {"trial": role.trial, "params": role.params,
                                              "scores": [], "best_epochs": [], "failed": False,
                                              "pruned": None})
-        if c.status == "succeeded" and c.summary is not None:
+        if c.status == JobStatus.SUCCEEDED and c.summary is not None:
             row["scores"].append(c.summary.metric(metric))
             row["best_epochs"].append(c.summary.epochs_needed)
             row["pruned"] = c.summary.pruned.model_dump() if c.summary.pruned else None
@@ -217,7 +219,7 @@ def samme_predict(votes: list[tuple[float, np.ndarray]], n_classes: int) -> np.n
 
 
 def boosting(exp: e.Boosting, children: list[Child], targets: Targets) -> Step:
-    if any(c.status != "succeeded" for c in children):
+    if any(c.status != JobStatus.SUCCEEDED for c in children):
         return Step(result={"rounds": [], "failures": failures(children)})
     rounds = sorted(ok(children, RoundRole), key=lambda d: d[1].round)
     if targets.task == "classification":

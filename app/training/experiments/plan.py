@@ -16,6 +16,7 @@ from typing import Any
 from app import experiment_spec as e
 from app import spec as s
 from app.spec import JobSpec
+from app.statuses import JobStatus
 from app.training.experiments.roles import (
     BatchSizeRole,
     FinalRole,
@@ -32,7 +33,7 @@ from app.training.results import Summary
 
 @dataclass
 class ChildPlan:
-    role: dict[str, Any]  # a Role's JSON, as stored in jobs.role (fold, trial, round, ...)
+    role: Role  # stored in jobs.role as role.to_json() (fold, trial, round, ...)
     spec: JobSpec
 
 
@@ -42,7 +43,7 @@ class Child:
 
     role: Role
     spec: dict[str, Any]
-    status: str
+    status: JobStatus
     summary: Summary | None = None
     error: str | None = None
     job_id: str = ""
@@ -179,7 +180,7 @@ def folds(base: JobSpec, prefix: str, k: int, repeats: int, seed: int, stratify:
             role: Role = (FoldRole(repeat=repeat, fold=index) if trial is None else
                           TrialRole(trial=trial.trial, params=trial.params, repeat=repeat,
                                     fold=index))
-            plans.append(ChildPlan(role.to_json(), spec))
+            plans.append(ChildPlan(role, spec))
     return plans
 
 
@@ -192,24 +193,24 @@ def first_stage(exp: Any) -> list[ChildPlan]:
         case e.Sweep():
             return sweep_stage(exp)
         case e.Bagging():
-            return [ChildPlan(MemberRole(member=i).to_json(), child_spec(base, f"{name}-bag{i}", {
+            return [ChildPlan(MemberRole(member=i), child_spec(base, f"{name}-bag{i}", {
                 "data.rows": {"kind": "bootstrap", "seed": exp.seed + i},
                 "training.record_predictions": True})) for i in range(exp.n_models)]
         case e.Boosting():
             return [boosting_round(exp, 0, None, None)]
         case e.BiasVariance():
-            return [ChildPlan(SettingRole(setting=s, value=v, replicate=b).to_json(), child_spec(
+            return [ChildPlan(SettingRole(setting=s, value=v, replicate=b), child_spec(
                 base, f"{name}-s{s}b{b}", {exp.parameter: v, "training.record_predictions": True,
                                            "data.rows": {"kind": "bootstrap",
                                                          "seed": exp.seed + b}}))
                     for s, v in enumerate(exp.values) for b in range(exp.replicates)]
         case e.BatchSize():
             sharp = exp.sharpness.model_dump(mode="json")
-            return [ChildPlan(BatchSizeRole(batch_size=b).to_json(), child_spec(
+            return [ChildPlan(BatchSizeRole(batch_size=b), child_spec(
                 base, f"{name}-bs{b}", {"training.batch_size": b, "training.sharpness": sharp}))
                 for b in exp.batch_sizes]
         case e.OptimizerComparison():
-            return [ChildPlan(OptimizerRole(optimizer=o.kind, index=i).to_json(), child_spec(
+            return [ChildPlan(OptimizerRole(optimizer=o.kind, index=i), child_spec(
                 base, f"{name}-{o.kind}{i}", {"optimizer": o.model_dump(mode="json")}))
                 for i, o in enumerate(exp.optimizers)]
     raise ValueError(f"unknown experiment kind {exp!r}")
@@ -223,7 +224,7 @@ def sweep_stage(exp: e.Sweep) -> list[ChildPlan]:
             plans += folds(exp.base, f"{exp.name}-t{t}", exp.objective.cv_folds, 1, exp.seed,
                            True, role, params)
         else:
-            plans.append(ChildPlan(role.to_json(), child_spec(exp.base, f"{exp.name}-t{t}",
+            plans.append(ChildPlan(role, child_spec(exp.base, f"{exp.name}-t{t}",
                                                               params)))
     return plans
 
@@ -238,7 +239,7 @@ def boosting_round(exp: e.Boosting, round_: int, weights: list[float] | None,
         changes["data.rows"] = {"kind": "bootstrap", "seed": exp.seed + round_,
                                 "weights": weights}
     spec = child_spec(exp.base, f"{exp.name}-round{round_}", changes)
-    return ChildPlan(RoundRole(round=round_).to_json(), spec)
+    return ChildPlan(RoundRole(round=round_), spec)
 
 
 def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
@@ -252,4 +253,4 @@ def final_retrain(exp: e.Sweep, best: dict[str, Any]) -> ChildPlan:
                                             "training.epochs": epochs})
     if isinstance(spec.schedule, s.ReduceOnPlateau):
         spec = child_spec(spec, spec.name, {"schedule": {"kind": "constant"}})
-    return ChildPlan(FinalRole(final=True, params=best["params"]).to_json(), spec)
+    return ChildPlan(FinalRole(final=True, params=best["params"]), spec)
