@@ -47,8 +47,10 @@ def unbroken() -> dict[str, Any]:
     t = trainer(spec, sink)
     outcome = t.run()
     summary = outcome.summary
+    assert summary is not None
     lrs = sink.series("train", "lr")
     best, stopped = summary.best_epoch, summary.stopped_epoch
+    assert best is not None and stopped is not None
     cut = lrs.index(min(lrs)) + 1  # first epoch trained with a reduced lr
     # the scenario is only meaningful if its stateful parts act after the stop points used
     assert summary.early_stopped and summary.restored_best_weights
