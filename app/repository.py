@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -93,11 +93,19 @@ def job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | 
     return session.scalars(stmt).first()
 
 
-def _older_than(model: type[Job] | type[Experiment] | type[Dataset],
-                before: tuple[datetime, str]) -> Any:
-    """Keyset pagination: rows after (created_at, id) in newest-first order."""
-    created, row_id = before
-    return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
+Listed = TypeVar("Listed", Job, Experiment, Dataset)
+
+
+def _newest_first(session: Session, stmt: Select[Listed], model: type[Listed],
+                  before: tuple[datetime, str] | None, limit: int) -> Sequence[Listed]:
+    """One keyset page, newest first: rows after ``before``, the previous page's last
+    (created_at, id)."""
+    if before is not None:
+        created, row_id = before
+        stmt = stmt.where(or_(model.created_at < created,
+                              and_(model.created_at == created, model.id < row_id)))
+    order = (model.created_at.desc(), model.id.desc())
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
 def list_jobs(session: Session, tenant_id: str, *, status: JobStatus | None, name: str | None,
@@ -111,9 +119,7 @@ def list_jobs(session: Session, tenant_id: str, *, status: JobStatus | None, nam
         stmt = stmt.where(Job.name == name)
     if experiment_id:
         stmt = stmt.where(Job.experiment_id == experiment_id)
-    if before is not None:
-        stmt = stmt.where(_older_than(Job, before))
-    return session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+    return _newest_first(session, stmt, Job, before, limit)
 
 
 def count_active_jobs(session: Session, tenant_id: str) -> int:
@@ -341,10 +347,7 @@ def list_datasets(session: Session, tenant_id: str, *, before: tuple[datetime, s
     """Newest first, keyset-paginated; neither the blob nor ``info`` (feature names) loads."""
     stmt = (select(Dataset).options(defer(Dataset.blob), defer(Dataset.info))
             .where(Dataset.tenant_id == tenant_id))
-    if before is not None:
-        stmt = stmt.where(_older_than(Dataset, before))
-    order = (Dataset.created_at.desc(), Dataset.id.desc())
-    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+    return _newest_first(session, stmt, Dataset, before, limit)
 
 
 # ------------------------------------------------------------------ experiments
@@ -379,10 +382,7 @@ def list_experiments(session: Session, tenant_id: str, *, status: ExperimentStat
         stmt = stmt.where(Experiment.status == status)
     if kind:
         stmt = stmt.where(Experiment.kind == kind)
-    if before is not None:
-        stmt = stmt.where(_older_than(Experiment, before))
-    order = (Experiment.created_at.desc(), Experiment.id.desc())
-    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+    return _newest_first(session, stmt, Experiment, before, limit)
 
 
 def children(session: Session, experiment_id: str) -> Sequence[Job]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
-from app.services.datasets import load_arrays
+from app.services.datasets import stored_arrays
 from app.training.data import ArrayLoader, DataError, Uploaded
 
 
@@ -18,7 +18,7 @@ def dataset_loader(sessions: sessionmaker[Session], tenant_id: str) -> ArrayLoad
             row = repo.dataset_with_blob(session, tenant_id, dataset_id)
         if row is None:
             raise DataError(f"dataset {dataset_id} no longer exists")
-        x, y = load_arrays(row.blob)
+        x, y = stored_arrays(row.blob)
         shape = (row.info or {}).get("input_shape")
         return Uploaded(x, y, tuple(shape) if shape else None)
 

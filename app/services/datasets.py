@@ -306,7 +306,7 @@ def get(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     return found(repo.get_dataset(session, tenant_id, dataset_id), "dataset", dataset_id)
 
 
-def load_arrays(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The stored arrays (never unpickles)."""
+def stored_arrays(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of a stored dataset blob (never unpickles)."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         return npz["x"], npz["y"]
