@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Query
 from app import experiment_spec as e
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.routes import responses
-from app.schemas import ExperimentOut, ExperimentPage, JobOut, JobPage, error_responses
+from app.schemas import ExperimentOut, ExperimentPage, JobItem, JobListPage, error_responses
 from app.services import experiments as service
 from app.statuses import ExperimentStatus
 
@@ -51,16 +51,17 @@ def get_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep) -
     return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
 
 
-@router.get("/{experiment_id}/jobs", response_model=JobPage, responses=NOT_FOUND)
+@router.get("/{experiment_id}/jobs", response_model=JobListPage, responses=NOT_FOUND)
 def experiment_jobs(experiment_id: str, session: SessionDep, tenant: TenantDep,
                     cursor: Annotated[str | None, Query(max_length=300)] = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 200) -> JobPage:
-    """The children, with their roles in the design and their summaries, oldest first (the
-    design's order). The default page holds a whole first stage at the default
-    max_experiment_children; ``next_cursor`` is set when more remain."""
+                    limit: Annotated[int, Query(ge=1, le=500)] = 200) -> JobListPage:
+    """The children, with their roles in the design and their headline summaries, oldest
+    first (the design's order); slim like every list (GET a child for its spec). The
+    default page holds a whole first stage at the default max_experiment_children;
+    ``next_cursor`` is set when more remain."""
     rows, next_cursor = service.jobs_of(session, tenant, experiment_id, cursor=cursor,
                                         limit=limit)
-    return JobPage(items=[JobOut.of(j) for j in rows], next_cursor=next_cursor)
+    return JobListPage(items=[JobItem.of(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentOut, responses=NOT_FOUND)

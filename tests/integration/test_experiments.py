@@ -109,7 +109,8 @@ def test_eight_children_spread_over_two_workers(distributed: Stack) -> None:
         wait_for(lambda: "ready" in distributed.log("w2"), 60)
         together, exp = timed_cv(http)
         kids = http.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
-    workers = {k["summary"]["worker"].rsplit(":", 1)[1] for k in kids}
+        summaries = [http.get(f"/v1/jobs/{k['id']}").json()["summary"] for k in kids]
+    workers = {summary["worker"].rsplit(":", 1)[1] for summary in summaries}
     assert len(workers) == 2, "both worker processes took children"
     assert together < 0.8 * alone, (together, alone)
 
