@@ -115,6 +115,42 @@ def test_squared_decomposition_adds_up_with_known_noise() -> None:
     assert terms["bias2"] == pytest.approx(0.04, rel=0.1)
     assert terms["variance"] == pytest.approx(0.01, rel=0.1)
     assert terms["sum"] == pytest.approx(terms["expected_loss"], rel=0.05)
+    # the residual is exactly the bias-noise cross term of these rows, nothing else
+    cross = 2 * np.mean((preds.mean(axis=0) - truth) * (truth - y))
+    assert terms["identity_residual"] == pytest.approx(cross, abs=1e-12)
+    assert terms["noise_empirical"] == pytest.approx(np.mean((y - truth) ** 2))
+
+
+def test_squared_decomposition_by_hand() -> None:
+    """2 replicates x 2 rows, every term worked out on paper."""
+    truth = np.array([0.0, 1.0])
+    preds = np.array([[0.0, 2.0], [2.0, 2.0]])  # mean (1, 2); variance (1, 0) -> 0.5
+    # noise (-0.5, +0.5) is orthogonal to the bias (1, 1): the cross term is 0
+    y = np.array([-0.5, 1.5])
+    terms = squared_decomposition(preds, y, truth, 0.09)
+    # (h - y)^2: replicate 1 (0.25, 0.25), replicate 2 (6.25, 0.25) -> 7 / 4
+    assert terms["expected_loss"] == pytest.approx(1.75)
+    assert terms["bias2"] == pytest.approx(1.0)
+    assert terms["variance"] == pytest.approx(0.5)
+    assert terms["noise"] == pytest.approx(0.09)  # the generator's, reported beside
+    assert terms["noise_empirical"] == pytest.approx(0.25)
+    assert terms["sum"] == pytest.approx(1.75)
+    assert terms["identity_residual"] == pytest.approx(0.0, abs=1e-15)
+    # the nominal noise would have missed by 0.25 - 0.09
+    assert terms["bias2"] + terms["variance"] + terms["noise"] == pytest.approx(1.59)
+
+    # noise (+0.5, -0.5) now points against the bias (2, 0): cross term 2 * mean(-1, 0) = -1
+    y = np.array([0.5, 0.5])
+    terms = squared_decomposition(np.array([[1.0, 1.0], [3.0, 1.0]]), y, truth, 0.09)
+    assert terms["expected_loss"] == pytest.approx((0.25 + 0.25 + 6.25 + 0.25) / 4)
+    assert (terms["bias2"], terms["variance"], terms["noise_empirical"]) == pytest.approx(
+        (2.0, 0.5, 0.25))
+    assert terms["identity_residual"] == pytest.approx(-1.0)
+
+    # without the truth, bias^2 and noise come together and the identity is exact
+    terms = squared_decomposition(preds, np.array([-0.5, 1.5]), None, None)
+    assert terms["bias2_plus_noise"] == pytest.approx((1.5**2 + 0.5**2) / 2)
+    assert terms["identity_residual"] == pytest.approx(0.0, abs=1e-15)
 
 
 def test_zero_one_decomposition_of_a_known_case() -> None:

@@ -134,7 +134,12 @@ def test_bias_variance_regression_terms_add_up(env: Any) -> None:
     assert [c["value"] for c in curve] == [[2], [32]]
     for point in curve:
         assert point["noise"] == pytest.approx(0.01)
-        assert point["sum"] == pytest.approx(point["expected_loss"], rel=0.35)
+        assert point["sum"] == pytest.approx(
+            point["bias2"] + point["variance"] + point["noise_empirical"])
+        assert point["identity_residual"] == pytest.approx(point["expected_loss"] - point["sum"])
+        # what is left is the bias-noise cross term, bounded by Cauchy-Schwarz
+        bound = 2 * (point["bias2"] * point["noise_empirical"]) ** 0.5
+        assert abs(point["identity_residual"]) <= bound + 1e-12
 
 
 def test_batch_size_sharpness(env: Any) -> None:
