@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     worker_lost_seconds: float = 30.0  # no beat for this long: the worker counts as gone
     # a queued job fails `no_worker` once its queue has had no live worker this long; 0: never
     no_worker_after_seconds: float = 900.0  # above a GPU node's cold start (autoscaling)
+    # an API process trusts a key it accepted for this long: a revoked key is refused
+    # within this bound (0: look every key up in SQL on every request)
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: min(cores, 4)
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -105,14 +105,16 @@ def body_cap(scope: Scope, limits: Limits) -> tuple[str, int]:
                                                              limits.max_request_bytes)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    raw = dict(scope["headers"]).get(name)
+    return raw.decode("latin-1") if raw is not None else None
+
+
 def authenticate(scope: Scope) -> JSONResponse | None:
     """Check the bearer key (runs in a worker thread: it queries SQL). None when valid."""
-    headers = dict(scope["headers"])
-    raw = headers.get(b"authorization")
     session = get_sessionmaker()()
     try:
-        scope[TENANT_SCOPE_KEY] = keys.authenticate(session, raw.decode("latin-1") if raw
-                                                    else None)
+        scope[TENANT_SCOPE_KEY] = keys.authenticate(session, _header(scope, b"authorization"))
         return None
     except ApiError as exc:
         return JSONResponse(error_body(exc.code, exc.message), exc.status)
@@ -136,8 +138,11 @@ class Gate:
             return
         path = scope["path"]
         if path == "/v1" or path.startswith("/v1/"):
-            refusal = await run_in_threadpool(authenticate, scope)
-            if refusal is not None:
+            # a key accepted within TRAINYARD_KEY_CACHE_SECONDS: no SQL, no thread hop
+            tenant = keys.cached_tenant(_header(scope, b"authorization"))
+            if tenant is not None:
+                scope[TENANT_SCOPE_KEY] = tenant
+            elif (refusal := await run_in_threadpool(authenticate, scope)) is not None:
                 await refusal(scope, _empty_receive, send)
                 return
         limit, max_bytes = body_cap(scope, self.limits)

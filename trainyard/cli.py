@@ -45,8 +45,17 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     port = args.port or int(os.environ.get("PORT", "8000"))
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=port,
-                log_level="info", access_log=args.access_log)
+                workers=api_workers(args.workers), log_level="info", access_log=args.access_log)
     return 0
+
+
+def api_workers(flag: int | None) -> int:
+    """--workers, else TRAINYARD_API_WORKERS, else min(cores, 4): processes share nothing
+    but SQL (SQLite in WAL mode serves readers from several processes at once)."""
+    from app.config import get_settings
+
+    chosen = flag if flag is not None else get_settings().api_workers
+    return chosen or min(os.cpu_count() or 1, 4)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -260,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", type=int)
     api.add_argument("--access-log", action="store_true")
+    api.add_argument("--workers", type=int, choices=range(1, 65), metavar="N",
+                     help="API processes (default: TRAINYARD_API_WORKERS, else min(cores, 4))")
     api.set_defaults(func=cmd_api)
     wk = command("worker", "start a Celery worker")
     wk.add_argument("--queues", help="comma-separated (default: TRAINYARD_DEFAULT_QUEUE=cpu)")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.models import Job
 from app.routes import responses
 from app.schemas import (
     CheckpointOut,
@@ -56,9 +58,32 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
     return JobListPage(items=[JobItem.of(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
-    return JobOut.of(service.get(session, tenant, job_id))
+@router.get("/{job_id}", response_model=JobOut,
+            responses={304: {"description": "Unchanged since the ETag sent in If-None-Match "
+                                            "(no body)."}, **NOT_FOUND})
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep, response: Response,
+            if_none_match: Annotated[str | None, Header(max_length=2000)] = None) -> Any:
+    """With ``If-None-Match: <the ETag of an earlier answer>``: 304 and no body while the
+    job is unchanged, so a poller costs one indexed lookup."""
+    job = service.get(session, tenant, job_id)
+    tag = job_etag(job)
+    if if_none_match is not None and tag in _etags(if_none_match):
+        return Response(status_code=304, headers={"ETag": tag})
+    response.headers["ETag"] = tag
+    return JobOut.of(job)
+
+
+def job_etag(job: Job) -> str:
+    """Every column a JobOut shows that changes after submission moves ``updated_at``
+    or is itself in the tag (the lease owner changes with a claim that also moves it)."""
+    state = (job.id, job.updated_at.isoformat(), job.status, job.epoch, job.attempt,
+             job.cancel_requested, job.lease_owner, job.finished_at and job.finished_at.isoformat())
+    return '"' + hashlib.blake2b(repr(state).encode(), digest_size=12).hexdigest() + '"'
+
+
+def _etags(header: str) -> set[str]:
+    """If-None-Match's list; a weak tag matches too (RFC 9110 weak comparison for GET)."""
+    return {t.strip().removeprefix("W/") for t in header.split(",")}
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)

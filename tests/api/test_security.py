@@ -82,9 +82,13 @@ def test_checkpoints_are_the_owners_alone(client: TestClient, other_client: Test
         assert mine.content not in theirs.content
 
 
-def test_revoked_key_gets_401(app_home: Path) -> None:
+def test_revoked_key_gets_401(app_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the key cache off, at once (test_read_path covers the cached bound)."""
+    from app.config import get_settings
     from app.main import create_app
 
+    monkeypatch.setenv("TRAINYARD_KEY_CACHE_SECONDS", "0")
+    get_settings.cache_clear()
     key = make_key("carol")
     with TestClient(create_app()) as c:
         c.headers["Authorization"] = f"Bearer {key}"

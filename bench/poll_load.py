@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Polling load on a real API: GET /v1/jobs/{id} and /metrics?after= at 1 and 8 clients.
+
+Starts the deployment as real commands (see bench/submit_latency.py's Stack): migrate,
+a key, ``trainyard api`` (with ``--workers`` when given) and one worker; runs one small
+job to the end so there is a finished job with metric rows, then a bounded load
+generator against 127.0.0.1 only: C client processes (each one httpx.Client with
+keep-alive, so the generator is not one GIL) alternate GET /v1/jobs/{id} and
+GET /v1/jobs/{id}/metrics?after=<last id>, for a fixed duration and at most
+``--max-requests`` each. Reported per level: req/s (all clients), p50 and p99 latency,
+non-200/304 count. ``--etag`` makes the job GET send If-None-Match (a poller that
+already has the job).
+
+Then, unless --no-training: one longer training job alone, and the same job with C
+pollers hammering it, reporting samples/s from the job's started_at..finished_at.
+
+    .venv/bin/python bench/poll_load.py
+    .venv/bin/python bench/poll_load.py --workers 4 --etag
+    .venv/bin/python bench/poll_load.py --database-url \
+        postgresql+psycopg://postgres@127.0.0.1:5432/postgres   # creates/drops its own db
+
+On a machine with few cores the load generator shares them with the API: note the
+load average printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from submit_latency import Stack, free_port, pg_admin, ts, wait_for
+
+BENCH_DB = "trainyard_bench_poll"
+SMALL = {"name": "poll-target",
+         "data": {"source": {"synthetic": "moons", "n_samples": 400}},
+         "model": {"kind": "mlp", "hidden": [16]},
+         "training": {"epochs": 20, "batch_size": 32}}
+TRAIN_SAMPLES, TRAIN_EPOCHS = 4000, 30
+TRAIN = {"name": "poll-training",
+         "data": {"source": {"synthetic": "moons", "n_samples": TRAIN_SAMPLES}},
+         "model": {"kind": "mlp", "hidden": [64, 64]},
+         "training": {"epochs": TRAIN_EPOCHS, "batch_size": 32}}
+
+
+def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: int,
+                etag: bool, out: Any) -> None:
+    """One polling client: alternate the job and its metrics page; latencies in ms."""
+    lat: list[float] = []
+    bad = 0
+    after, tag = 0, None
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        deadline = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < deadline and i < max_requests:
+            t0 = time.perf_counter()
+            if i % 2 == 0:
+                extra: dict[str, str] = {"If-None-Match": tag} if etag and tag else {}
+                r = client.get(f"/v1/jobs/{job_id}", headers=extra)
+                tag = r.headers.get("etag", tag)
+            else:
+                r = client.get(f"/v1/jobs/{job_id}/metrics", params={"after": after})
+                if r.status_code == 200 and r.json()["points"]:
+                    # a poller keeps its cursor; a finished job's page then stays empty
+                    after = r.json()["next_after"]
+            lat.append(1e3 * (time.perf_counter() - t0))
+            bad += r.status_code not in (200, 304)
+            i += 1
+    out.put((lat, bad))
+
+
+def load(url: str, key: str, job_id: str, clients: int, seconds: float, max_requests: int,
+         etag: bool) -> dict[str, float]:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=client_loop, args=(url, key, job_id, seconds, max_requests,
+                                                   etag, queue)) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=seconds + 120) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    lat = sorted(x for lats, _ in results for x in lats)
+    return {"clients": clients, "requests": len(lat), "req_s": len(lat) / elapsed,
+            "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))],
+            "bad": sum(b for _, b in results)}
+
+
+def run_to_end(client: httpx.Client, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    r = client.post("/v1/jobs", json=spec)
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
+            return dict(job)
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+
+
+def samples_per_s(job: dict[str, Any]) -> float:
+    secs = (ts(job["finished_at"]) - ts(job["started_at"])).total_seconds()
+    return TRAIN_SAMPLES * TRAIN_EPOCHS / secs
+
+
+def training_with_pollers(client: httpx.Client, url: str, key: str, clients: int,
+                          timeout: float) -> float:
+    """Submit the training job, poll it with ``clients`` pollers until it ends."""
+    r = client.post("/v1/jobs", json=TRAIN)
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=client_loop, args=(url, key, job_id, timeout, 10**9, False,
+                                                   queue)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"training job {job_id} {job['status']}")
+    return samples_per_s(job)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--database-url", help="Postgres server URL (a database is created there)")
+    p.add_argument("--workers", type=int, help="trainyard api --workers N (else its default)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--seconds", type=float, default=10.0, help="per level")
+    p.add_argument("--max-requests", type=int, default=50_000, help="per client, a bound")
+    p.add_argument("--etag", action="store_true", help="send If-None-Match on the job GET")
+    p.add_argument("--no-training", action="store_true")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the api")
+    p.add_argument("--json", help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    tmp = tempfile.TemporaryDirectory(prefix="trainyard-bench-poll-")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    admin = None
+    if args.database_url:
+        from sqlalchemy.engine import make_url
+
+        admin = pg_admin(args.database_url)
+        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        env["TRAINYARD_DATABASE_URL"] = make_url(args.database_url).set(
+            database=BENCH_DB).render_as_string(hide_password=False)
+    label = "postgres" if args.database_url else "sqlite (embedded)"
+    stack = Stack(Path(tmp.name), env)
+    out: dict[str, Any] = {"backend": label, "workers": args.workers, "etag": args.etag,
+                           "levels": []}
+    try:
+        stack.cli("migrate")
+        key = stack.cli("keys", "create", "bench").splitlines()[1].strip()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        api = ["api", "--host", "127.0.0.1", "--port", str(port)]
+        stack.start("api", *api, *(["--workers", str(args.workers)] if args.workers else []))
+        stack.start("worker", "worker", "--concurrency", "1")
+        wait_for(lambda: _ready(url), 120, 0.1, "/readyz", stack)
+        with httpx.Client(base_url=url, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            job = run_to_end(client, SMALL, 180)
+            print(f"poll load: {label}, api workers={args.workers or 'default'}, "
+                  f"etag={args.etag}, {args.seconds:g} s per level", flush=True)
+            for c in args.clients:
+                res = load(url, key, job["id"], c, args.seconds, args.max_requests, args.etag)
+                out["levels"].append(res)
+                print(f"  {c:>2} clients: {res['req_s']:7.0f} req/s  p50 {res['p50_ms']:6.1f} ms"
+                      f"  p99 {res['p99_ms']:6.1f} ms  ({res['requests']} requests, "
+                      f"{res['bad']} bad)", flush=True)
+            if not args.no_training:
+                alone = samples_per_s(run_to_end(client, TRAIN, 600))
+                polled = training_with_pollers(client, url, key, max(args.clients), 600)
+                out["training"] = {"alone": alone, "polled": polled}
+                print(f"  training samples/s: alone {alone:,.0f}, with {max(args.clients)} "
+                      f"pollers {polled:,.0f} ({100 * (polled / alone - 1):+.0f}%)", flush=True)
+    finally:
+        stack.stop_all()
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+            admin.close()
+        tmp.cleanup()
+    out["loadavg"] = os.getloadavg()
+    print(f"  load average after: {' '.join(f'{x:.2f}' for x in out['loadavg'])} "
+          f"({os.cpu_count()} cpus)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
