@@ -21,6 +21,7 @@ from torch import nn
 from app import spec as s
 from app.training.checkpoint import Best, Cadence, EpochProgress, TrainState
 from app.training.data import Prepared
+from app.training.divergence import explosion, trivial_loss
 from app.training.losses import build_loss
 from app.training.metrics import Autocast, Evaluator, global_norm, predicted_labels
 from app.training.models import build_model
@@ -33,7 +34,8 @@ from app.training.sink import EpochReport, Metrics, Sink
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says where and what to change."""
+    """The loss became NaN, infinite or exploded (``divergence.py``); the message says where
+    and what to change."""
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -66,6 +68,8 @@ class Trainer:
         self.binary_logit = spec.loss.kind == "bce"
         self.model = build_model(spec.model, data.input_shape, n_out).to(device)
         self.loss_fn = build_loss(spec.loss, data.info.n_classes, device)
+        # recomputed on resume: a pure function of the training targets
+        self.trivial = trivial_loss(spec.loss, data.y_train, data.info.n_classes, self.loss_fn)
         self.optimizer = build_optimizer(spec.optimizer, self.model)
         self.schedule = LrSchedule(spec.schedule, spec.optimizer.lr, tr.epochs)
         self.batch = BatchRegularizer(reg, data.input_shape, data.info.task == "regression",
@@ -213,6 +217,7 @@ class Trainer:
         for (sp, n), v in zip(keys, host, strict=True):
             metrics.setdefault(sp, {})[n] = v
         self._check_finite(metrics["train"]["loss"], p.loss)
+        self._check_explosion(metrics["train"]["loss"])
         metrics["train"].update(lr=self.optimizer.param_groups[0]["lr"], epoch_seconds=p.seconds,
                                 samples_per_second=self.rows_per_epoch / max(p.seconds, 1e-9))
         return metrics
@@ -229,6 +234,14 @@ class Trainer:
             f"diverged: loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at "
             f"epoch {self.epoch + 1} step {step} with lr={lr:g}; lower the learning rate, "
             "add warm-up or gradient clipping")
+
+    def _check_explosion(self, mean_loss: float) -> None:
+        if (how := explosion(mean_loss, self.trivial)) is None:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(
+            f"diverged: training loss {mean_loss:.2g} at epoch {self.epoch + 1} with lr={lr:g} "
+            f"{how}; lower the learning rate, add warm-up or gradient clipping")
 
     # ------------------------------------------------------------ checkpoint
 
