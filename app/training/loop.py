@@ -25,7 +25,13 @@ from app.training.divergence import explosion, trivial_loss
 from app.training.losses import build_loss
 from app.training.metrics import Autocast, Evaluator, global_norm, predicted_labels
 from app.training.models import build_model
-from app.training.optim import LrSchedule, build_optimizer, decayed_parameters, set_lr
+from app.training.optim import (
+    LrSchedule,
+    build_optimizer,
+    decayed_parameters,
+    load_optimizer_state,
+    set_lr,
+)
 from app.training.regularize import BatchRegularizer, BestTracker, Patience, WeightNoise, penalty
 from app.training.report import RunFacts, summarize
 from app.training.results import Outcome, Pruned, Summary
@@ -268,7 +274,7 @@ class Trainer:
 
     def restore(self, state: TrainState) -> None:
         self.model.load_state_dict(state.weights_only())
-        self.optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(self.optimizer, state.optimizer)
         torch.set_rng_state(state.rng_torch)
         self.gen.set_state(state.rng_gen)
         if state.rng_cuda is not None and self.device.type == "cuda":

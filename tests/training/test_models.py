@@ -247,3 +247,19 @@ def test_init_schemes_set_the_expected_weight_statistics() -> None:
                               10).features[1][0]
     assert isinstance(conv, nn.Conv2d)
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+
+
+@pytest.mark.parametrize(("norm", "dropout"), [("none", 0.0), ("none", 0.3), ("layer", 0.0)])
+def test_skipped_identity_modules_leave_the_state_dict_keys_alone(norm: str,
+                                                                  dropout: float) -> None:
+    """The forward skips Identity norm/dropout calls; checkpoints must keep their keys."""
+    model = models.build_model(s.MLP(hidden=[5, 5], norm=norm, dropout=dropout), (3,), 2)
+    block_keys = ["linear.weight", "linear.bias"]
+    if norm == "layer":
+        block_keys += ["norm.weight", "norm.bias"]
+    expected = [f"blocks.{i}.{k}" for i in range(2) for k in block_keys]
+    assert list(model.state_dict()) == [*expected, "head.weight", "head.bias"]
+    block = next(m for m in model.modules() if isinstance(m, models.MLPBlock))
+    assert isinstance(block.norm, nn.LayerNorm if norm == "layer" else nn.Identity)
+    assert isinstance(block.drop, nn.Dropout if dropout else nn.Identity)
+    assert (block.normed, block.dropped) == (norm != "none", dropout > 0)

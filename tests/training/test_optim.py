@@ -168,12 +168,13 @@ def test_every_hyper_parameter_reaches_the_torch_optimizer(
         spec: Any, cls: type[torch.optim.Optimizer], expected: dict[str, Any]) -> None:
     opt = build_optimizer(spec, _tiny())
     assert type(opt) is cls
-    decay, keep = opt.param_groups
-    for group in (decay, keep):
+    for group in opt.param_groups:
         for key, value in expected.items():
             got = group[key]
             assert (tuple(got) if isinstance(got, list | tuple) else got) == value, key
-    assert decay["weight_decay"] == spec.weight_decay and keep["weight_decay"] == 0.0
+    decay, *keep = opt.param_groups  # no decay: one group (one fused kernel call)
+    assert decay["weight_decay"] == spec.weight_decay
+    assert [g["weight_decay"] for g in keep] == ([0.0] if spec.weight_decay else [])
 
 
 def test_weight_decay_groups_exempt_biases_and_norm_parameters() -> None:
@@ -393,3 +394,38 @@ def test_warmup_does_not_move_epochwise_decay_early() -> None:
     assert sched.lr(0, 0.5) == pytest.approx(0.5)  # half-way through the warm-up
     assert sched.lr(1, 1.0) == pytest.approx(1.0)  # last step of epoch 1: not decayed yet
     assert sched.lr(2, 1 / 12) == pytest.approx(0.5)  # first step of epoch 2
+
+
+def test_no_weight_decay_is_one_group_that_trains_like_two() -> None:
+    """One fused kernel call per step when nothing is decayed: the same weights as the two
+    groups it replaces, and a two-group state (older checkpoints) still loads."""
+    from app.training.optim import load_optimizer_state
+
+    def run(groups: list[dict[str, Any]], model: nn.Module,
+            steps: int) -> torch.optim.Optimizer:
+        opt = torch.optim.Adam(groups, lr=0.01, fused=True)
+        x = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
+        y = torch.arange(16) % 2
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.autograd.backward(F.cross_entropy(model(x), y))
+            opt.step()
+        return opt
+
+    torch.manual_seed(0)
+    one = models.build_model(s.MLP(hidden=[4, 4]), (3,), 2)
+    two = copy.deepcopy(one)
+    (group,) = parameter_groups(one, 0.0, decay_all=False)
+    assert group["weight_decay"] == 0.0
+    decay = [p for p in two.parameters() if p.dim() >= 2]
+    keep = [p for p in two.parameters() if p.dim() < 2]
+    old = run([{"params": decay, "weight_decay": 0.0}, {"params": keep, "weight_decay": 0.0}],
+              two, 5)
+    opt = run([group], one, 5)
+    for a, b in zip(one.state_dict().values(), two.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    load_optimizer_state(opt, old.state_dict())
+    assert len(opt.param_groups) == 1
+    for p in one.parameters():  # each tensor got its own moments back, not a neighbour's
+        q = dict(zip(map(id, one.parameters()), two.parameters(), strict=True))[id(p)]
+        assert torch.equal(opt.state[p]["exp_avg"], old.state[q]["exp_avg"])
