@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
@@ -16,28 +17,34 @@ from app.services import keys
 bearer = HTTPBearer(auto_error=False, description="An API key from `trainyard keys create`.")
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
+    """Async so that opening costs no thread hop (a Session connects on first use); the
+    close, which hands the connection back to the pool (a rollback: I/O), runs in one."""
     session = get_sessionmaker()()
     try:
         yield session
     finally:
-        session.close()
+        await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_tenant(request: Request, session: SessionDep,
-                   _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+def _lookup(authorization: str | None) -> str:
+    with get_sessionmaker()() as session:
+        return keys.authenticate(session, authorization)
+
+
+async def current_tenant(request: Request, _cred: Annotated[HTTPAuthorizationCredentials | None,
+                                                            Depends(bearer)]) -> str:
     """The key's tenant. ``app.main.Gate`` has checked it before the body was read; the
-    dependency stays so OpenAPI shows the security scheme (and an app without Gate is safe)."""
+    dependency stays so OpenAPI shows the security scheme (and an app without Gate is safe).
+    Async: reading what Gate stored needs no thread."""
     checked = request.scope.get("trainyard.tenant")
     if isinstance(checked, str):
         return checked
-    tenant = keys.authenticate(session, request.headers.get("authorization"))
-    session.rollback()  # end the read transaction; handlers start their own
-    return tenant
+    return await run_in_threadpool(_lookup, request.headers.get("authorization"))
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
