@@ -11,6 +11,7 @@ from torch import nn
 
 from app import experiment_spec as e
 from app import spec as s
+from app.statuses import JobStatus
 from app.training.data import load_arrays, split_indices
 from app.training.experiments.aggregate import (
     leaderboard,
@@ -82,7 +83,7 @@ def test_grid_enumerates_exactly_the_grid() -> None:
 def test_sweep_selects_by_validation_never_by_test() -> None:
     def child(trial: int, val: float, test: float) -> Child:
         return Child(role=TrialRole(trial=trial, params={"optimizer.lr": trial}), spec={},
-                     status="succeeded", summary=summary_of(val={"accuracy": val},
+                     status=JobStatus.SUCCEEDED, summary=summary_of(val={"accuracy": val},
                                                             test={"accuracy": test},
                                                             best_epoch=3, epochs_completed=5))
 
@@ -173,7 +174,9 @@ def test_variance_grows_with_model_size_on_a_small_training_set() -> None:
                 "optimizer": {"kind": "adam", "lr": 0.02},
                 "training": {"epochs": 60, "batch_size": 16, "seed": b,
                              "record_predictions": True}})
-            preds.append(run_spec(spec, MemorySink()).summary.predictions["test"])
+            summary = run_spec(spec, MemorySink()).summary
+            assert summary is not None and summary.predictions is not None
+            preds.append(summary.predictions["test"])
         return float(np.mean(np.var(np.asarray(preds), axis=0)))
 
     assert variance([256, 256]) > 2 * variance([])
@@ -194,7 +197,8 @@ def test_power_iteration_matches_the_exact_top_eigenvalue() -> None:
         return ((h @ w2.T + b2).squeeze(1) - y).pow(2).mean()
 
     flat = torch.cat([p.detach().flatten() for p in params])
-    eigenvalues = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat))
+    eigenvalues = torch.linalg.eigvalsh(torch.autograd.functional.hessian(  # type: ignore[no-untyped-call]
+        loss_of, flat))
     exact = eigenvalues[eigenvalues.abs().argmax()].item()
 
     def closure() -> torch.Tensor:
