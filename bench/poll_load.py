@@ -48,7 +48,7 @@ SMALL = {"name": "poll-target",
          "data": {"source": {"synthetic": "moons", "n_samples": 400}},
          "model": {"kind": "mlp", "hidden": [16]},
          "training": {"epochs": 20, "batch_size": 32}}
-TRAIN_SAMPLES, TRAIN_EPOCHS = 4000, 30
+TRAIN_SAMPLES, TRAIN_EPOCHS = 4000, 60
 TRAIN = {"name": "poll-training",
          "data": {"source": {"synthetic": "moons", "n_samples": TRAIN_SAMPLES}},
          "model": {"kind": "mlp", "hidden": [64, 64]},
@@ -82,23 +82,40 @@ def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: i
     out.put((lat, bad))
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User+system CPU seconds of the live processes in a process group (the API and its
+    worker processes): a cost per request that a busy machine does not inflate as much
+    as latency (Linux /proc)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[2]) == pgid:  # pgrp, then utime, stime
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def load(url: str, key: str, job_id: str, clients: int, seconds: float, max_requests: int,
-         etag: bool) -> dict[str, float]:
+         etag: bool, api_pgid: int) -> dict[str, float]:
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=client_loop, args=(url, key, job_id, seconds, max_requests,
                                                    etag, queue)) for _ in range(clients)]
+    cpu0 = group_cpu_s(api_pgid)
     t0 = time.perf_counter()
     for p in procs:
         p.start()
     results = [queue.get(timeout=seconds + 120) for _ in procs]
     elapsed = time.perf_counter() - t0
+    cpu = group_cpu_s(api_pgid) - cpu0
     for p in procs:
         p.join()
     lat = sorted(x for lats, _ in results for x in lats)
     return {"clients": clients, "requests": len(lat), "req_s": len(lat) / elapsed,
             "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))],
-            "bad": sum(b for _, b in results)}
+            "bad": sum(b for _, b in results), "api_cpu_ms_per_req": 1e3 * cpu / len(lat)}
 
 
 def run_to_end(client: httpx.Client, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -200,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"poll load: {label}, api workers={args.workers or 'default'}, "
                   f"etag={args.etag}, {args.seconds:g} s per level", flush=True)
             for c in args.clients:
-                res = load(url, key, job["id"], c, args.seconds, args.max_requests, args.etag)
+                res = load(url, key, job["id"], c, args.seconds, args.max_requests, args.etag,
+                           stack.procs["api"].pid)
                 out["levels"].append(res)
                 print(f"  {c:>2} clients: {res['req_s']:7.0f} req/s  p50 {res['p50_ms']:6.1f} ms"
                       f"  p99 {res['p99_ms']:6.1f} ms  ({res['requests']} requests, "
-                      f"{res['bad']} bad)", flush=True)
+                      f"{res['bad']} bad; api cpu {res['api_cpu_ms_per_req']:.2f} ms/req)",
+                      flush=True)
             if not args.no_training:
                 alone = samples_per_s(run_to_end(client, TRAIN, 600))
                 polled = training_with_pollers(client, url, key, max(args.clients), 600)

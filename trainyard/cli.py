@@ -45,8 +45,23 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     port = args.port or int(os.environ.get("PORT", "8000"))
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=port,
-                workers=api_workers(args.workers), log_level="info", access_log=args.access_log)
+                workers=api_workers(args.workers), log_config=api_log_config(),
+                log_level="info", access_log=args.access_log)
     return 0
+
+
+def api_log_config() -> dict[str, Any]:
+    """uvicorn's logging plus ours on the root logger: applied in every worker process
+    too (they are spawned, so setup_logging's basicConfig does not reach them)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    return {**LOGGING_CONFIG,
+            "formatters": {**LOGGING_CONFIG["formatters"],
+                           "trainyard": {"format": LOG_FORMAT, "datefmt": "%H:%M:%S"}},
+            "handlers": {**LOGGING_CONFIG["handlers"],
+                         "trainyard": {"class": "logging.StreamHandler",
+                                       "formatter": "trainyard", "stream": "ext://sys.stderr"}},
+            "root": {"handlers": ["trainyard"], "level": "INFO"}}
 
 
 def api_workers(flag: int | None) -> int:
