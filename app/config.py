@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # an API process trusts a key it accepted for this long: a revoked key is refused
     # within this bound (0: look every key up in SQL on every request)
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
-    api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: min(cores, 4)
+    api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: cores/2, 1-4
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -56,7 +56,7 @@ TRAIN = {"name": "poll-training",
 
 
 def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: int,
-                etag: bool, out: Any) -> None:
+                etag: bool, out: Any, pause: float = 0.0) -> None:
     """One polling client: alternate the job and its metrics page; latencies in ms."""
     lat: list[float] = []
     bad = 0
@@ -79,6 +79,7 @@ def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: i
             lat.append(1e3 * (time.perf_counter() - t0))
             bad += r.status_code not in (200, 304)
             i += 1
+            time.sleep(pause)
     out.put((lat, bad))
 
 
@@ -139,7 +140,7 @@ def samples_per_s(job: dict[str, Any]) -> float:
 
 
 def training_with_pollers(client: httpx.Client, url: str, key: str, clients: int,
-                          timeout: float) -> float:
+                          timeout: float, pause: float) -> float:
     """Submit the training job, poll it with ``clients`` pollers until it ends."""
     r = client.post("/v1/jobs", json=TRAIN)
     r.raise_for_status()
@@ -147,7 +148,7 @@ def training_with_pollers(client: httpx.Client, url: str, key: str, clients: int
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=client_loop, args=(url, key, job_id, timeout, 10**9, False,
-                                                   queue)) for _ in range(clients)]
+                                                   queue, pause)) for _ in range(clients)]
     for p in procs:
         p.start()
     try:
@@ -175,6 +176,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-requests", type=int, default=50_000, help="per client, a bound")
     p.add_argument("--etag", action="store_true", help="send If-None-Match on the job GET")
     p.add_argument("--no-training", action="store_true")
+    p.add_argument("--train-poll-interval", type=float, default=0.0,
+                   help="seconds each poller waits between requests during the training "
+                        "run (0: flat out, the worst case)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the api")
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
@@ -226,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
             if not args.no_training:
                 alone = samples_per_s(run_to_end(client, TRAIN, 600))
-                polled = training_with_pollers(client, url, key, max(args.clients), 600)
+                polled = training_with_pollers(client, url, key, max(args.clients), 600,
+                                               args.train_poll_interval)
                 out["training"] = {"alone": alone, "polled": polled}
                 print(f"  training samples/s: alone {alone:,.0f}, with {max(args.clients)} "
-                      f"pollers {polled:,.0f} ({100 * (polled / alone - 1):+.0f}%)", flush=True)
+                      f"pollers (every {args.train_poll_interval:g} s) {polled:,.0f} "
+                      f"({100 * (polled / alone - 1):+.0f}%)", flush=True)
     finally:
         stack.stop_all()
         if admin is not None:

@@ -65,12 +65,13 @@ def api_log_config() -> dict[str, Any]:
 
 
 def api_workers(flag: int | None) -> int:
-    """--workers, else TRAINYARD_API_WORKERS, else min(cores, 4): processes share nothing
-    but SQL (SQLite in WAL mode serves readers from several processes at once)."""
+    """--workers, else TRAINYARD_API_WORKERS, else half the cores, 1 to 4: the API shares
+    its host with workers and SQL (bench/poll_load.py: on 2 cores one process served more
+    than two). Processes share nothing but SQL (SQLite's WAL serves several readers)."""
     from app.config import get_settings
 
     chosen = flag if flag is not None else get_settings().api_workers
-    return chosen or min(os.cpu_count() or 1, 4)
+    return chosen or max(1, min((os.cpu_count() or 1) // 2, 4))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -285,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int)
     api.add_argument("--access-log", action="store_true")
     api.add_argument("--workers", type=int, choices=range(1, 65), metavar="N",
-                     help="API processes (default: TRAINYARD_API_WORKERS, else min(cores, 4))")
+                     help="API processes (default: TRAINYARD_API_WORKERS, else cores/2, 1 to 4)")
     api.set_defaults(func=cmd_api)
     wk = command("worker", "start a Celery worker")
     wk.add_argument("--queues", help="comma-separated (default: TRAINYARD_DEFAULT_QUEUE=cpu)")
