@@ -29,6 +29,14 @@ echo "== bench/sweep_early_termination.py"
 "$PY" bench/sweep_early_termination.py
 
 echo
+echo "== bench/job_overhead.py"
+"$PY" bench/job_overhead.py --threads 1
+
+echo
+echo "== bench/poll_load.py (embedded)"
+"$PY" bench/poll_load.py
+
+echo
 echo "== bench/submit_latency.py (embedded: SQLite + filesystem broker)"
 "$PY" bench/submit_latency.py
 
@@ -36,4 +44,7 @@ if [ -n "${POSTGRES:-}" ]; then
   echo
   echo "== bench/submit_latency.py (Postgres${REDIS:+ + Redis})"
   "$PY" bench/submit_latency.py --database-url "$POSTGRES" ${REDIS:+--broker-url "$REDIS"}
+  echo
+  echo "== bench/poll_load.py (Postgres)"
+  "$PY" bench/poll_load.py --database-url "$POSTGRES"
 fi
