@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_latency import Stack, free_port, pg_admin, ts, wait_for
+from submit_latency import Stack, free_port, fresh_database, ts, wait_for
 
 BENCH_DB = "trainyard_bench_poll"
 SMALL = {"name": "poll-target",
@@ -195,13 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     admin = None
     if args.database_url:
-        from sqlalchemy.engine import make_url
-
-        admin = pg_admin(args.database_url)
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-        env["TRAINYARD_DATABASE_URL"] = make_url(args.database_url).set(
-            database=BENCH_DB).render_as_string(hide_password=False)
+        admin, env["TRAINYARD_DATABASE_URL"] = fresh_database(args.database_url, BENCH_DB)
     label = "postgres" if args.database_url else "sqlite (embedded)"
     stack = Stack(Path(tmp.name), env)
     out: dict[str, Any] = {"backend": label, "workers": args.workers, "etag": args.etag,

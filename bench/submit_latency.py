@@ -178,6 +178,17 @@ def pg_admin(url: str) -> Any:
                            connect_timeout=5)
 
 
+def fresh_database(server_url: str, name: str) -> tuple[Any, str]:
+    """(an admin connection, the URL of a new empty database ``name`` on that server);
+    drop it with the connection when done."""
+    from sqlalchemy.engine import make_url
+
+    admin = pg_admin(server_url)
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    return admin, make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=6, help="jobs submitted one after another")
@@ -206,13 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     env: dict[str, str] = {}
     admin = None
     if args.database_url:
-        from sqlalchemy.engine import make_url
-
-        admin = pg_admin(args.database_url)
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-        env["TRAINYARD_DATABASE_URL"] = make_url(args.database_url).set(
-            database=BENCH_DB).render_as_string(hide_password=False)
+        admin, env["TRAINYARD_DATABASE_URL"] = fresh_database(args.database_url, BENCH_DB)
     redis_client = None
     if args.broker_url:
         env["TRAINYARD_BROKER_URL"] = args.broker_url
