@@ -26,6 +26,7 @@ from app.config import get_settings
 from app.db import get_sessionmaker
 from app.queue import get_celery
 from app.services.reaper import reap_once
+from app.services.workers import registry_settle_seconds
 from worker import registry
 from worker.retry import db_failed_within, note_db_failure
 from worker.sinks import PREEMPT
@@ -39,10 +40,12 @@ def _reaper_loop(stop: threading.Event) -> None:
     """Every interval, one reaper pass. For a lease period after this worker saw the
     database unreachable, leases that expired meanwhile are left alone: their live workers
     heartbeat again or hand their jobs back (``execution._hand_back_after_outage``)
-    instead of a re-claim using up an attempt."""
+    instead of a re-claim using up an attempt, and the registry is not trusted for the
+    no_worker rule until every live worker has beaten again."""
     settings = get_settings()
+    grace = max(settings.lease_seconds, registry_settle_seconds(settings))
     while not stop.wait(settings.reaper_interval_seconds):
-        take = not db_failed_within(settings.lease_seconds)
+        take = not db_failed_within(grace)
         try:
             reap_once(get_sessionmaker(), settings, take_expired=take)
         except Exception as exc:  # the database may be down; try again next tick

@@ -103,7 +103,8 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
         session.commit()
         enqueue_committed(session, candidates)
         report["enqueued"] = [j.id for j in candidates]
-    report["failed"] += fail_jobs_without_worker(sessions, settings)  # queue with no worker
+    if take_expired:  # right after an outage no worker could beat: the registry is stale
+        report["failed"] += fail_jobs_without_worker(sessions, settings)
     report["advanced"] = advance_stalled_experiments(sessions, settings)
     if report["enqueued"] or report["failed"] or report["cancelled"]:
         log.info("reaper: re-enqueued %s, failed %s, cancelled %s", report["enqueued"],

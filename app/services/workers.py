@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -148,13 +149,37 @@ def fail_jobs_without_worker(sessions: sessionmaker[Session], settings: Settings
     return failed
 
 
+def registry_settle_seconds(settings: Settings) -> float:
+    """How long the registry cannot be trusted after SQL was unreachable: no worker could
+    beat during the outage, so every queue looks unconsumed until each has beaten again."""
+    return settings.worker_lost_seconds + settings.worker_heartbeat_seconds
+
+
+class QueueWatch:
+    """The API's ``no_worker`` pass, which sits out the registry's settling time after any
+    pass that found SQL unreachable (otherwise a long outage would fail the backlog of every
+    queue, live ones included, the moment SQL answers)."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions, self.settings = sessions, settings
+        self.quiet_until = 0.0
+
+    def pass_once(self, now: float) -> list[str]:
+        if now < self.quiet_until:
+            return []
+        try:
+            return fail_jobs_without_worker(self.sessions, self.settings)
+        except Exception as exc:  # the database may be down; try again next tick
+            self.quiet_until = now + registry_settle_seconds(self.settings)
+            log.warning("no_worker pass failed: %s", exc)
+            return []
+
+
 async def _watch(settings: Settings) -> None:
+    watch = QueueWatch(get_sessionmaker(), settings)
     while True:
         await asyncio.sleep(settings.reaper_interval_seconds)
-        try:
-            await asyncio.to_thread(fail_jobs_without_worker, get_sessionmaker(), settings)
-        except Exception as exc:  # the database may be down; try again next tick
-            log.warning("no_worker pass failed: %s", exc)
+        await asyncio.to_thread(watch.pass_once, time.monotonic())
 
 
 @asynccontextmanager

@@ -178,3 +178,24 @@ def test_a_stalled_experiment_is_advanced_where_a_worker_listens(
     add_worker(sessions, ["gpu"])  # a gpu worker is back: its children's queue again
     reaper.advance_stalled_experiments(sessions, settings)
     assert sent[-1] == ("exp_1", "gpu")
+
+
+def test_after_an_outage_the_registry_settles_before_the_rule_applies(
+        sessions: sessionmaker[Session], settings: Settings) -> None:
+    """During a long outage no worker can beat, so a live queue looks unconsumed when SQL
+    returns: the API's pass and the reaper sit that out instead of failing its backlog."""
+    add_worker(sessions, ["gpu"], seen_ago=AFTER * 20)  # alive, but its beats could not land
+    backlog = add_job(sessions, settings, queue="gpu", age=AFTER * 20)
+
+    def down() -> Session:
+        raise OSError("connection refused")
+
+    watch = workers.QueueWatch(down, settings)  # type: ignore[arg-type]
+    assert watch.pass_once(now=1000.0) == []  # the outage, seen by the API
+    watch.sessions = sessions  # SQL is back
+    settle = workers.registry_settle_seconds(settings)
+    assert watch.pass_once(now=1000.0 + settle - 1) == []
+    assert reaper.reap_once(sessions, settings, take_expired=False)["failed"] == []
+    assert job(sessions, backlog).status == "queued"
+    # the worker really is gone: once the registry has settled, the rule applies again
+    assert watch.pass_once(now=1000.0 + settle + 1) == [backlog]
