@@ -115,8 +115,13 @@ class LeaseKeeper:
             self.cancel.set()
 
     def _release(self) -> bool:
-        """Hand the job back for a training thread stuck in a phase without a boundary."""
-        with self._write_lock:
+        """Hand the job back for a training thread stuck in a phase without a boundary.
+
+        False to try again at the next beat, also while the training thread's own write is
+        retrying against an unreachable database (it holds the lock through its retries)."""
+        if not self._write_lock.acquire(timeout=self.settings.heartbeat_seconds):
+            return False
+        try:
             try:
                 with_retry(self.sessions, lambda s: repo.release(
                     s, job_id=self.job_id, attempt=self.attempt, now=utcnow()),
@@ -130,6 +135,8 @@ class LeaseKeeper:
                 log.info("job %s: handed back during a phase without batch boundaries",
                          self.job_id)
             self.lost.set()
+        finally:
+            self._write_lock.release()
         if self.released:
             self.on_release()
         return True

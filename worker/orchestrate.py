@@ -65,6 +65,8 @@ def advance_experiment(experiment_id: str, sessions: sessionmaker[Session],
         step = advance(exp_service.parse(stored), kids, lambda spec: load_targets(
             spec, dataset_loader(sessions, tenant), task))  # type: ignore[arg-type]
     except Exception as exc:  # a result that cannot be computed must not stall forever
+        if isinstance(exc, DatabaseUnavailable) or is_transient(exc):
+            raise  # the database, not the design (scoring reads the data): advanced again
         log.exception("experiment %s: aggregation failed", experiment_id)
         return _fail(sessions, experiment_id, stage, public_message(exc))
     try:

@@ -35,7 +35,9 @@ class KeyCache:
             return None
         return entry[0]
 
-    def put(self, digest: str, tenant_id: str, ttl: float) -> None:
+    def put(self, digest: str, tenant_id: str, ttl: float, *, read_at: float) -> None:
+        """Trust the key until ``read_at + ttl``: counted from before the SQL read, so a
+        revocation committed while the lookup ran is still honoured within ``ttl``."""
         if ttl <= 0:
             return
         with self._lock:
@@ -45,7 +47,7 @@ class KeyCache:
                 self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
                 if len(self._entries) >= CACHE_MAX_KEYS:
                     del self._entries[next(iter(self._entries))]
-            self._entries[digest] = (tenant_id, time.monotonic() + ttl)
+            self._entries[digest] = (tenant_id, read_at + ttl)
 
     def clear(self) -> None:
         with self._lock:
@@ -91,8 +93,9 @@ def authenticate(session: Session, authorization: str | None) -> str:
     tenant = cache.get(digest)
     if tenant is not None:
         return tenant
+    read_at = time.monotonic()
     key = repo.active_key(session, digest)
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         raise Unauthorized("the API key is not valid or has been revoked")
-    cache.put(digest, key.tenant_id, get_settings().key_cache_seconds)
+    cache.put(digest, key.tenant_id, get_settings().key_cache_seconds, read_at=read_at)
     return key.tenant_id

@@ -250,13 +250,38 @@ def test_a_database_error_in_aggregation_is_not_shown_to_the_tenant(
     exp_id = sweep_with_trials_trained(sessions, settings)
 
     def leaky(*_: Any, **__: Any) -> Any:
-        with sessions() as s:  # a real driver error, its message full of SQL
-            s.execute(sa.text("SELECT * FROM no_such_table_pg_prod_internal"))
+        with sessions() as s:  # a real driver error (not an outage), its message full of SQL
+            s.execute(sa.text("INSERT INTO tenants (id, created_at) VALUES ('t', '2026-01-01')"))
 
     monkeypatch.setattr(orchestrate, "advance", leaky)
     assert advance_experiment(exp_id, sessions, settings) == "failed"
     with sessions() as s:
         row = repo.get_experiment_any_tenant(s, exp_id)
         assert row is not None and row.error_message is not None
-        assert row.error_message.startswith("OperationalError: a database error"), row
-        assert "no_such_table" not in row.error_message and "SELECT" not in row.error_message
+        assert row.error_message.startswith("IntegrityError: a database error"), row
+        assert "tenants" not in row.error_message and "INSERT" not in row.error_message
+
+
+def test_an_outage_during_aggregation_leaves_the_experiment_to_be_advanced_again(
+        env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring reads the data: a database that is unreachable for a moment is not the
+    design's fault, so the experiment stays running for the reaper's next advance."""
+    from sqlalchemy.exc import OperationalError
+
+    from worker import orchestrate
+
+    sessions, settings = env
+    exp_id = sweep_with_trials_trained(sessions, settings)
+
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    real = orchestrate.advance
+    monkeypatch.setattr(orchestrate, "advance", unreachable)
+    with pytest.raises(OperationalError):
+        advance_experiment(exp_id, sessions, settings)
+    monkeypatch.setattr(orchestrate, "advance", real)  # SQL is back
+    with sessions() as s:
+        row = repo.get_experiment_any_tenant(s, exp_id)
+        assert row is not None and row.status == "running" and row.error_message is None
+    assert advance_experiment(exp_id, sessions, settings).startswith("stage-")
