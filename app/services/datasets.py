@@ -94,6 +94,21 @@ def _csv_header(rows: Iterator[list[str]], target: str | None,
     return header, header.index(target)
 
 
+# A physical line may hold this many times the column cap in commas (quoted fields may hold
+# commas) before it is refused unparsed: csv.reader builds a whole row as a list first, so a
+# 64 MiB line of commas would otherwise become ~64 M strings before any cap could see it.
+COMMA_SLACK = 4
+
+
+def bounded_lines(lines: Iterator[str], limits: Limits) -> Iterator[str]:
+    most = COMMA_SLACK * (limits.max_dataset_columns + 1)
+    for number, line in enumerate(lines, start=1):
+        if line.count(",") > most:
+            raise _bad("file", f"line {number} has over {most:,} commas: more columns than the "
+                       f"limit max_dataset_columns {limits.max_dataset_columns:,}")
+        yield line
+
+
 def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
     """Streams the rows: counts are checked against the caps as they are read, and values
     go into one flat float64 buffer (no list of rows of strings)."""
@@ -102,7 +117,8 @@ def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
     except UnicodeDecodeError:
         raise _bad("file", "CSV must be UTF-8 text") from None
     # newline="": the csv module's own line handling (CR-only files too)
-    rows = (r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r))
+    lines = bounded_lines(io.StringIO(text, newline=""), limits)
+    rows = (r for r in csv.reader(lines) if any(c.strip() for c in r))
     try:
         header, t = _csv_header(rows, target, limits)
         values, y = array("d"), []

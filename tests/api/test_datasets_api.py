@@ -290,3 +290,24 @@ def test_healthz_answers_while_a_large_upload_parses(app_home: Path) -> None:
     assert status == 201
     gaps = [b - a for a, b in itertools.pairwise(answers)]
     assert len(answers) > 10 and max(gaps) < duration / 4, (duration, max(gaps), len(answers))
+
+
+def test_a_line_of_commas_is_refused_before_the_csv_reader_splits_it(
+        client: TestClient) -> None:
+    """csv.reader builds a whole row as a list before any cap can count it: this line alone
+    took 248 MiB in csv.reader (measured), on top of the ~160 MiB the request's copies of a
+    20 MB body take (the client's, the upload's, the text, StringIO's 4-byte buffer)."""
+    import tracemalloc
+
+    content = b"a,label\n" + b"," * 20_000_000 + b"\n1,0\n"
+    tracemalloc.start()
+    try:
+        r = upload(client, content, target="label")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 422, r.text
+    assert "line 2 has over" in r.json()["error"]["message"]
+    assert "max_dataset_columns" in r.json()["error"]["message"]
+    assert peak < 200 * 1024 * 1024, peak
+    assert stored(client) == []
