@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -62,6 +63,9 @@ def start_reaper(**_: Any) -> None:
 
 
 _in_pool_child = False  # set in each pool child
+# Shared with the pool children (created before they fork): set once shutdown began, so a
+# task that starts after the one SIGUSR2 was sent is preempted as well.
+_shutting_down = multiprocessing.Value("b", 0, lock=False)
 
 
 @signals.worker_process_init.connect
@@ -99,11 +103,14 @@ def arm_preemption(**_: Any) -> None:
     signal reset replaces every handler, and SIGUSR2 then killed the child mid-job."""
     if _in_pool_child:
         signal.signal(signal.SIGUSR2, lambda *_: PREEMPT.set())
+        if _shutting_down.value:
+            PREEMPT.set()
 
 
 @signals.worker_shutting_down.connect
 def preempt_running_jobs(**_: Any) -> None:
     _reaper_stop.set()
+    _shutting_down.value = 1
     PREEMPT.set()  # solo/threads pools run jobs in this process
     threading.Thread(target=stop_watchdog, args=(get_settings().worker_stop_seconds,),
                      name="stop-watchdog", daemon=True).start()

@@ -310,3 +310,25 @@ def test_a_value_error_that_is_not_about_data_is_an_error(sessions: sessionmaker
     done = reload(sessions, job.id)
     assert done.status == "failed" and done.error_reason == "error"
     assert done.error_message is not None and done.error_message.startswith("ValidationError:")
+
+
+def test_a_task_starting_after_shutdown_began_is_preempted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent sends SIGUSR2 once; a pool child that picks a task up after it must still
+    see the stop (the flag is shared memory made before the fork)."""
+    import signal
+
+    from worker import celery_app
+    from worker.lease import PREEMPT
+
+    monkeypatch.setattr(celery_app, "_in_pool_child", True)
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        celery_app.arm_preemption()
+        assert not PREEMPT.is_set()
+        monkeypatch.setattr(celery_app._shutting_down, "value", 1)
+        celery_app.arm_preemption()
+        assert PREEMPT.is_set()
+    finally:
+        PREEMPT.clear()
+        signal.signal(signal.SIGUSR2, previous)
