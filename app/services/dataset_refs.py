@@ -5,6 +5,11 @@ message (less the id). An experiment names datasets in its base and in the value
 varies (a sweep's lists, bias-variance values); each value is applied to the base as the
 planner would, so an id reached through any dotted path (``data``, ``data.source``,
 ``data.source.dataset``) is found without building a grid.
+
+Validating each child's spec would not be enough: when every child overrides the source,
+the base's own dataset is still read (aggregation scores against the base's targets), and
+the children are planned only after the grid's size is known. Resolving here also names the
+field the user wrote.
 """
 
 from __future__ import annotations
