@@ -26,7 +26,6 @@ load average printed at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -41,7 +40,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_latency import Stack, free_port, fresh_database, ts, wait_for
+from submit_latency import Stack, drop_database, free_port, fresh_database, ts, wait_for
 
 BENCH_DB = "trainyard_bench_poll"
 SMALL = {"name": "poll-target",
@@ -232,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({100 * (polled / alone - 1):+.0f}%)", flush=True)
     finally:
         stack.stop_all()
-        if admin is not None:
-            with contextlib.suppress(Exception):
-                admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-            admin.close()
+        drop_database(admin, BENCH_DB)
         tmp.cleanup()
     out["loadavg"] = os.getloadavg()
     print(f"  load average after: {' '.join(f'{x:.2f}' for x in out['loadavg'])} "

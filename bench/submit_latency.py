@@ -189,6 +189,15 @@ def fresh_database(server_url: str, name: str) -> tuple[Any, str]:
     return admin, make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
+def drop_database(admin: Any, name: str) -> None:
+    """Undo ``fresh_database`` (nothing to do without one); never raises during cleanup."""
+    if admin is None:
+        return
+    with contextlib.suppress(Exception):
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=6, help="jobs submitted one after another")
@@ -269,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"done {res['done_ms']:7.1f} ms", flush=True)
     finally:
         stack.stop_all()
-        if admin is not None:
-            with contextlib.suppress(Exception):
-                admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-            admin.close()
+        drop_database(admin, BENCH_DB)
         if redis_client is not None:
             with contextlib.suppress(Exception):
                 redis_client.flushdb()
