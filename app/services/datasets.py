@@ -140,11 +140,24 @@ def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
 NPZ_KINDS = {"X": "biuf", "y": "biufUS"}  # numeric features; numeric or text labels
 
 
+NPZ_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+
+
+def check_compression(archive: zipfile.ZipFile) -> None:
+    """numpy writes members stored (savez) or deflated (savez_compressed); any other method
+    is refused by name here rather than failing somewhere inside zipfile."""
+    for info in archive.infolist():
+        if info.compress_type not in NPZ_COMPRESSION:
+            raise _bad("file", f"NPZ member {info.filename[:60]!r} uses compression method "
+                       f"{info.compress_type}; use numpy.savez or numpy.savez_compressed")
+
+
 def npz_headers(archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """Shape and dtype of X and y from their .npy headers, without decoding any data."""
     names = {n.removesuffix(".npy") for n in archive.namelist()}
     if "X" not in names or "y" not in names:
         raise _bad("file", f"NPZ needs arrays 'X' and 'y'; it has {sorted(names)[:20]}")
+    check_compression(archive)
     out = {}
     for name, kinds in NPZ_KINDS.items():
         with archive.open(f"{name}.npy") as member:
@@ -183,7 +196,7 @@ def parse_npz(content: bytes, limits: Limits) -> Parsed:
             raise
         raise _bad("file", f"NPZ refused: {exc} (object/pickled arrays are never loaded)") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError,  # encrypted
-            NotImplementedError, zlib.error):  # an unknown compression, corrupt deflate data
+            zlib.error):  # corrupt deflate data
         raise _bad("file", "not a readable NPZ archive") from None
     natural = list(x.shape[1:]) if x.ndim > 2 else None
     flat = x.reshape(x.shape[0], -1).astype(np.float64)

@@ -311,3 +311,22 @@ def test_a_line_of_commas_is_refused_before_the_csv_reader_splits_it(
     assert "max_dataset_columns" in r.json()["error"]["message"]
     assert peak < 200 * 1024 * 1024, peak
     assert stored(client) == []
+
+
+def test_an_npz_with_another_compression_method_is_refused_by_name(client: TestClient) -> None:
+    import io
+    import zipfile
+
+    import numpy as np
+
+    arrays = {"X": np.zeros((10, 2), np.float32), "y": np.arange(10) % 2}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_LZMA) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.save(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    r = upload(client, buffer.getvalue(), "d.npz")
+    assert r.status_code == 422, r.text
+    assert "compression method 14" in r.json()["error"]["message"]
+    assert stored(client) == []
