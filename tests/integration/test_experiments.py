@@ -3,7 +3,6 @@ and on Postgres + Redis, fan-out across two workers, and cancellation."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -89,30 +88,25 @@ def test_every_kind_on_the_embedded_default(embedded: Stack) -> None:
     run_every_kind(embedded)
 
 
-def timed_cv(http: httpx.Client) -> tuple[float, dict[str, Any]]:
+def test_eight_children_spread_over_two_workers(distributed: Stack) -> None:
+    """Both workers are up before the experiment is submitted, and each holds one message
+    at a time (prefetch 1, late acks), so neither can take all eight children. How much
+    faster two workers finish is measured in ``bench/sweep_workers.py``, not asserted here."""
+    distributed.env["TRAINYARD_TORCH_THREADS"] = "1"
+    distributed.start_worker("w1")
+    distributed.start_worker("w2")
+    for name in ("w1", "w2"):
+        wait_for(lambda name=name: "ready" in distributed.log(name), 60)
     request = {"kind": "cross_validation", "k": 8, "base": {
         **MOONS, "data": {"source": {"synthetic": "moons", "n_samples": 2000}},
         "training": {"epochs": 12, "batch_size": 16}}}
-    start = time.perf_counter()
-    exp_id = http.post("/v1/experiments", json=request).json()["id"]
-    exp = wait_experiment(http, exp_id, timeout=300)
-    assert exp["status"] == "succeeded"
-    return time.perf_counter() - start, exp
-
-
-def test_eight_children_spread_over_two_workers(distributed: Stack) -> None:
-    distributed.env["TRAINYARD_TORCH_THREADS"] = "1"
-    distributed.start_worker("w1")
     with distributed.client() as http:
-        alone, _ = timed_cv(http)
-        distributed.start_worker("w2")
-        wait_for(lambda: "ready" in distributed.log("w2"), 60)
-        together, exp = timed_cv(http)
-        kids = http.get(f"/v1/experiments/{exp['id']}/jobs").json()["items"]
+        exp_id = http.post("/v1/experiments", json=request).json()["id"]
+        assert wait_experiment(http, exp_id, timeout=300)["status"] == "succeeded"
+        kids = http.get(f"/v1/experiments/{exp_id}/jobs").json()["items"]
         summaries = [http.get(f"/v1/jobs/{k['id']}").json()["summary"] for k in kids]
-    workers = {summary["worker"].rsplit(":", 1)[1] for summary in summaries}
-    assert len(workers) == 2, "both worker processes took children"
-    assert together < 0.8 * alone, (together, alone)
+    workers = {summary["worker"].rsplit(":", 1)[0] for summary in summaries}
+    assert len(summaries) == 8 and len(workers) == 2, "both worker processes took children"
 
 
 def test_cancel_experiment_cancels_queued_and_running_children(distributed: Stack) -> None:
