@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -133,6 +134,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # the last event's sequence number; bumped by the triggers of migration 0006
+    event_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class Metric(Base):
@@ -212,6 +215,39 @@ class Experiment(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # the last event's sequence number; bumped by the triggers of migration 0006
+    event_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class JobEvent(Base):
+    """One entry of a job's event stream (``status``, ``progress``, ``metric``).
+
+    Written only by the database triggers of migration 0006, in the transaction of the
+    change itself; ``seq`` is the job's own sequence (``jobs.event_seq``), the SSE cursor.
+    """
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class ExperimentEvent(Base):
+    """One entry of an experiment's own stream (``status``, ``progress``, ``child``); the
+    experiment's SSE stream merges these with its children's job events."""
+
+    __tablename__ = "experiment_events"
+
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 class Worker(Base):
