@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # within this bound (0: look every key up in SQL on every request)
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: cores/2, 1-4
+    # SSE: one poller per API process reads new events this often (sooner when Postgres
+    # NOTIFYs); a comment line this often keeps proxies from closing an idle stream
+    events_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    events_max_streams: int = Field(default=1000, ge=1, le=100_000)  # per API process; 503 over
     limits: Limits = Field(default_factory=Limits)
 
     @property
