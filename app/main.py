@@ -20,7 +20,7 @@ from app import spec
 from app.config import Limits, get_settings
 from app.db import get_sessionmaker
 from app.errors import ApiError
-from app.routes import catalog, datasets, experiments, health, jobs
+from app.routes import catalog, compare, datasets, experiments, health, jobs
 from app.schemas import V1_ERRORS
 from app.services import keys
 from app.services.workers import watch_queues
@@ -250,7 +250,7 @@ def create_app() -> FastAPI:
                      "max_part_size": settings.limits.max_form_field_bytes},
         lifespan=watch_queues,  # the no_worker rule, even with no worker (and reaper) at all
     )
-    for module in (jobs, experiments, datasets, catalog):  # every /v1 route needs a key
+    for module in (jobs, experiments, datasets, catalog, compare):  # every /v1 route needs a key
         app.include_router(module.router, responses=V1_ERRORS)
     app.include_router(health.router)
     install_error_handlers(app)
