@@ -34,7 +34,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 RUN mkdir app worker trainyard \
  && touch app/__init__.py worker/__init__.py trainyard/__init__.py \
- && pip install -e .
+ && pip install -e ".[api,worker]"
 
 COPY alembic.ini ./
 COPY migrations/ migrations/

@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[api,worker]"
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed

@@ -339,8 +339,10 @@ def test_dockerfile_base_user_and_layout() -> None:
     users = instructions("USER")
     assert users and users[-1].split(":")[0] not in ("root", "0"), "must not run as root"
     runs = " ".join(instructions("RUN"))
-    # app/services/admin.py finds alembic.ini and migrations/ in the tree: editable install.
-    assert re.search(r"pip install (-e|--editable) \.", runs), "install the tree editable"
+    # app/services/admin.py finds alembic.ini and migrations/ in the tree: editable install,
+    # with both server extras (the bare distribution is the light client only).
+    assert re.search(r"pip install (-e|--editable) \"?\.\[api,worker\]", runs), \
+        "install the tree editable with the api and worker extras"
 
 
 def test_dockerfile_copies_what_the_cli_needs_and_it_is_in_the_context() -> None:
