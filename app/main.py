@@ -20,7 +20,11 @@ from app import spec
 from app.config import Limits, get_settings
 from app.db import get_sessionmaker
 from app.errors import ApiError
+from app.http_metrics import HttpMetrics
+from app.logs import RequestId
 from app.routes import catalog, compare, datasets, experiments, health, jobs
+from app.routes import events as event_routes
+from app.routes import metrics as metrics_route
 from app.schemas import V1_ERRORS
 from app.services import keys
 from app.services.workers import watch_queues
@@ -252,7 +256,12 @@ def create_app() -> FastAPI:
     )
     for module in (jobs, experiments, datasets, catalog, compare):  # every /v1 route needs a key
         app.include_router(module.router, responses=V1_ERRORS)
+    app.include_router(event_routes.router, responses=V1_ERRORS)  # SSE; needs a key too
     app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(Gate, limits=settings.limits)
+    if settings.metrics_token is not None:  # Prometheus, for operators; otherwise a 404
+        app.include_router(metrics_route.router)
+    app.add_middleware(HttpMetrics)  # outside the gate: its refusals are counted too
+    app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
     return app
