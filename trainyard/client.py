@@ -1,30 +1,80 @@
 """A small HTTP client for the CLI (and for scripts): submit, poll, watch.
 
-Light on purpose: httpx and the standard library only, never ``app`` or ``worker``, so the
-client installs and imports without the server's dependencies."""
+Light on purpose: httpx, stamina and the standard library only, never ``app`` or
+``worker``, so the client installs and imports without the server's dependencies.
+
+Every request is retried with exponential backoff (stamina, logged on the ``stamina``
+logger) on connection errors and on 429/503, waiting what ``Retry-After`` asks when the
+server sends it: a short database outage answers 503 and must not end ``trainyard watch``
+while the job keeps training. Submissions carry an ``Idempotency-Key`` (one is made when
+the caller gives none), so a retried POST never creates a second job."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import stamina
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_AFTER = 60.0  # a server asking for longer is waited on by the caller, not here
 
 
 class ApiFailure(RuntimeError):
     pass
 
 
+class TransientStatus(Exception):
+    """A 429/5xx answer worth retrying; carries the response for the last attempt."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (the form this server sends); a date or junk is ignored."""
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(response.headers["Retry-After"])))
+    except (KeyError, ValueError):
+        return None
+
+
+def backoff(exc: Exception) -> bool | float:
+    """stamina's backoff hook: retry transport errors with its own backoff, transient
+    statuses after the server's ``Retry-After`` when it gave one."""
+    if isinstance(exc, TransientStatus):
+        return retry_after(exc.response) or True
+    return isinstance(exc, httpx.TransportError)
+
+
 class Client:
-    def __init__(self, base: str, key: str | None) -> None:
+    def __init__(self, base: str, key: str | None, *, attempts: int = 8,
+                 retry_timeout: float = 120.0) -> None:
         self.base = base.rstrip("/")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=30)
+        self.attempts, self.retry_timeout = attempts, retry_timeout
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried (bounded by attempts and total time) while it fails
+        transiently; the last transient answer is returned for ``_check`` to report."""
+        try:
+            for attempt in stamina.retry_context(on=backoff, attempts=self.attempts,
+                                                 timeout=self.retry_timeout, wait_max=10.0):
+                with attempt:
+                    response = self.http.request(method, path, **kwargs)
+                    if response.status_code in TRANSIENT_STATUSES:
+                        raise TransientStatus(response)
+        except TransientStatus as exc:
+            return exc.response
+        return response
 
     @classmethod
     def from_env(cls) -> Client:
@@ -48,9 +98,9 @@ class Client:
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """A job spec, or an experiment (a body with a top-level ``kind``)."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
         path = "/v1/experiments" if is_experiment(spec) else "/v1/jobs"
-        return self._check(self.http.post(path, json=spec, headers=headers))
+        return self._check(self.send("POST", path, json=spec, headers=headers))
 
     def get(self, resource_id: str) -> Any:
         """A job or an experiment, by the prefix of its id."""
@@ -59,24 +109,26 @@ class Client:
         return self.get_job(resource_id)
 
     def get_experiment(self, experiment_id: str) -> Any:
-        return self._check(self.http.get(f"/v1/experiments/{experiment_id}"))
+        return self._check(self.send("GET", f"/v1/experiments/{experiment_id}"))
 
     def list_experiments(self, status: str | None = None, kind: str | None = None,
                          limit: int = 20) -> Any:
         params = {k: v for k, v in (("status", status), ("kind", kind)) if v}
-        return self._check(self.http.get("/v1/experiments", params={**params, "limit": limit}))
+        return self._check(self.send("GET", "/v1/experiments",
+                                     params={**params, "limit": limit}))
 
     def get_job(self, job_id: str) -> Any:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}"))
+        return self._check(self.send("GET", f"/v1/jobs/{job_id}"))
 
     def list_jobs(self, status: str | None = None, limit: int = 20) -> Any:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        return self._check(self.http.get("/v1/jobs", params=params))
+        return self._check(self.send("GET", "/v1/jobs", params=params))
 
     def metrics(self, job_id: str, after: int = 0) -> Any:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}/metrics", params={"after": after}))
+        return self._check(self.send("GET", f"/v1/jobs/{job_id}/metrics",
+                                     params={"after": after}))
 
 
 def is_experiment(body: dict[str, Any]) -> bool:
