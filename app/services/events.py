@@ -53,7 +53,7 @@ class MetricData(BaseModel):
     epoch: int
     split: str
     name: str
-    value: float | None  # SQLite stores a NaN as NULL
+    value: float | None  # null when not finite
 
 
 class ExperimentStatusData(BaseModel):

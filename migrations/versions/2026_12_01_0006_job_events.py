@@ -103,7 +103,17 @@ def job_progress(postgres: bool, row: str) -> str:
 
 def metric(postgres: bool, row: str) -> str:
     return _obj(postgres, ('epoch', f'{row}.epoch'), ('split', f'{row}.split'),
-                ('name', f'{row}.name'), ('value', f'{row}.value'))
+                ('name', f'{row}.name'), ('value', _finite(postgres, f'{row}.value')))
+
+
+def _finite(postgres: bool, expr: str) -> str:
+    """The float exactly (it round-trips), or null when not finite. SQLite's json_object
+    prints a REAL with 15 digits, so the number goes in as 17-digit text ('%!' lifts
+    printf's 16-digit cap); Postgres prints the shortest exact form already."""
+    if postgres:
+        return (f"CASE WHEN {expr} NOT IN ('NaN'::float8, 'Infinity'::float8, "
+                f"'-Infinity'::float8) THEN {expr} END")
+    return f"CASE WHEN abs({expr}) <= 1.7976931348623157e308 THEN json(printf('%!.17g', {expr})) END"
 
 
 def experiment_status(postgres: bool, row: str) -> str:

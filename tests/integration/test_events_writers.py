@@ -97,7 +97,7 @@ def test_a_jobs_life_is_recorded_write_by_write(sessions: sessionmaker[Session])
     commit(sessions, lambda s: repo.heartbeat(s, "j1", 1, utcnow(), 60))  # no event
     rows = [{"job_id": "j1", "epoch": 1, "split": "train", "name": n, "value": v, "attempt": 1}
             for n, v in (("loss", 0.5), ("accuracy", 0.75))]
-    record = {"job_id": "j1", "attempt": 1, "epoch": 1, "rows": rows, "lease": 60}
+    record: dict[str, Any] = {"job_id": "j1", "attempt": 1, "epoch": 1, "rows": rows, "lease": 60}
     commit(sessions, lambda s: repo.record_epoch(s, now=utcnow(), **record))
     commit(sessions, lambda s: repo.record_epoch(s, now=utcnow(), **record))  # same: nothing
     commit(sessions, lambda s: repo.release(s, job_id="j1", attempt=1, now=utcnow()))
