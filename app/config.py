@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
     # within this bound (0: look every key up in SQL on every request)
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: cores/2, 1-4
+    # GET /metrics (Prometheus) is served only when this is set, to `Authorization: Bearer
+    # <token>`; unset, the route does not exist (404), like any path the API does not serve
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
+    # prometheus_client's multiprocess folder on this host; default: <home>/metrics
+    metrics_dir: Path | None = None
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     # SSE: one poller per API process reads new events this often (sooner when Postgres
     # NOTIFYs); a comment line this often keeps proxies from closing an idle stream
     events_poll_seconds: float = Field(default=0.5, gt=0, le=60)

@@ -522,3 +522,16 @@ def fail_queued_in_queue(session: Session, queue: str, *, created_before: dateti
                     finished_at=now, updated_at=now)
             .returning(Job.id))
     return list(session.scalars(stmt))
+
+
+def job_counts(session: Session) -> list[tuple[str, str, int]]:
+    """(status, queue, number of jobs) over every tenant: the /metrics gauge."""
+    stmt = select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue)
+    return [(str(status), queue, int(n)) for status, queue, n in session.execute(stmt)]
+
+
+def oldest_queued(session: Session) -> dict[str, datetime]:
+    """Per queue, when its oldest still-queued job was created."""
+    stmt = (select(Job.queue, func.min(Job.created_at))
+            .where(Job.status == JobStatus.QUEUED).group_by(Job.queue))
+    return {queue: created for queue, created in session.execute(stmt)}

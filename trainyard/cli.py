@@ -26,8 +26,34 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def setup_logging() -> None:
+# Request logs of the HTTP libraries: what a client command shows is what the user asked
+# for; `--verbose` shows these too.
+CLIENT_LIBRARY_LOGGERS = ("httpx", "httpcore")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """A client command's logging: text, and library request logs only with --verbose."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    for name in CLIENT_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def setup_server_logging() -> None:
+    """A server command's logging: TRAINYARD_LOG_FORMAT (text or json), ids attached."""
+    from app.config import get_settings
+    from app.logs import configure
+
+    configure(get_settings().log_format)
+
+
+def prepare_metrics_folder() -> None:
+    """Before anything imports prometheus_client: this host's multiprocess folder, shared
+    by every process started from here (app/observability.py)."""
+    from app import metrics_folder
+    from app.config import get_settings
+
+    settings = get_settings()
+    metrics_folder.prepare(settings.metrics_dir or settings.home / "metrics")
 
 
 # ------------------------------------------------------------------- server side
@@ -44,6 +70,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     port = args.port or int(os.environ.get("PORT", "8000"))
+    prepare_metrics_folder()
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=port,
                 workers=api_workers(args.workers), log_config=api_log_config(),
                 log_level="info", access_log=args.access_log)
@@ -52,16 +79,23 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def api_log_config() -> dict[str, Any]:
     """uvicorn's logging plus ours on the root logger: applied in every worker process
-    too (they are spawned, so setup_logging's basicConfig does not reach them)."""
+    too (they are spawned, so this process's logging setup does not reach them). In JSON,
+    uvicorn's own lines go through our handler as well."""
     from uvicorn.config import LOGGING_CONFIG
 
-    return {**LOGGING_CONFIG,
-            "formatters": {**LOGGING_CONFIG["formatters"],
-                           "trainyard": {"format": LOG_FORMAT, "datefmt": "%H:%M:%S"}},
-            "handlers": {**LOGGING_CONFIG["handlers"],
-                         "trainyard": {"class": "logging.StreamHandler",
-                                       "formatter": "trainyard", "stream": "ext://sys.stderr"}},
-            "root": {"handlers": ["trainyard"], "level": "INFO"}}
+    from app.config import get_settings
+    from app.logs import logging_config
+
+    fmt = get_settings().log_format
+    ours = logging_config(fmt)
+    loggers = {**LOGGING_CONFIG["loggers"], **ours["loggers"]}
+    if fmt == "json":
+        loggers |= {name: {"handlers": [], "level": "INFO", "propagate": True}
+                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
+    return {**LOGGING_CONFIG, "filters": ours["filters"],
+            "formatters": {**LOGGING_CONFIG["formatters"], **ours["formatters"]},
+            "handlers": {**LOGGING_CONFIG["handlers"], **ours["handlers"]},
+            "root": ours["root"], "loggers": loggers}
 
 
 def api_workers(flag: int | None) -> int:
@@ -75,6 +109,7 @@ def api_workers(flag: int | None) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    prepare_metrics_folder()
     from app.config import get_settings
     from worker.celery_app import celery
 
@@ -129,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd_migrate(args)
     key = ensure_dev_key()
     port = args.port or int(os.environ.get("PORT", "8000"))
+    prepare_metrics_folder()  # before the children: they share it, and neither empties it
     procs = [_spawn("api", "--port", str(port)), _spawn("worker", "--concurrency", "1")]
     stop = {"now": False}
 
@@ -138,11 +174,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(f"Trainyard on http://127.0.0.1:{port}  (docs: /docs; Ctrl-C stops)", flush=True)
-    if args.demo:
-        _demo(f"http://127.0.0.1:{port}", key, stop)
-    while not stop["now"] and all(p.poll() is None for p in procs):
-        time.sleep(0.3)
-    _stop_all(procs, settings.worker_stop_seconds + 10)
+    try:
+        if args.demo:
+            _demo(f"http://127.0.0.1:{port}", key, stop)
+        while not stop["now"] and all(p.poll() is None for p in procs):
+            time.sleep(0.3)
+    finally:  # the children are stopped however this ends (a failed demo included)
+        _stop_all(procs, settings.worker_stop_seconds + 10)
     print("stopped", flush=True)
     return 0
 
@@ -181,6 +219,8 @@ def _kill_tree(pid: int) -> None:
 
 
 def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
+    import httpx
+
     from trainyard.client import Client, wait_ready, watch
 
     client = Client(url, key)
@@ -189,7 +229,11 @@ def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
     spec = json.loads((ROOT / "examples" / "digits.json").read_text())
     job = client.submit(spec)
     print(f"demo: submitted examples/digits.json as {job['id']}; watching it train", flush=True)
-    watch(client, job["id"], stop=stop)
+    try:
+        watch(client, job["id"], stop=stop)
+    except httpx.HTTPError:
+        if not stop["now"]:  # after Ctrl-C the API stopping under the watch is expected
+            raise
 
 
 # ------------------------------------------------------------------- client side
@@ -274,8 +318,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainyard", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the HTTP library's request log lines")
+
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, allow_abbrev=False)
+        return sub.add_parser(name, help=help, allow_abbrev=False, parents=[common])
 
     run = command("run", "API + one worker on the embedded default (foreground)")
     run.add_argument("--port", type=int)
@@ -323,9 +371,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+SERVER_COMMANDS = ("run", "api", "worker", "migrate", "reap", "keys")
+
+
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parser().parse_args(argv)
+    if args.command in SERVER_COMMANDS:
+        setup_server_logging()
+    else:
+        setup_logging(args.verbose)
     import httpx
 
     from trainyard.client import ApiFailure

@@ -25,7 +25,9 @@ from celery import signals
 
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.queue import get_celery
+from app.logs import bind_fields, configure, unbind
+from app.observability import observe_reaper_pass
+from app.queue import ADVANCE_EXPERIMENT, RUN_JOB, get_celery
 from app.services.reaper import reap_once
 from app.services.workers import registry_settle_seconds
 from worker import registry
@@ -48,7 +50,7 @@ def _reaper_loop(stop: threading.Event) -> None:
     while not stop.wait(settings.reaper_interval_seconds):
         take = not db_failed_within(grace)
         try:
-            reap_once(get_sessionmaker(), settings, take_expired=take)
+            observe_reaper_pass(reap_once(get_sessionmaker(), settings, take_expired=take))
         except Exception as exc:  # the database may be down; try again next tick
             note_db_failure()
             log.warning("reaper pass failed: %s", exc)
@@ -160,3 +162,29 @@ def register_worker(sender: Any = None, **_: Any) -> None:
 @signals.worker_shutdown.connect
 def mark_worker_stopped(**_: Any) -> None:
     registry.on_shutdown()  # after the warm shutdown handed running jobs back
+
+
+@signals.setup_logging.connect
+def use_our_logging(**_: Any) -> None:
+    """Connected, this replaces Celery's own logging setup: the worker, its pool children
+    and Celery's loggers write in TRAINYARD_LOG_FORMAT like the API."""
+    configure(get_settings().log_format)
+
+
+SUBJECT_OF_TASK = {RUN_JOB: "job_id", ADVANCE_EXPERIMENT: "experiment_id"}
+_log_ids: dict[str, Any] = {}  # task id -> the token binding its subject's id
+
+
+@signals.task_prerun.connect
+def bind_task_subject(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+    """Log records made while a task runs carry its job_id or experiment_id."""
+    field = SUBJECT_OF_TASK.get(getattr(task, "name", ""))
+    if field is not None and args:
+        _log_ids[task_id] = bind_fields(**{field: str(args[0])})
+
+
+@signals.task_postrun.connect
+def unbind_task_subject(task_id: str = "", **_: Any) -> None:
+    token = _log_ids.pop(task_id, None)
+    if token is not None:
+        unbind(token)

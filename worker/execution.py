@@ -16,6 +16,7 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.models import Job
+from app.observability import observe_job_attempt
 from app.queue import enqueue_job
 from app.spec import JobSpec
 from app.statuses import FailureReason, JobStatus
@@ -28,6 +29,7 @@ from worker import registry
 from worker.advance import request_advance
 from worker.datasets import dataset_loader
 from worker.lease import LeaseKeeper
+from worker.metered_sink import MeteredSink
 from worker.pruning import trial_pruner
 from worker.retry import (
     DatabaseUnavailable,
@@ -70,7 +72,9 @@ def execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) ->
 
     Never raises for a lost lease or a database outage: those are not the job's fault.
     When an experiment's child ends, its experiment is asked to advance."""
+    started = time.monotonic()
     outcome = _execute(job_id, sessions, settings)
+    observe_job_attempt(outcome, time.monotonic() - started)
     if outcome not in NOT_ENDED:
         try:
             request_advance(sessions, job_id)
@@ -116,7 +120,7 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
                       keeper: LeaseKeeper, owner: str) -> str:
     """LeaseLost and DatabaseUnavailable propagate; every other ending is written."""
     try:
-        sink = SqlSink(keeper, settings, pruner=trial_pruner(sessions, job))
+        sink = MeteredSink(keeper, settings, pruner=trial_pruner(sessions, job))
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job.id),
                            uploaded=dataset_loader(sessions, job.tenant_id), task=job.task)  # type: ignore[arg-type]

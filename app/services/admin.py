@@ -36,6 +36,7 @@ def upgrade_schema() -> str:
 
     config = Config(str(SOURCE_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(SOURCE_ROOT / "migrations"))
+    config.attributes["configure_logger"] = False  # keep the caller's logging (format, levels)
     command.upgrade(config, "head")
     return get_settings().resolved_database_url.split("@")[-1]
 
