@@ -16,6 +16,10 @@ from app.config import get_settings
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # Takes effect only while the file has no table, i.e. when the database is created:
+    # deletes then hand freed pages back (``PRAGMA incremental_vacuum``, app/services/
+    # deletion.py). An older database keeps its mode until a one-off ``VACUUM``.
+    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.routes import responses
 from app.schemas import DatasetOut, DatasetPage, DatasetSummary, error_responses
 from app.services import datasets as service
+from app.services import deletion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -50,3 +51,11 @@ def list_datasets(session: SessionDep, tenant: TenantDep,
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetOut:
     return DatasetOut.of(service.get(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=error_responses(404, 409))
+def delete_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """Removes the dataset and its blob. A queued or running job or a running experiment
+    that reads it gets 409 naming them; finished jobs keep their results and exports."""
+    deletion.delete_dataset(session, tenant, dataset_id)
+    return Response(status_code=204)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Response
 
 from app import experiment_spec as e
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.routes import responses
 from app.schemas import ExperimentOut, ExperimentPage, JobItem, JobListPage, error_responses
+from app.services import deletion
 from app.services import experiments as service
 from app.statuses import ExperimentStatus
 
@@ -70,3 +71,11 @@ def cancel_experiment(experiment_id: str, session: SessionDep,
     """Cancels every child: queued ones at once, running ones at the next batch boundary."""
     exp = service.cancel(session, tenant, experiment_id)
     return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
+
+
+@router.delete("/{experiment_id}", status_code=204, responses=error_responses(404, 409))
+def delete_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """Removes the experiment with every child job (metrics, events, checkpoints, model
+    exports). A running experiment, or one whose children are still stopping, gets 409."""
+    deletion.delete_experiment(session, tenant, experiment_id)
+    return Response(status_code=204)

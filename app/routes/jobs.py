@@ -19,7 +19,7 @@ from app.schemas import (
     MetricsPage,
     error_responses,
 )
-from app.services import checkpoint_files
+from app.services import checkpoint_files, deletion
 from app.services import jobs as service
 from app.spec import JobSpec
 from app.statuses import JobStatus
@@ -90,6 +90,15 @@ def _etags(header: str) -> set[str]:
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     """Queued: cancelled at once. Running: stops at the next batch boundary."""
     return JobOut.of(service.cancel(session, tenant, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, responses=error_responses(404, 409))
+def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """Removes the job with its metrics, events, checkpoints and model export. A queued or
+    running job gets 409 (cancel it first); so does an experiment's child (delete the
+    experiment)."""
+    deletion.delete_job(session, tenant, job_id)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)

@@ -1,0 +1,121 @@
+"""Deleting a tenant's jobs, experiments and datasets: rows, metrics, events, checkpoints
+and blobs go in one transaction (the foreign keys cascade from the row deleted).
+
+What is still in use is refused with 409 and the reason, never deleted under a worker:
+a queued or running job (cancel it first), a running experiment or one whose children have
+not all stopped, an experiment's child on its own (delete the experiment), and a dataset a
+queued or running job, or a running experiment, reads. Each delete re-checks its condition
+in the DELETE statement itself, so a change between the check and the delete cannot slip
+through. Another tenant's id answers 404, as a missing one does.
+
+Space: on Postgres the deleted rows' space (blobs live in TOAST) is reused by later writes
+once autovacuum has passed, and is returned to the operating system only by ``VACUUM
+FULL``. On the embedded SQLite database (created with ``auto_vacuum=INCREMENTAL``) the freed
+pages are handed back to the file system right after each delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session
+
+from app import repository as repo
+from app.errors import Conflict
+from app.models import Dataset, Experiment, Job
+from app.services import dataset_refs
+from app.services import experiments as experiment_service
+from app.services import jobs as job_service
+from app.services.rows import found
+from app.statuses import ACTIVE, ExperimentStatus
+
+SHOWN_IDS = 10  # a 409 names at most this many of the jobs in the way
+
+
+def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
+    job = job_service.get(session, tenant_id, job_id)
+    if job.experiment_id is not None:
+        raise Conflict(f"job '{job_id}' is a child of experiment '{job.experiment_id}': "
+                       "delete the experiment")
+    if job.status in ACTIVE:
+        raise Conflict(f"job '{job_id}' is {job.status}: cancel it (POST "
+                       f"/v1/jobs/{job_id}/cancel) and delete it once it has stopped")
+    gone = session.execute(delete(Job).where(Job.id == job_id, Job.status.notin_(ACTIVE)))
+    _commit_one(session, gone, f"job '{job_id}' changed while it was being deleted; retry")
+
+
+def delete_experiment(session: Session, tenant_id: str, experiment_id: str) -> None:
+    exp = found(repo.get_experiment(session, tenant_id, experiment_id), "experiment",
+                experiment_id)
+    if exp.status == ExperimentStatus.RUNNING:
+        raise Conflict(f"experiment '{experiment_id}' is running: cancel it (POST "
+                       f"/v1/experiments/{experiment_id}/cancel) and delete it once its "
+                       "children have stopped")
+    active = _active_children(session, experiment_id)
+    if active:
+        raise Conflict(f"experiment '{experiment_id}' still has {len(active)} children "
+                       f"stopping: {_names(active)}; delete it once they have stopped")
+    still_active = exists().where(Job.experiment_id == Experiment.id, Job.status.in_(ACTIVE))
+    gone = session.execute(delete(Experiment).where(
+        Experiment.id == experiment_id, Experiment.status != ExperimentStatus.RUNNING,
+        ~still_active))
+    _commit_one(session, gone, f"experiment '{experiment_id}' changed while it was being "
+                               "deleted; retry")
+
+
+def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> None:
+    found(repo.get_dataset(session, tenant_id, dataset_id), "dataset", dataset_id)
+    readers = dataset_readers(session, tenant_id, dataset_id)
+    if readers:
+        raise Conflict(f"dataset '{dataset_id}' is read by {len(readers)} queued or running "
+                       f"jobs or experiments: {_names(readers)}; delete it once they end")
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id,
+                                          Dataset.tenant_id == tenant_id))
+    session.commit()
+    reclaim_space(session)
+
+
+def dataset_readers(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
+    """The tenant's queued or running jobs and running experiments that read the dataset.
+    Both sets are small: a tenant's active jobs are capped by ``max_concurrent_jobs``."""
+    jobs = session.execute(select(Job.id, Job.spec).where(
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))).all()
+    readers = [job_id for job_id, spec in jobs
+               if dataset_refs.source_dataset(spec) == dataset_id]
+    running = session.execute(select(Experiment.id, Experiment.request).where(
+        Experiment.tenant_id == tenant_id, Experiment.status == ExperimentStatus.RUNNING)).all()
+    for exp_id, request in running:
+        exp = experiment_service.parse(request)
+        if any(ref == dataset_id for _, ref in dataset_refs.references(exp)):
+            readers.append(exp_id)
+    return readers
+
+
+def _active_children(session: Session, experiment_id: str) -> Sequence[str]:
+    return session.scalars(select(Job.id).where(Job.experiment_id == experiment_id,
+                                                Job.status.in_(ACTIVE))).all()
+
+
+def _names(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+
+
+def _commit_one(session: Session, result: Any, raced: str) -> None:
+    if result.rowcount != 1:
+        session.rollback()
+        raise Conflict(raced)
+    session.commit()
+    reclaim_space(session)
+
+
+def reclaim_space(session: Session) -> None:
+    """SQLite: hand the freed pages back to the file system (a no-op unless the database
+    was created with auto_vacuum=INCREMENTAL). Postgres reuses the space after autovacuum."""
+    if session.get_bind().dialect.name == "sqlite":
+        # The pragma frees one page per step, and sqlite3's execute() steps a statement
+        # that returns no row only once: executescript() runs it to the end.
+        raw = session.connection().connection.dbapi_connection
+        raw.executescript("PRAGMA incremental_vacuum;")  # type: ignore[union-attr]
+        session.commit()
