@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.statuses import ExperimentStatus, FailureReason, JobStatus
+from app.statuses import ExperimentStatus, FailureReason, JobStatus, ModelStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -136,6 +136,28 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     # the last event's sequence number; bumped by the triggers of migration 0006
     event_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # its ONNX export (migration 0007): null until asked for (a job that succeeded before
+    # exports existed), pending from the fenced success write on, then ready or failed
+    model_status: Mapped[ModelStatus | None] = mapped_column(StrEnumColumn(ModelStatus, 16))
+    model_error: Mapped[str | None] = mapped_column(Text)
+    model_updated_at: Mapped[datetime | None]
+
+
+class ModelExport(Base):
+    """A succeeded job's model: the ONNX graph and the weights, each with its sha256, and
+    model.json (``app.training.manifest.ModelManifest``)."""
+
+    __tablename__ = "model_exports"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    onnx: Mapped[bytes] = mapped_column(LargeBinary)
+    onnx_sha256: Mapped[str] = mapped_column(String(64))
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]]
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
 
 
 class Metric(Base):

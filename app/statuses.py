@@ -34,6 +34,13 @@ class FailureReason(StrEnum):
     NO_WORKER = "no_worker"  # no live worker serves its queue
 
 
+class ModelStatus(StrEnum):
+    """A succeeded job's ONNX export (``jobs.model_status``)."""
+
+    PENDING = "pending"  # a worker exports it (predict and downloads answer 409, Retry-After)
+    READY = "ready"
+    FAILED = "failed"  # with the reason (``jobs.model_error``)
+
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job that holds a slot of its tenant
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
