@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
+from functools import lru_cache
 from typing import Any
 
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from app.observability import HTTP_REQUESTS, HTTP_SECONDS
 
@@ -13,19 +15,24 @@ from app.observability import HTTP_REQUESTS, HTTP_SECONDS
 def route_template(app: Any, scope: dict[str, Any]) -> str:
     """The matched route's path template (``/v1/jobs/{job_id}``), never the raw path, so a
     label has as many values as the API has routes. A request the router never reached
-    (refused by the gate) is matched here; a path no route serves is ``unmatched``."""
+    (refused by the gate) is matched against the documented paths; a path the API does not
+    serve is ``unmatched``."""
     route = scope.get("route")
-    if route is None:
-        partial = None
-        for candidate in app.router.routes:
-            match = candidate.matches(scope)[0]
-            if match is Match.FULL:
-                route = candidate
-                break
-            if match is Match.PARTIAL and partial is None:  # the path, another method
-                partial = candidate
-        route = route or partial
-    return str(getattr(route, "path", "unmatched"))
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    path = scope["path"]
+    return next((template for pattern, template in _templates(app) if pattern.match(path)),
+                "unmatched")
+
+
+@lru_cache(maxsize=8)
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    """Every documented path, in the router's order (the OpenAPI document is cached)."""
+    return [(compile_path(template)[0], template) for template in app.openapi()["paths"]]
+
+
+# Any token is a valid method on the wire; a label takes only these (the rest are "other").
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class HttpMetrics:
@@ -41,17 +48,18 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started, api = time.perf_counter(), scope["app"]
+        method = scope["method"] if scope["method"] in METHODS else "other"
         status = 500  # unless a response starts: an escaping error is answered 500 outside
 
         async def timed_send(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                HTTP_SECONDS.labels(scope["method"], route_template(api, scope)).observe(
+                HTTP_SECONDS.labels(method, route_template(api, scope)).observe(
                     time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            HTTP_REQUESTS.labels(scope["method"], route_template(api, scope), str(status)).inc()
+            HTTP_REQUESTS.labels(method, route_template(api, scope), str(status)).inc()

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 REQUEST_ID_HEADER = b"x-request-id"
@@ -81,12 +81,21 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def formatter_config(fmt: str) -> dict[str, Any]:
+def formatter(fmt: str) -> logging.Formatter:
     if fmt == "json":
-        return {"()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": ["levelname", "name", "message"], "timestamp": True,
-                "rename_fields": {"levelname": "level", "name": "logger"}}
-    return {"format": TEXT_FORMAT, "datefmt": "%H:%M:%S"}
+        from pythonjsonlogger.json import JsonFormatter  # only where JSON is asked for
+
+        return JsonFormatter(["levelname", "name", "message"], timestamp=True,
+                             rename_fields={"levelname": "level", "name": "logger"})
+    return logging.Formatter(TEXT_FORMAT, "%H:%M:%S")
+
+
+def handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    """Our handler: ``fmt`` (text or json) to ``stream`` (stderr), ids attached."""
+    out = logging.StreamHandler(stream)
+    out.setFormatter(formatter(fmt))
+    out.addFilter(ContextFilter())
+    return out
 
 
 def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
@@ -95,11 +104,7 @@ def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"trainyard_context": {"()": "app.logs.ContextFilter"}},
-        "formatters": {"trainyard": formatter_config(fmt)},
-        "handlers": {"trainyard": {"class": "logging.StreamHandler", "formatter": "trainyard",
-                                   "filters": ["trainyard_context"],
-                                   "stream": "ext://sys.stderr"}},
+        "handlers": {"trainyard": {"()": "app.logs.handler", "fmt": fmt}},
         "root": {"handlers": ["trainyard"], "level": level},
         "loggers": {name: {"level": "WARNING"} for name in QUIET},
     }
@@ -107,6 +112,7 @@ def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
 
 def configure(fmt: str, level: str = "INFO") -> None:
     logging.config.dictConfig(logging_config(fmt, level))
+    logging.captureWarnings(True)  # a library's warning is a record too (JSON in JSON mode)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

@@ -92,9 +92,7 @@ def api_log_config() -> dict[str, Any]:
     if fmt == "json":
         loggers |= {name: {"handlers": [], "level": "INFO", "propagate": True}
                     for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
-    return {**LOGGING_CONFIG, "filters": ours["filters"],
-            "formatters": {**LOGGING_CONFIG["formatters"], **ours["formatters"]},
-            "handlers": {**LOGGING_CONFIG["handlers"], **ours["handlers"]},
+    return {**LOGGING_CONFIG, "handlers": {**LOGGING_CONFIG["handlers"], **ours["handlers"]},
             "root": ours["root"], "loggers": loggers}
 
 
@@ -124,6 +122,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = ["worker", f"--queues={queues}", f"--concurrency={args.concurrency}",
             f"--pool={args.pool}", "--loglevel=INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", f"--hostname={args.hostname}"]
+    if get_settings().log_format == "json":
+        argv.insert(0, "--quiet")  # Celery's banner is not a record: every line stays JSON
     celery.worker_main(argv)
     return 0
 
@@ -223,7 +223,7 @@ def _demo(url: str, key: str, stop: dict[str, bool]) -> None:
 
     from trainyard.client import Client, wait_ready, watch
 
-    client = Client(url, key)
+    client = Client(url, key, attempts=3, retry_timeout=5)  # Ctrl-C must not wait on retries
     if not wait_ready(client, stop):
         return
     spec = json.loads((ROOT / "examples" / "digits.json").read_text())
