@@ -25,6 +25,8 @@ from app.logs import RequestId
 from app.routes import catalog, compare, datasets, experiments, health, jobs
 from app.routes import events as event_routes
 from app.routes import metrics as metrics_route
+from app.routes import plots as plot_routes
+from app.routes import ui
 from app.schemas import V1_ERRORS
 from app.services import keys
 from app.services.workers import watch_queues
@@ -257,6 +259,8 @@ def create_app() -> FastAPI:
     for module in (jobs, experiments, datasets, catalog, compare):  # every /v1 route needs a key
         app.include_router(module.router, responses=V1_ERRORS)
     app.include_router(event_routes.router, responses=V1_ERRORS)  # SSE; needs a key too
+    app.include_router(plot_routes.router, responses=V1_ERRORS)  # images; a key too
+    ui.mount(app)  # the dashboard's static files at /ui (it sends the key per request)
     app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(Gate, limits=settings.limits)
