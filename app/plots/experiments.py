@@ -212,17 +212,18 @@ def decomposition(res: r.BiasVarianceResult, fmt: Format) -> bytes:
 
 def sharpness(res: r.BatchSizeResult, fmt: Format) -> bytes:
     xs = list(range(len(res.curve)))
-    panels = [("gap", "Generalization gap in loss (test minus training)",
+    panels = [("gap", "Generalization gap", "Test loss minus training loss",
                [-c.generalization_gap.get("loss", NAN) for c in res.curve]),
-              ("hessian", "Top Hessian eigenvalue (curvature at the minimum)",
+              ("hessian", "Curvature at the minimum", "Top Hessian eigenvalue",
                [c.hessian_top_eigenvalue for c in res.curve]),
-              ("epsilon_sharpness", "ε-sharpness (loss rise within a small step)",
+              ("epsilon_sharpness", "Sharpness", "Loss rise within a small step (ε)",
                [c.epsilon_sharpness for c in res.curve])]
 
     def build(axes: list[Axes]) -> None:
-        for ax, (name, label, values) in zip(axes, panels, strict=True):
+        for ax, (name, title, label, values) in zip(axes, panels, strict=True):
             series(ax.plot(xs, values, marker="o"), name)
             ax.set_xticks(xs, [str(c.batch_size) for c in res.curve])
+            ax.set_title(title, fontsize=10)
             ax.set_xlabel("Batch size (rows per step)")
             ax.set_ylabel(label)
 

@@ -151,36 +151,38 @@ async function experimentsPage() {
 const CHARTS = [
   { metric: "loss", title: "Loss (lower is better)" },
   { metric: "main", title: "" },  // accuracy or RMSE, by the job's task
-  { metric: "lr", title: "Learning rate" },
-  { metric: "grad_norm", title: "Gradient norm" },
+  { metric: "lr", title: "Learning rate", trainOnly: true },  // logged for training only
+  { metric: "grad_norm", title: "Gradient norm", trainOnly: true },
 ];
 
 // One chart: epochs on x, a training and a validation series, redrawn as points arrive.
 class LiveChart {
-  constructor(metric, title, container) {
+  constructor(metric, title, container, trainOnly) {
     this.metric = metric;
-    this.points = { train: new Map(), val: new Map() };
+    this.points = trainOnly ? { train: new Map() } : { train: new Map(), val: new Map() };
     this.box = el("div", { class: "chart", "data-chart": metric, "data-points": 0 },
       el("h3", {}, title));
     container.append(this.box);
+    const lines = [{ label: "training data", stroke: "#2e6fd8", width: 2, points: { show: true } },
+      { label: "validation data", stroke: "#e07b00", width: 2, dash: [6, 4],
+        points: { show: true } }].slice(0, Object.keys(this.points).length);
     this.plot = new uPlot({
       width: 520, height: 240,
       scales: { x: { time: false } },
-      axes: [{ label: "Epoch" }, { label: title }],
-      series: [{ label: "epoch" },
-        { label: "training data", stroke: "#2e6fd8", width: 2, points: { show: true } },
-        { label: "validation data", stroke: "#e07b00", width: 2, dash: [6, 4],
-          points: { show: true } }],
-    }, [[], [], []], this.box);
+      axes: [{ label: "Epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] },
+        { label: title }],
+      series: [{ label: "epoch" }, ...lines],
+    }, [[], ...lines.map(() => [])], this.box);
   }
 
   add(split, epoch, value) {
     if (!(split in this.points)) return;
     this.points[split].set(epoch, value);
-    const epochs = [...new Set([...this.points.train.keys(), ...this.points.val.keys()])]
+    const splits = Object.keys(this.points);
+    const epochs = [...new Set(splits.flatMap((s) => [...this.points[s].keys()]))]
       .sort((a, b) => a - b);
-    const column = (split) => epochs.map((e) => this.points[split].get(e) ?? null);
-    this.plot.setData([epochs, column("train"), column("val")]);
+    const column = (s) => epochs.map((e) => this.points[s].get(e) ?? null);
+    this.plot.setData([epochs, ...splits.map(column)]);
     this.box.dataset.points = String(epochs.length);
   }
 }
@@ -250,7 +252,7 @@ async function jobPage(jobId) {
     const metric = chart.metric === "main" ? main : chart.metric;
     const title = chart.metric === "main"
       ? (main === "accuracy" ? "Accuracy (fraction right)" : "RMSE (typical error)") : chart.title;
-    byMetric[metric] = new LiveChart(metric, title, charts);
+    byMetric[metric] = new LiveChart(metric, title, charts, chart.trainOnly);
   }
   const control = new AbortController();
   leaving.push(() => control.abort());
@@ -289,10 +291,11 @@ async function jobResults(jobId, box) {
         c.download, `${jobId}-epoch${c.epoch}.safetensors`))));
   }
   const plots = (await json(`/v1/jobs/${encodeURIComponent(jobId)}/plots`)).plots;
-  if (job.summary) {
-    parts.push(el("h2", {}, "Plots"), el("p", { class: "downloads" },
-      plots.map((p) => downloadLink(`${p.name.replaceAll("_", " ")} (PNG)`, p.png,
+  parts.push(el("h2", {}, "Plots (drawn by the server)"), el("p", { class: "downloads" },
+    plots.filter((p) => job.summary || p.name !== "confusion_matrix")
+      .map((p) => downloadLink(`${p.name.replaceAll("_", " ")} (PNG)`, p.png,
         `${jobId}-${p.name}.png`))));
+  if (job.summary) {
     if (plots.some((p) => p.name === "confusion_matrix")) {
       const holder = el("div", { class: "plot", "data-plot": "confusion_matrix" });
       parts.push(holder);
@@ -328,7 +331,7 @@ async function experimentPage(expId) {
   view.replaceChildren(
     el("h1", {}, exp.name || exp.id, " ", el("span", { class: "muted" }, exp.kind.replaceAll("_", " "))),
     el("p", {}, status, ` ${exp.progress.done}/${exp.progress.total} children done`),
-    exp.error ? el("p", { class: "error" }, exp.error) : null,
+    el("p", { class: "error" }, exp.error || ""),
     el("h2", {}, "Plots"), plotsBox,
     el("h2", {}, "Children"), el("table", { id: "children" }, el("thead", {}, el("tr", {},
       ["Job", "Role", "Status", "Result"].map((h) => el("th", {}, h)))), children));
