@@ -190,6 +190,15 @@ class ExperimentCursor:
 Cursor = JobCursor | ExperimentCursor
 
 
+@dataclass(frozen=True)
+class Stream:
+    """A stream to serve: where it starts, and whether nothing can follow (the subject
+    ended and everything up to its end was delivered before this reconnect)."""
+
+    cursor: Cursor
+    complete: bool
+
+
 # ------------------------------------------------------------------ opening a stream
 
 EVENT_ID = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})*")
@@ -209,20 +218,22 @@ def _numbers(last_event_id: str | None) -> list[int]:
 
 
 def open_job_stream(session: Session, *, tenant_id: str, job_id: str,
-                    last_event_id: str | None) -> JobCursor:
-    """The cursor to stream a job from: its start, or just after ``Last-Event-ID``."""
+                    last_event_id: str | None) -> Stream:
+    """A job's stream from its start, or just after ``Last-Event-ID``."""
     job = found(repo.get_job(session, tenant_id, job_id), "job", job_id)
     numbers = _numbers(last_event_id)
     if len(numbers) != 1:
         raise _refused("is an experiment stream's id, not a job's")
     if numbers[0] > job.event_seq:
         raise _refused(f"is past the job's last event ({job.event_seq})")
-    return JobCursor(job.id, numbers[0])
+    cursor = JobCursor(job.id, numbers[0])
+    return Stream(cursor, cursor.finished(store.heads(session, [Subject("job", job.id)])))
 
 
 def open_experiment_stream(session: Session, *, tenant_id: str, experiment_id: str,
-                           last_event_id: str | None) -> ExperimentCursor:
-    """The cursor to stream an experiment (and its children) from."""
+                           last_event_id: str | None) -> Stream:
+    """An experiment's stream (its children's events included), from its start or just
+    after ``Last-Event-ID``."""
     exp = found(repo.get_experiment(session, tenant_id, experiment_id), "experiment",
                 experiment_id)
     own, *child_seqs = _numbers(last_event_id)
@@ -232,9 +243,11 @@ def open_experiment_stream(session: Session, *, tenant_id: str, experiment_id: s
     if len(child_seqs) > len(children):
         raise _refused(f"names {len(child_seqs)} children; {len(children)} were announced")
     child_seqs += [0] * (len(children) - len(child_seqs))
-    heads = store.heads(session, [Subject("job", c) for c in children])
+    heads = store.heads(session, [Subject("experiment", exp.id),
+                                  *(Subject("job", c) for c in children)])
     for child, seq in zip(children, child_seqs, strict=True):
         head = heads.get(Subject("job", child))
         if head is not None and seq > head.seq:
             raise _refused(f"is past child {child}'s last event ({head.seq})")
-    return ExperimentCursor(exp.id, own, children, child_seqs)
+    cursor = ExperimentCursor(exp.id, own, children, child_seqs)
+    return Stream(cursor, cursor.finished(heads))

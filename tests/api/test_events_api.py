@@ -31,9 +31,12 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def read(client: httpx.Client, path: str, last_id: str | None = None) -> list[ServerSentEvent]:
-    """Every event of a stream (the server ends it), comments and the retry hint left out."""
+    """Every event of a stream (the server ends it), comments and the retry hint left out;
+    none when the server answers 204 (nothing can follow ``last_id``)."""
     headers = {"Last-Event-ID": last_id} if last_id is not None else {}
     with connect_sse(client, "GET", path, headers=headers) as source:
+        if source.response.status_code == 204:
+            return []
         assert source.response.status_code == 200, source.response.read()
         return [e for e in source.iter_sse() if e.data]
 
@@ -82,6 +85,9 @@ def test_resuming_a_job_stream_from_any_id_delivers_exactly_the_rest(client: Tes
     for k, event in enumerate(events):
         rest = read(client, f"/v1/jobs/{job_id}/events", last_id=event.id)
         assert [(e.id, e.data) for e in rest] == [(e.id, e.data) for e in events[k + 1:]]
+    # after the end, a reconnect is told there is nothing more (an EventSource stops)
+    ended = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": events[-1].id})
+    assert ended.status_code == 204 and ended.content == b""
 
 
 def make_experiment(client: TestClient) -> tuple[str, list[str]]:
@@ -119,6 +125,8 @@ def test_resuming_an_experiment_stream_delivers_exactly_the_rest(client: TestCli
     with session_scope() as s:
         repo.cancel_experiment(s, repo.get_experiment(s, "alice", exp_id), utcnow())  # type: ignore[arg-type]
     events = read(client, f"/v1/experiments/{exp_id}/events")
+    assert client.get(f"/v1/experiments/{exp_id}/events",
+                      headers={"Last-Event-ID": events[-1].id}).status_code == 204
     for k, event in enumerate(events):
         rest = read(client, f"/v1/experiments/{exp_id}/events", last_id=event.id)
         expected = [subject_seq(e) for e in events[k + 1:]]
