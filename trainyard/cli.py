@@ -1,5 +1,5 @@
 """The ``trainyard`` command: run the service (api, worker, migrate, run) and use it
-(submit, watch, jobs, show, keys)."""
+(submit, watch, jobs, experiments, show, metrics, keys)."""
 
 # The composition root: the one module that may import both ``app`` and ``worker``. It does
 # so only inside the commands that need them, so ``trainyard --help`` and the client
@@ -258,38 +258,97 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _watch(client: Client, resource_id: str) -> int:
-    """Exit status 0 only when the job or experiment succeeded."""
+    """Exit status 0 only when the job or experiment succeeded. A terminal gets rich's
+    progress bar; a pipe gets a line per epoch."""
     from trainyard.client import is_experiment_id, watch, watch_experiment
 
-    follow = watch_experiment if is_experiment_id(resource_id) else watch
-    return 0 if follow(client, resource_id) == "succeeded" else 1
+    view = None
+    if sys.stdout.isatty():
+        from trainyard.display import ProgressView
+
+        view = ProgressView()
+    if is_experiment_id(resource_id):
+        return 0 if watch_experiment(client, resource_id, view=view) == "succeeded" else 1
+    return 0 if watch(client, resource_id, view=view) == "succeeded" else 1
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     page = _client().list_jobs(status=args.status, limit=args.limit)
-    for job in page["items"]:
-        test = (job.get("summary") or {}).get("test", {})
-        score = " ".join(f"{k}={v:.4f}" for k, v in test.items() if k != "loss")
-        print(f"{job['id']}  {job['status']:<9} {job['progress']['epoch']:>4}/"
-              f"{job['progress']['total']:<4} {job['name'][:30]:<30} {score}")
+    if args.json:
+        print_json(page)
+        return 0
+    from trainyard.display import console, jobs_table
+
+    console().print(jobs_table(page["items"]))
     return 0
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from trainyard.client import headline
-
     page = _client().list_experiments(status=args.status, kind=args.kind, limit=args.limit)
-    for exp in page["items"]:
-        progress = exp["progress"]
-        done = f"{progress['done']}/{progress['total']}"
-        summary = headline(exp) if exp["status"] != "running" else ""
-        print(f"{exp['id']}  {exp['status']:<9} {done:>7} {exp['kind']:<20} "
-              f"{exp['name'][:30]:<30} {summary}")
+    if args.json:
+        print_json(page)
+        return 0
+    from trainyard.display import console, experiments_table
+
+    console().print(experiments_table(page["items"]))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_client().get(args.id), indent=2))
+    resource = _client().get(args.id)
+    if args.json:
+        print_json(resource)
+        return 0
+    from trainyard.display import console, resource_table
+
+    console().print(resource_table(resource))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Every metric point of a job: a table of epochs, or CSV / JSON for other tools."""
+    points = _all_points(_client(), args.id)
+    points = [p for p in points if (not args.split or p["split"] in args.split)
+              and (not args.name or p["name"] in args.name)]
+    if args.json:
+        print_json(points)
+        return 0
+    from trainyard.display import console, metrics_table, write_metrics_csv
+
+    if args.csv:
+        write_metrics_csv(points, sys.stdout)
+    else:
+        console().print(metrics_table(points))
+    return 0
+
+
+def _all_points(client: Client, job_id: str) -> list[dict[str, Any]]:
+    """Page through the job's points with the API's cursor until a page comes back empty."""
+    points: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.metrics(job_id, after)
+        if not page["points"]:
+            return points
+        points.extend(page["points"])
+        after = page["next_after"]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Save a plot drawn by the server; the format follows -o's suffix (.svg or .png)."""
+    out = Path(args.output) if args.output else None
+    fmt = out.suffix.lower().lstrip(".") if out else "svg"
+    if fmt not in ("svg", "png"):
+        print(f"trainyard plot: -o must end in .svg or .png, not '{out}'", file=sys.stderr)
+        return 2
+    name, image = _client().plot(args.id, args.name, fmt)
+    out = out or Path(f"{args.id}-{name}.{fmt}")
+    out.write_bytes(image)
+    print(out)
     return 0
 
 
@@ -302,6 +361,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return 2
         key_id, key = admin.create_key(args.tenant)
         print(f"{key_id}  tenant={args.tenant}\n{key}\n(shown once; store it now)")
+    elif args.action == "list" and args.json:
+        print_json([{"id": k.id, "tenant": k.tenant_id, "revoked": k.revoked,
+                     "created_at": k.created_at.isoformat()} for k in admin.list_keys()])
     elif args.action == "list":
         for k in admin.list_keys():
             state = "revoked" if k.revoked else "active"
@@ -355,19 +417,37 @@ def parser() -> argparse.ArgumentParser:
     jb = command("jobs", "list jobs")
     jb.add_argument("--status")
     jb.add_argument("--limit", type=int, default=20)
+    jb.add_argument("--json", action="store_true", help="the API's page as JSON")
     jb.set_defaults(func=cmd_jobs)
     ex = command("experiments", "list experiments")
     ex.add_argument("--status")
     ex.add_argument("--kind")
     ex.add_argument("--limit", type=int, default=20)
+    ex.add_argument("--json", action="store_true", help="the API's page as JSON")
     ex.set_defaults(func=cmd_experiments)
-    sh = command("show", "one job or experiment as JSON")
+    sh = command("show", "one job or experiment (a table; --json: all of it)")
     sh.add_argument("id", help="job_... or exp_...")
+    sh.add_argument("--json", action="store_true", help="the API's object as JSON")
     sh.set_defaults(func=cmd_show)
     ks = command("keys", "API keys: create TENANT | list | revoke KEY_ID")
     ks.add_argument("action", choices=["create", "list", "revoke"])
     ks.add_argument("tenant", nargs="?", help="tenant (create) or key id (revoke)")
+    ks.add_argument("--json", action="store_true", help="list: the keys as JSON")
     ks.set_defaults(func=cmd_keys)
+    mt = command("metrics", "a job's metrics by epoch (a table; --csv or --json for tools)")
+    mt.add_argument("id", help="job_...")
+    mt.add_argument("--split", action="append", help="only this split (repeatable)")
+    mt.add_argument("--name", action="append", help="only this metric (repeatable)")
+    shape = mt.add_mutually_exclusive_group()
+    shape.add_argument("--csv", action="store_true", help="CSV: epoch, then split_name columns")
+    shape.add_argument("--json", action="store_true", help="the points as JSON")
+    mt.set_defaults(func=cmd_metrics)
+    pl = command("plot", "save a job's or an experiment's plot as SVG or PNG")
+    pl.add_argument("id", help="job_... or exp_...")
+    pl.add_argument("name", nargs="?", help="which plot (default: the first; a wrong name "
+                    "lists them: loss, metric, lr, grad_norm, confusion_matrix for a job)")
+    pl.add_argument("-o", "--output", help="file.svg or file.png (default: ID-NAME.svg)")
+    pl.set_defaults(func=cmd_plot)
     return p
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import stamina
@@ -130,6 +130,18 @@ class Client:
         return self._check(self.send("GET", f"/v1/jobs/{job_id}/metrics",
                                      params={"after": after}))
 
+    def plot(self, resource_id: str, name: str | None, fmt: str) -> tuple[str, bytes]:
+        """A job's or an experiment's plot as SVG or PNG bytes, with its name (without a
+        name: the first plot the API lists for it)."""
+        kind = "experiments" if is_experiment_id(resource_id) else "jobs"
+        base = f"/v1/{kind}/{resource_id}/plots"
+        if name is None:
+            name = str(self._check(self.send("GET", base))["plots"][0]["name"])
+        response = self.send("GET", f"{base}/{name}.{fmt}")
+        if response.status_code >= 400:
+            self._check(response)  # raises with the API's message (a bad name lists the names)
+        return name, response.content
+
 
 def is_experiment(body: dict[str, Any]) -> bool:
     return "kind" in body  # a job spec has no top-level kind; every experiment has one
@@ -164,28 +176,63 @@ def _latest(points: list[dict[str, Any]], latest: dict[str, float]) -> None:
 SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "train_lr")
 
 
-def watch(client: Client, job_id: str, stop: dict[str, bool] | None = None,
-          interval: float = 0.5) -> str:
-    """Poll status and new metric points until the job ends; returns the final status."""
-    after, tty = 0, sys.stdout.isatty()
-    latest: dict[str, float] = {}
-    last_epoch = -1
-    while True:
-        page = client.metrics(job_id, after)
-        _latest(page["points"], latest)
-        after = page["next_after"]
-        job = client.get_job(job_id)
+class WatchView(Protocol):
+    """What ``watch`` and ``watch_experiment`` tell about progress as it changes."""
+
+    def job(self, job: dict[str, Any], latest: dict[str, float]) -> None: ...
+
+    def experiment(self, exp: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LineView:
+    """How ``watch`` shows progress without rich: a line per epoch (or per children done),
+    or one line redrawn in place on a terminal. The CLI passes its rich view instead; any
+    ``WatchView`` will do."""
+
+    def __init__(self) -> None:
+        self.tty, self.last_epoch = sys.stdout.isatty(), -1
+        self.last_done: tuple[int, int] | None = None
+
+    def job(self, job: dict[str, Any], latest: dict[str, float]) -> None:
         epoch, total = job["progress"]["epoch"], job["progress"]["total"]
-        if epoch != last_epoch or tty:
+        if epoch != self.last_epoch or self.tty:
             shown = "  ".join(f"{k} {latest[k]:.4g}" for k in SHOWN if k in latest)
             line = f"[{_bar(epoch, total)}] {job['status']:<9} epoch {epoch}/{total}  {shown}"
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-            last_epoch = epoch
-        if job["status"] in TERMINAL or (stop is not None and stop["now"]):
-            break
-        time.sleep(interval)
-    if tty:
-        print()
+            print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+            self.last_epoch = epoch
+
+    def experiment(self, exp: dict[str, Any]) -> None:
+        done, total = exp["progress"]["done"], exp["progress"]["total"]
+        if (done, total) != self.last_done:
+            print(f"[{_bar(done, total)}] {exp['status']:<9} {done}/{total} children done",
+                  flush=True)
+            self.last_done = (done, total)
+
+    def close(self) -> None:
+        if self.tty and self.last_epoch >= 0:
+            print()
+
+
+def watch(client: Client, job_id: str, stop: dict[str, bool] | None = None,
+          interval: float = 0.5, view: WatchView | None = None) -> str:
+    """Poll status and new metric points until the job ends; returns the final status."""
+    view = view or LineView()
+    after = 0
+    latest: dict[str, float] = {}
+    try:
+        while True:
+            page = client.metrics(job_id, after)
+            _latest(page["points"], latest)
+            after = page["next_after"]
+            job = client.get_job(job_id)
+            view.job(job, latest)
+            if job["status"] in TERMINAL or (stop is not None and stop["now"]):
+                break
+            time.sleep(interval)
+    finally:
+        view.close()
     _print_outcome(job)
     return str(job["status"])
 
@@ -203,20 +250,19 @@ def _print_outcome(job: dict[str, Any]) -> None:
         print(f"{job['id']} {job['status']}", flush=True)
 
 
-def watch_experiment(client: Client, experiment_id: str, interval: float = 1.0) -> str:
+def watch_experiment(client: Client, experiment_id: str, interval: float = 1.0,
+                     view: WatchView | None = None) -> str:
     """Poll an experiment until it ends, printing its progress; returns the final status."""
-    last: tuple[int, int] | None = None
-    while True:
-        exp = client.get_experiment(experiment_id)
-        progress = exp["progress"]
-        done, total = progress["done"], progress["total"]
-        if (done, total) != last:
-            print(f"[{_bar(done, total)}] {exp['status']:<9} {done}/{total} children done",
-                  flush=True)
-            last = (done, total)
-        if exp["status"] != "running":
-            break
-        time.sleep(interval)
+    view = view or LineView()
+    try:
+        while True:
+            exp = client.get_experiment(experiment_id)
+            view.experiment(exp)
+            if exp["status"] != "running":
+                break
+            time.sleep(interval)
+    finally:
+        view.close()
     print(f"{exp['id']} {exp['status']}: {headline(exp)}", flush=True)
     return str(exp["status"])
 

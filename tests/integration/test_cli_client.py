@@ -36,8 +36,8 @@ def test_cli_submits_watches_lists_and_shows(embedded: Stack, tmp_path: Path) ->
 
     listing = embedded.cli("experiments", "--kind", "cross_validation")
     assert re.search(rf"{exp_id}\s+succeeded\s+2/2\s+cross_validation\s+cli-cv", listing)
-    assert json.loads(embedded.cli("show", exp_id))["result"]["val"]["accuracy"]["n"] == 2
-    assert json.loads(embedded.cli("show", job_id))["name"] == "cli-job"
+    assert json.loads(embedded.cli("show", exp_id, "--json"))["result"]["val"]["accuracy"]["n"] == 2
+    assert json.loads(embedded.cli("show", job_id, "--json"))["name"] == "cli-job"
     assert job_id in embedded.cli("jobs", "--status", "succeeded")
 
 
