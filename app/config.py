@@ -53,6 +53,10 @@ class Limits(BaseSettings):
     # One stage's child specs as JSON, summed (checked from sizes before any is built): a large
     # value swept against many others would otherwise be copied into every child it meets.
     max_experiment_spec_bytes: int = 64 * 1024 * 1024
+    # POST /v1/jobs/{id}/predict: rows per request, and its own body cap (a digits row is ~1 KB
+    # of JSON: 16 MiB holds max_predict_rows of 64 features with room to spare)
+    max_predict_rows: int = 10_000
+    max_predict_bytes: int = 16 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
     events_max_streams: int = Field(default=1000, ge=1, le=100_000)  # per API process; 503 over
+    # inference sessions kept by each API process (LRU, by ONNX size: a model at the
+    # 5 M-parameter cap is ~20 MB), and onnxruntime's threads per prediction
+    predict_cache_bytes: int = Field(default=256 * 1024**2, ge=0)
+    predict_threads: int = Field(default=1, ge=1, le=64)
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -4,6 +4,7 @@ read, 503 when SQL is down."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ from app.logs import RequestId
 from app.routes import catalog, compare, datasets, experiments, health, jobs
 from app.routes import events as event_routes
 from app.routes import metrics as metrics_route
+from app.routes import models as model_routes
 from app.routes import plots as plot_routes
 from app.routes import ui
 from app.schemas import V1_ERRORS
@@ -87,6 +89,7 @@ def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
 
 
 UPLOAD_ROUTES = {("POST", "/v1/datasets")}  # multipart: the dataset cap, not the JSON one
+PREDICT_PATH = re.compile(r"/v1/jobs/[^/]+/predict")  # rows to predict: their own cap
 TENANT_SCOPE_KEY = "trainyard.tenant"  # set by Gate, read by deps.current_tenant
 
 
@@ -105,6 +108,8 @@ def body_cap(scope: Scope, limits: Limits) -> tuple[str, int]:
         form = limits.max_form_fields * limits.max_form_field_bytes + 64 * 1024
         name = f"max_dataset_bytes {limits.max_dataset_bytes:,} (plus {form:,} for the form):"
         cap = (name, limits.max_dataset_bytes + form)
+    elif scope["method"] == "POST" and PREDICT_PATH.fullmatch(scope["path"].rstrip("/")):
+        cap = ("max_predict_bytes", limits.max_predict_bytes)
     else:
         cap = ("max_json_bytes", limits.max_json_bytes)
     return cap if cap[1] <= limits.max_request_bytes else ("max_request_bytes",
@@ -260,6 +265,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router, responses=V1_ERRORS)
     app.include_router(event_routes.router, responses=V1_ERRORS)  # SSE; needs a key too
     app.include_router(plot_routes.router, responses=V1_ERRORS)  # images; a key too
+    app.include_router(model_routes.router, responses=V1_ERRORS)  # predict, downloads
     ui.mount(app)  # the dashboard's static files at /ui (it sends the key per request)
     app.include_router(health.router)
     install_error_handlers(app)

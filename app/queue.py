@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 
 RUN_JOB = "trainyard.run_job"
 ADVANCE_EXPERIMENT = "trainyard.advance_experiment"
+EXPORT_MODEL = "trainyard.export_model"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -77,6 +78,12 @@ def enqueue_job(job_id: str, queue: str) -> None:
 def enqueue_advance(experiment_id: str, queue: str) -> None:
     """Ask a worker to move an experiment to its next stage (idempotent, stage-fenced)."""
     get_celery().send_task(ADVANCE_EXPERIMENT, args=[experiment_id], queue=queue,
+                           retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})
+
+
+def enqueue_export(job_id: str, queue: str) -> None:
+    """Ask a worker of the job's queue (it has torch) to export a succeeded job to ONNX."""
+    get_celery().send_task(EXPORT_MODEL, args=[job_id], queue=queue,
                            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})
 
 

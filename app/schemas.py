@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.clock import as_utc
 from app.models import Dataset, Job
+from app.prediction_schemas import ModelState
 from app.spec_unions import experiment_kinds
 from app.statuses import TERMINAL, ExperimentStatus, FailureReason, JobStatus
 from app.training.results import Summary
@@ -46,6 +47,10 @@ class JobOut(BaseModel):
     summary: Summary | None = Field(description="A completed run's end; fields that do not "
                                     "apply (val, predictions, sharpness, ...) are left out.")
     error: JobError | None
+    model: ModelState | None = Field(None, description="A succeeded job's ONNX model: pending "
+                                     "(being exported), ready (GET .../model, POST "
+                                     ".../predict) or failed with the reason; absent when "
+                                     "none was asked for.")
     spec: dict[str, Any]
     links: dict[str, str]
 
@@ -63,7 +68,9 @@ class JobOut(BaseModel):
             started_at=job.started_at and as_utc(job.started_at),
             finished_at=job.finished_at and as_utc(job.finished_at),
             summary=Summary.model_validate(job.summary) if job.summary is not None else None,
-            error=error, spec=job.spec,
+            error=error, spec=job.spec, model=ModelState(status=job.model_status,
+                                                         reason=job.model_error)
+            if job.model_status is not None else None,
             links={"self": base, "metrics": f"{base}/metrics", "checkpoints": f"{base}/checkpoints",
                    "cancel": f"{base}/cancel"})
 
@@ -100,6 +107,7 @@ class JobItem(BaseModel):
     finished_at: datetime | None
     summary: dict[str, Any] | None = Field(description=f"Only {', '.join(LIST_SUMMARY_KEYS)}.")
     error: JobError | None
+    model: ModelState | None = None
     links: dict[str, str]
 
     @classmethod

@@ -9,19 +9,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import export_repository as exports
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
 from app.models import Job
 from app.observability import observe_job_attempt
-from app.queue import enqueue_job
+from app.queue import enqueue_export, enqueue_job
 from app.spec import JobSpec
 from app.statuses import FailureReason, JobStatus
 from app.training.blobs import CorruptBlob, read_metadata, verify
 from app.training.data import DataError
+from app.training.experiments.roles import FinalRole, MemberRole, RoundRole, parse_role
 from app.training.loop import TrainingDiverged
 from app.training.results import Outcome
 from app.training.runner import run_spec
@@ -135,7 +138,35 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
             raise DatabaseUnavailable("the database is unreachable") from exc
         log.exception("job %s failed", job.id)
         return _fail(keeper, FailureReason.ERROR, public_message(exc))
-    return _record(keeper, settings, sink, outcome, owner)
+    export = exported_on_success(job)
+    ended = _record(keeper, settings, sink, outcome, owner, export=export)
+    if ended == JobStatus.SUCCEEDED and export:
+        _request_export(job.id, job.queue)
+    return ended
+
+
+def exported_on_success(job: Job) -> bool:
+    """Standalone jobs, and the models an experiment exposes (a sweep's retrained best,
+    bagging and boosting members), are exported to ONNX when they succeed; other children
+    on request (POST /v1/jobs/{id}/model/export)."""
+    role = parse_role(job.role) if job.role else None
+    return role is None or isinstance(role, FinalRole | MemberRole | RoundRole)
+
+
+def _request_export(job_id: str, queue: str) -> None:
+    try:
+        enqueue_export(job_id, queue)
+    except Exception as exc:  # the reaper re-sends exports left pending
+        log.warning("job %s: export not enqueued (%s)", job_id, type(exc).__name__)
+
+
+def _succeed(session: Session, job_id: str, attempt: int, summary: dict[str, Any],
+             export: bool) -> None:
+    now = utcnow()
+    repo.finish(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED, now=now,
+                summary=summary)
+    if export:  # one transaction: whoever sees the job succeeded sees its model pending
+        exports.mark_pending(session, job_id, now)
 
 
 def _fail(keeper: LeaseKeeper, reason: FailureReason, message: str) -> str:
@@ -147,14 +178,12 @@ def _fail(keeper: LeaseKeeper, reason: FailureReason, message: str) -> str:
 
 
 def _record(keeper: LeaseKeeper, settings: Settings, sink: SqlSink, outcome: Outcome,
-            owner: str) -> str:
+            owner: str, *, export: bool = False) -> str:
     job_id, attempt = keeper.job_id, keeper.attempt
     if outcome.summary is not None:  # completed
         summary = outcome.summary.model_copy(update={"worker": owner,
                                                      "attempt": attempt}).to_json()
-        keeper.write(lambda s: repo.finish(s, job_id=job_id, attempt=attempt,
-                                           status=JobStatus.SUCCEEDED, now=utcnow(),
-                                           summary=summary))
+        keeper.write(lambda s: _succeed(s, job_id, attempt, summary, export))
         log.info("job %s: succeeded", job_id)
         return JobStatus.SUCCEEDED
     if outcome.reason == "cancelled":  # the core's stop reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.queue import ADVANCE_EXPERIMENT, RUN_JOB
+from app.queue import ADVANCE_EXPERIMENT, EXPORT_MODEL, RUN_JOB
 from worker.celery_app import celery
 
 
@@ -22,3 +22,11 @@ def advance_experiment(experiment_id: str) -> str:
     from worker.orchestrate import advance_experiment as advance
 
     return advance(experiment_id, get_sessionmaker(), get_settings())
+
+
+@celery.task(name=EXPORT_MODEL, acks_late=True, ignore_result=True)
+def export_model(job_id: str) -> str:
+    """ONNX export of a succeeded job (idempotent: only a pending export is worked on)."""
+    from worker.export import export_model as export
+
+    return export(job_id, get_sessionmaker(), get_settings())

@@ -77,7 +77,8 @@ def job_etag(job: Job) -> str:
     """Every column a JobOut shows that changes after submission moves ``updated_at``
     or is itself in the tag (the lease owner changes with a claim that also moves it)."""
     state = (job.id, job.updated_at.isoformat(), job.status, job.epoch, job.attempt,
-             job.cancel_requested, job.lease_owner, job.finished_at and job.finished_at.isoformat())
+             job.cancel_requested, job.lease_owner, job.finished_at and job.finished_at.isoformat(),
+             job.model_status)
     return '"' + hashlib.blake2b(repr(state).encode(), digest_size=12).hexdigest() + '"'
 
 

@@ -16,11 +16,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import export_repository as exports
 from app import repository as repo
 from app.clock import as_utc, utcnow
 from app.config import Settings
 from app.models import Job
-from app.queue import enqueue_advance
+from app.queue import enqueue_advance, enqueue_export
 from app.services.jobs import enqueue_committed
 from app.services.workers import fail_jobs_without_worker, live_queues
 from app.statuses import FailureReason
@@ -58,6 +59,21 @@ def advance_stalled_experiments(sessions: sessionmaker[Session],
     for experiment_id, queue in queues.items():
         enqueue_advance(experiment_id, queue)
     return list(stalled)
+
+
+def resend_stale_exports(sessions: sessionmaker[Session], settings: Settings) -> list[str]:
+    """ONNX exports pending for ``requeue_after_seconds`` (the message was lost, or the worker
+    died exporting) are sent again; a duplicate finds the export ended and does nothing."""
+    now = utcnow()
+    with sessions() as session:
+        stale = exports.stale_pending(session, now - timedelta(
+            seconds=settings.requeue_after_seconds))
+        for job_id, _queue in stale:
+            exports.touch_pending(session, job_id, now)
+        session.commit()
+    for job_id, queue in stale:
+        enqueue_export(job_id, queue)
+    return [job_id for job_id, _ in stale]
 
 
 def _reap_expired(session: Session, now: datetime, requeue_before: datetime,
@@ -105,6 +121,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
         report["enqueued"] = [j.id for j in candidates]
     if take_expired:  # right after an outage no worker could beat: the registry is stale
         report["failed"] += fail_jobs_without_worker(sessions, settings)
+    report["exports"] = resend_stale_exports(sessions, settings)
     report["advanced"] = advance_stalled_experiments(sessions, settings)
     if report["enqueued"] or report["failed"] or report["cancelled"]:
         log.info("reaper: re-enqueued %s, failed %s, cancelled %s", report["enqueued"],

@@ -1,0 +1,66 @@
+"""Request and response shapes of a job's model: its export state, predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+
+from app.statuses import ModelStatus
+from app.training.manifest import Label
+
+# A strict number: JSON true/false and "1.5" are not numbers here either
+Number = StrictFloat | StrictInt
+
+
+class ModelState(BaseModel):
+    """A succeeded job's ONNX export, as GET /v1/jobs/{id} shows it."""
+
+    status: ModelStatus
+    reason: str | None = Field(None, description="Why the export failed.")
+
+
+class PredictRequest(BaseModel):
+    """Raw feature rows (the flat layout the data was uploaded in), or records keyed by the
+    dataset's feature names (any order); exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+        {"records": [{"sepal length (cm)": 5.1, "sepal width (cm)": 3.5,
+                      "petal length (cm)": 1.4, "petal width (cm)": 0.2}]}]})
+
+    rows: list[list[Number]] | None = Field(None, description="One list of input_width "
+                                            "numbers per row (model.json's feature order).")
+    records: list[dict[str, Number]] | None = Field(None, description="One object per row: "
+                                                    "every feature name to its value.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.rows is None) == (self.records is None):
+            raise ValueError("send exactly one of 'rows' and 'records'")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.rows if self.rows is not None else self.records or [])
+
+
+class ClassPrediction(BaseModel):
+    label: Label = Field(description="The predicted class, as the data names it.")
+    probabilities: list[float] = Field(description="One per class, in ``classes`` order.")
+
+
+class ValuePrediction(BaseModel):
+    value: float = Field(description="In the target's original units.")
+
+
+class PredictResponse(BaseModel):
+    job_id: str
+    task: str = Field(examples=["classification", "regression"])
+    classes: list[Label] | None = Field(None, description="Classification: the labels, in "
+                                        "the order of each row's probabilities.")
+    predictions: list[ClassPrediction] | list[ValuePrediction]
+    model_sha256: str = Field(description="sha256 of the model.onnx that answered.")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
