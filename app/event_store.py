@@ -42,6 +42,7 @@ class EventRow:
     kind: str
     data: dict[str, Any]
     at: datetime
+    experiment_id: str | None  # the experiment's, or the job's when it is a child
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,19 @@ def events(session: Session, ranges: Sequence[SeqRange]) -> list[EventRow]:
 
 
 def _read(session: Session, kind: SubjectKind, ranges: Sequence[SeqRange]) -> list[EventRow]:
-    table = JobEvent.__table__ if kind == "job" else ExperimentEvent.__table__
-    owner = table.c.job_id if kind == "job" else table.c.experiment_id
+    if kind == "job":
+        table, owner = JobEvent.__table__, JobEvent.__table__.c.job_id
+        experiment = (select(Job.experiment_id).where(Job.id == owner)
+                      .scalar_subquery().label("experiment_id"))
+    else:
+        table, owner = ExperimentEvent.__table__, ExperimentEvent.__table__.c.experiment_id
+        experiment = owner.label("experiment_id")
     wanted = or_(*(and_(owner == r.subject.id, table.c.seq > r.after, table.c.seq <= r.upto)
                    for r in ranges))
-    stmt = (select(owner, table.c.seq, table.c.kind, table.c.data, table.c.created_at)
-            .where(wanted).order_by(owner, table.c.seq))
-    return [EventRow(Subject(kind, subject_id), seq, event_kind, data, at)
-            for subject_id, seq, event_kind, data, at in session.execute(stmt)]
+    stmt = (select(owner, table.c.seq, table.c.kind, table.c.data, table.c.created_at,
+                   experiment).where(wanted).order_by(owner, table.c.seq))
+    return [EventRow(Subject(kind, subject_id), seq, event_kind, data, at, experiment_id)
+            for subject_id, seq, event_kind, data, at, experiment_id in session.execute(stmt)]
 
 
 def announced_children(session: Session, experiment_id: str, upto: int) -> list[str]:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import event_store as store
 from app.config import Settings
 from app.event_store import Head, SeqRange, Subject
-from app.services.events import Cursor, Delivered, Rows, Unavailable
+from app.services.events import Cursor, Delivered, Rows, Unavailable, render
 
 log = logging.getLogger("trainyard.events")
 
@@ -52,12 +52,24 @@ class Subscription:
         self.complete = False  # every event delivered (the subject ended)
         self.end_queued = False
 
-    async def next(self, timeout: float) -> Delivered | Ended | None:
-        """The next event, END, or None after ``timeout`` seconds with nothing new."""
+    async def next(self, timeout: float) -> list[Delivered] | Ended | None:
+        """The events queued now (at least one, waiting for it), END once they are all
+        out, or None after ``timeout`` seconds with nothing new."""
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            first = await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return None
+        batch: list[Delivered] = []
+        item = first
+        while not isinstance(item, Ended):
+            batch.append(item)
+            if self.queue.empty():
+                return batch
+            item = self.queue.get_nowait()
+        if batch:  # END stays for the next call, after this batch is sent
+            self.queue.put_nowait(item)
+            return batch
+        return item
 
     def feed(self, rows: Rows, heads: dict[Subject, Head]) -> bool:
         """Queue what a round read for this stream. True when it took events and is still
@@ -92,8 +104,8 @@ def read_round(sessions: sessionmaker[Session], wanted: dict[Subject, set[int]])
                   if (head := heads.get(subject)) is not None
                   for after in _distinct_starts(positions, head.seq)]
         rows: Rows = {}
-        for row in store.events(session, ranges):
-            rows.setdefault(row.subject, []).append(row)
+        for row in store.events(session, ranges):  # rendered here, off the event loop
+            rows.setdefault(row.subject, []).append(render(row))
     return Round(heads, rows)
 
 
@@ -223,9 +235,10 @@ class Listener:
 
 
 async def follow(hub: EventHub, cursor: Cursor,
-                 heartbeat: float) -> AsyncIterator[Delivered | None]:
-    """A stream's events in order until its last; None after each ``heartbeat`` seconds
-    without one (the caller sends a comment, so proxies keep the connection)."""
+                 heartbeat: float) -> AsyncIterator[list[Delivered] | None]:
+    """A stream's events in order, in the batches they were queued in, until its last;
+    None after each ``heartbeat`` seconds without one (the caller sends a comment, so
+    proxies keep the connection)."""
     subscription = hub.subscribe(cursor)
     try:
         while not isinstance(item := await subscription.next(heartbeat), Ended):

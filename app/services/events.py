@@ -97,31 +97,43 @@ class EventOut(BaseModel):
 
 
 @dataclass(frozen=True)
+class Ready:
+    """An event rendered once per poll round, for every stream that follows its subject."""
+
+    row: EventRow
+    name: EventName
+    data: str  # the EventOut as JSON
+
+
+@dataclass(frozen=True)
 class Delivered:
-    id: str
-    event: EventOut
+    id: str  # the stream's cursor after this event
+    name: EventName
+    data: str
 
 
-def to_event(row: EventRow, experiment_id: str | None) -> EventOut:
+def render(row: EventRow) -> Ready:
+    """The row as the typed EventOut (checked against its kind's payload), in JSON."""
     name, model = PAYLOADS[(row.subject.kind, row.kind)]
     job_id = row.subject.id if row.subject.kind == "job" else None
     data = cast(EventData, model.model_validate(row.data))
-    return EventOut(kind=name, seq=row.seq, job_id=job_id, experiment_id=experiment_id,
-                    at=row.at, data=data)
+    event = EventOut(kind=name, seq=row.seq, job_id=job_id, experiment_id=row.experiment_id,
+                     at=row.at, data=data)
+    return Ready(row, name, event.model_dump_json())
 
 
-Rows = dict[Subject, list[EventRow]]
+Rows = dict[Subject, list[Ready]]
 
 
-def _next_rows(rows: Rows, subject: Subject, after: int) -> Iterator[EventRow]:
-    """The subject's rows that follow ``after`` without a gap (a gap is never skipped)."""
-    for row in rows.get(subject, []):
-        if row.seq <= after:
+def _next_rows(rows: Rows, subject: Subject, after: int) -> Iterator[Ready]:
+    """The subject's events that follow ``after`` without a gap (a gap is never skipped)."""
+    for ready in rows.get(subject, []):
+        if ready.row.seq <= after:
             continue
-        if row.seq != after + 1:
+        if ready.row.seq != after + 1:
             return
-        after = row.seq
-        yield row
+        after = ready.row.seq
+        yield ready
 
 
 # ------------------------------------------------------------------ where a stream stands
@@ -140,9 +152,9 @@ class JobCursor:
 
     def take(self, rows: Rows) -> Iterator[Delivered]:
         """The next events, the cursor moving past each as it is taken."""
-        for row in _next_rows(rows, Subject("job", self.job_id), self.seq):
-            self.seq = row.seq
-            yield Delivered(self.encode(), to_event(row, None))
+        for ready in _next_rows(rows, Subject("job", self.job_id), self.seq):
+            self.seq = ready.row.seq
+            yield Delivered(self.encode(), ready.name, ready.data)
 
     def finished(self, heads: dict[Subject, Head]) -> bool:
         head = heads.get(Subject("job", self.job_id))
@@ -166,16 +178,16 @@ class ExperimentCursor:
 
     def take(self, rows: Rows) -> Iterator[Delivered]:
         """The experiment's own events first (they announce children), then each child's."""
-        for row in _next_rows(rows, Subject("experiment", self.experiment_id), self.seq):
-            self.seq = row.seq
-            if row.kind == "child":
-                self.children.append(str(row.data["job_id"]))
+        for ready in _next_rows(rows, Subject("experiment", self.experiment_id), self.seq):
+            self.seq = ready.row.seq
+            if ready.row.kind == "child":
+                self.children.append(str(ready.row.data["job_id"]))
                 self.child_seqs.append(0)
-            yield Delivered(self.encode(), to_event(row, self.experiment_id))
+            yield Delivered(self.encode(), ready.name, ready.data)
         for i, child in enumerate(self.children):
-            for row in _next_rows(rows, Subject("job", child), self.child_seqs[i]):
-                self.child_seqs[i] = row.seq
-                yield Delivered(self.encode(), to_event(row, self.experiment_id))
+            for ready in _next_rows(rows, Subject("job", child), self.child_seqs[i]):
+                self.child_seqs[i] = ready.row.seq
+                yield Delivered(self.encode(), ready.name, ready.data)
 
     def finished(self, heads: dict[Subject, Head]) -> bool:
         """The experiment ended and so did every child, all delivered."""
