@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, ModelExport
@@ -32,6 +32,8 @@ def store(session: Session, export: ModelExport, now: datetime) -> bool:
     already ended it (nothing is written then)."""
     if not _end(session, export.job_id, ModelStatus.READY, None, now):
         return False
+    # an export asked for again replaces the one before it
+    session.execute(delete(ModelExport).where(ModelExport.job_id == export.job_id))
     session.add(export)
     return True
 
