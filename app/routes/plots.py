@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from app.deps import SessionDep, TenantDep
 from app.plots.render import MEDIA_TYPES, Format
-from app.schemas import error_responses
+from app.schemas import ErrorBody, error_responses
 from app.services import plots as service
 
 router = APIRouter()
@@ -19,7 +19,8 @@ PlotName = Annotated[str, Path(max_length=40, description="A name from the plot 
 IMAGE = {200: {"content": {"image/svg+xml": {}, "image/png": {}},
                "description": "The plot, drawn with matplotlib."},
          **error_responses(404),
-         409: {"description": "Nothing to draw yet (no epoch logged, no result yet)."}}
+         409: {"model": ErrorBody,
+               "description": "Nothing to draw yet (no epoch logged, no result yet)."}}
 
 
 class PlotOut(BaseModel):

@@ -9,6 +9,8 @@ the tests skip, and fail when TRAINYARD_REQUIRE_SERVICES=1."""
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,25 @@ def download_a_childs_checkpoint(page: Any, tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
     assert saved.suffix == ".safetensors" and load_file(saved), "the weights load"
+
+
+def test_trainyard_plot_saves_the_servers_plots(stack: Stack, submitted: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    """The CLI fetches the same images: the format from -o's suffix, the first plot when
+    no name is given, and a wrong name answered with the list of names."""
+    env = {**stack.env, "TRAINYARD_URL": stack.url, "TRAINYARD_API_KEY": stack.key}
+
+    def plot(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trainyard.cli", "plot", *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    exp_id = submitted["experiments"]["cross_validation"]
+    wait_experiments(stack, {"cross_validation": exp_id})
+    made = plot(exp_id, "-o", "folds.png")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "folds.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    made = plot(submitted["live"])
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / f"{submitted['live']}-loss.svg").read_text().startswith("<?xml")
+    wrong = plot(exp_id, "roc")
+    assert wrong.returncode == 1 and "its plots are: folds" in wrong.stderr
