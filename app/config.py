@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # prometheus_client's multiprocess folder on this host; default: <home>/metrics
     metrics_dir: Path | None = None
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
+    # a worker's own Prometheus endpoint (its host's processes; no SQL state), for workers on
+    # hosts the API's /metrics cannot read; a separate bind, off the API. 0: off
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
     # SSE: one poller per API process reads new events this often (sooner when Postgres
     # NOTIFYs); a comment line this often keeps proxies from closing an idle stream
     events_poll_seconds: float = Field(default=0.5, gt=0, le=60)

@@ -28,6 +28,7 @@ from app.db import get_sessionmaker
 from app.logs import bind_fields, configure, unbind
 from app.observability import observe_reaper_pass
 from app.queue import ADVANCE_EXPERIMENT, RUN_JOB, get_celery
+from app.services.operations import serve_process_metrics
 from app.services.reaper import reap_once
 from app.services.workers import registry_settle_seconds
 from worker import registry
@@ -157,6 +158,7 @@ def make_worker_id(**_: Any) -> None:
 @signals.worker_ready.connect
 def register_worker(sender: Any = None, **_: Any) -> None:
     registry.on_ready(sender)  # sender: the consumer, which knows the queues consumed
+    serve_process_metrics(get_settings())  # TRAINYARD_WORKER_METRICS_PORT, when set
 
 
 @signals.worker_shutdown.connect

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -115,13 +115,27 @@ class _ThisProcess(Collector):
         return REGISTRY.collect()
 
 
-def exposition(sessions: sessionmaker[Session], settings: Settings) -> bytes:
-    """The text exposition for one scrape: every process's counters and histograms on this
-    host (multiprocess mode) or this process's own, plus the state read from SQL."""
+def process_registry() -> CollectorRegistry:
+    """The counters and histograms of every process on this host (multiprocess mode), or of
+    this process alone; what a worker's own endpoint serves."""
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(_ThisProcess())
+    return registry
+
+
+def exposition(sessions: sessionmaker[Session], settings: Settings) -> bytes:
+    """The text exposition for one scrape of the API: this host's processes' series plus
+    the state read from SQL."""
+    registry = process_registry()
     registry.register(ServiceStateCollector(sessions, settings))
     return generate_latest(registry)
+
+
+def serve_process_metrics(settings: Settings) -> None:
+    """A worker's endpoint (``TRAINYARD_WORKER_METRICS_PORT``), in a daemon thread."""
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host,
+                          registry=process_registry())

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import make_key, reset_caches
-from tests.conftest import Stack, tiny_spec, wait_for, wait_job
+from tests.conftest import Stack, free_port, tiny_spec, wait_for, wait_job
 
 TOKEN = "metrics-token-for-tests-0123456789"
 
@@ -164,7 +164,8 @@ def counter_writers(folder: Path) -> set[int]:
 @pytest.mark.integration
 def test_every_api_process_reports_every_process_counts(tmp_path: Path) -> None:
     """Two API processes and a worker share the host's folder: each scrape, whichever
-    process serves it, reports all requests, the job's attempt and each of its epochs."""
+    process serves it, reports all requests, the job's attempt and each of its epochs; the
+    worker's own endpoint (for workers on other hosts) serves the same process series."""
     stack = Stack(tmp_path, {"TRAINYARD_METRICS_TOKEN": TOKEN})
     for name in ("TRAINYARD_DATABASE_URL", "TRAINYARD_BROKER_URL", "PROMETHEUS_MULTIPROC_DIR"):
         stack.env.pop(name, None)
@@ -174,6 +175,8 @@ def test_every_api_process_reports_every_process_counts(tmp_path: Path) -> None:
         stack.start("api", "api", "--host", "127.0.0.1", "--port", str(stack.port),
                     "--workers", "2")
         wait_for(lambda: _status(f"{stack.url}/healthz") == 200, 60, 0.2, "the API")
+        worker_port = free_port()
+        stack.env["TRAINYARD_WORKER_METRICS_PORT"] = str(worker_port)
         stack.start_worker("w1")
         with stack.client() as http:
             job = http.post("/v1/jobs", json=tiny_spec(training__epochs=3)).json()
@@ -195,6 +198,10 @@ def test_every_api_process_reports_every_process_counts(tmp_path: Path) -> None:
                          outcome="succeeded") == 1
             assert value(text, "trainyard_epoch_duration_seconds_count") == 3
             assert value(text, "trainyard_jobs", status="succeeded", queue="cpu") == 1
+        # the worker's own bind serves the same host's series, and no SQL state
+        served_by_worker = httpx.get(f"http://127.0.0.1:{worker_port}/metrics").text
+        assert value(served_by_worker, "trainyard_epoch_duration_seconds_count") == 3
+        assert value(served_by_worker, "trainyard_jobs", status="succeeded", queue="cpu") is None
     finally:
         stack.stop_all()
 
