@@ -37,13 +37,15 @@ KEY = "ty_schemathesis_alice_0123456789abcdef"  # installed into every fresh dat
 # a 422 naming the problem: a spec's loss against the data's task, cross-field rules
 # (nesterov needs momentum) and the caps (POST /v1/jobs, /v1/experiments), a file's
 # content (POST /v1/datasets), a cursor the API never issued (GET /v1/jobs,
-# /v1/experiments, /v1/datasets, an experiment's jobs). positive_data_acceptance keeps its
+# /v1/experiments, /v1/datasets, an experiment's jobs), the ids and metric names compared.
+# positive_data_acceptance keeps its
 # defaults everywhere else. Spec numbers are strict (a JSON boolean or string is not a
 # number), so negative_data_rejection runs on spec bodies too.
 ACCEPTS = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 DATA_DEPENDENT = ["POST /v1/jobs", "POST /v1/experiments", "POST /v1/datasets",
                   "GET /v1/jobs", "GET /v1/experiments", "GET /v1/datasets",
-                  "GET /v1/experiments/{experiment_id}/jobs"]
+                  "GET /v1/experiments/{experiment_id}/jobs",
+                  "GET /v1/compare"]  # its ids must exist, its metric names be logged ones
 # Time (2 shared cores): the coverage phase enumerates every field's boundaries. A job
 # spec gives ~700 positive cases and ~1300 negative ones (10-25 s more); an experiment, a
 # union of designs each holding a job spec, ~5000 positive ones (> 30 s). Negative
