@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -352,6 +355,75 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_BATCH = 1000  # rows per request: well under the API's max_predict_rows and bytes
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Rows from a CSV (a header of feature names) or JSON file through a job's model; the
+    labels and probabilities (or values) as CSV, or JSON with --json or -o FILE.json."""
+    key, rows = read_rows(Path(args.file))
+    client = _client()
+    answers = [client.predict(args.id, {key: rows[i : i + PREDICT_BATCH]})
+               for i in range(0, len(rows), PREDICT_BATCH)] or [
+        client.predict(args.id, {key: []})]  # the API names the problem of an empty file
+    merged = {**answers[0], "predictions": [p for a in answers for p in a["predictions"]]}
+    out = Path(args.output) if args.output else None
+    as_json = args.json or (out is not None and out.suffix.lower() == ".json")
+    with out.open("w", newline="") if out else contextlib.nullcontext(sys.stdout) as sink:
+        if as_json:
+            sink.write(json.dumps(merged, indent=2) + "\n")
+        else:
+            write_predictions_csv(merged, sink)
+    return 0
+
+
+def read_rows(path: Path) -> tuple[str, list[Any]]:
+    """("records", [{name: value}]) from a CSV with a header, or what a JSON file holds: a
+    predict body, a list of lists (rows) or a list of objects (records)."""
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in ("rows", "records"):
+            return next(iter(data.items()))
+        is_records = isinstance(data, list) and bool(data) and isinstance(data[0], dict)
+        return ("records" if is_records else "rows"), data
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return "records", [{name: _number(value, n, name) for name, value in row.items()}
+                           for n, row in enumerate(reader, start=2)]
+
+
+def _number(value: str | None, line: int, column: str) -> float:
+    try:
+        return float(value or "")
+    except ValueError:
+        raise SystemExit(f"trainyard predict: line {line}, column '{column}': "
+                         f"'{value}' is not a number") from None
+
+
+def write_predictions_csv(answer: dict[str, Any], sink: Any) -> None:
+    writer = csv.writer(sink)
+    classes = answer.get("classes")
+    if classes is None:
+        writer.writerow(["value"])
+        writer.writerows([p["value"]] for p in answer["predictions"])
+        return
+    writer.writerow(["label", *(f"p_{c}" for c in classes)])
+    writer.writerows([p["label"], *p["probabilities"]] for p in answer["predictions"])
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """The model bundle, unpacked into a folder (default: ./ID-model)."""
+    folder = Path(args.output or f"{args.id}-model")
+    bundle = _client().model_bundle(args.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+        names = archive.namelist()
+        archive.extractall(folder)  # the server's four fixed names, no paths
+    for name in sorted(names):
+        print(folder / name)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from app.services import admin
 
@@ -448,6 +520,17 @@ def parser() -> argparse.ArgumentParser:
                     "lists them: loss, metric, lr, grad_norm, confusion_matrix for a job)")
     pl.add_argument("-o", "--output", help="file.svg or file.png (default: ID-NAME.svg)")
     pl.set_defaults(func=cmd_plot)
+    pr = command("predict", "predictions of a job's model for the rows of a CSV or JSON file")
+    pr.add_argument("id", help="job_...")
+    pr.add_argument("file", help="FILE.csv (a header of feature names) or FILE.json (rows, "
+                    "records, or a predict body)")
+    pr.add_argument("-o", "--output", help="write FILE.csv or FILE.json instead of printing")
+    pr.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    pr.set_defaults(func=cmd_predict)
+    dl = command("download", "a job's model bundle (ONNX, weights, model.json), unpacked")
+    dl.add_argument("id", help="job_...")
+    dl.add_argument("-o", "--output", help="folder (default: ./ID-model)")
+    dl.set_defaults(func=cmd_download)
     return p
 
 

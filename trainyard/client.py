@@ -142,6 +142,40 @@ class Client:
             self._check(response)  # raises with the API's message (a bad name lists the names)
         return name, response.content
 
+    def predict(self, job_id: str, body: dict[str, Any], wait: float = 120.0) -> Any:
+        """``{"rows": ...}`` or ``{"records": ...}`` through the job's model (waiting up to
+        ``wait`` seconds while it is being exported)."""
+        return self._check(self._model_request("POST", f"/v1/jobs/{job_id}/predict", wait,
+                                               json=body))
+
+    def model_bundle(self, job_id: str, wait: float = 120.0) -> bytes:
+        """The model's zip bundle: model.onnx, model.safetensors, model.json, README.md."""
+        response = self._model_request("GET", f"/v1/jobs/{job_id}/model", wait)
+        if response.status_code >= 400:
+            self._check(response)
+        return response.content
+
+    def _model_request(self, method: str, path: str, wait: float,
+                       **kwargs: Any) -> httpx.Response:
+        """A 409 ``model_pending`` (a just-finished job's export) is waited on, as long as
+        the server's Retry-After says and up to ``wait`` seconds in all."""
+        deadline = time.monotonic() + wait
+        while True:
+            response = self.send(method, path, **kwargs)
+            pause = retry_after(response) or 1.0
+            if not (_is_pending(response) and time.monotonic() + pause < deadline):
+                return response
+            time.sleep(pause)
+
+
+def _is_pending(response: httpx.Response) -> bool:
+    if response.status_code != 409:
+        return False
+    try:
+        return bool(response.json()["error"]["code"] == "model_pending")
+    except (ValueError, KeyError, TypeError):
+        return False
+
 
 def is_experiment(body: dict[str, Any]) -> bool:
     return "kind" in body  # a job spec has no top-level kind; every experiment has one
