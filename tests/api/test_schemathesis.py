@@ -37,9 +37,8 @@ KEY = "ty_schemathesis_alice_0123456789abcdef"  # installed into every fresh dat
 # a 422 naming the problem: a spec's loss against the data's task, cross-field rules
 # (nesterov needs momentum) and the caps (POST /v1/jobs, /v1/experiments), a file's
 # content (POST /v1/datasets), a cursor the API never issued (GET /v1/jobs,
-# /v1/experiments, /v1/datasets, an experiment's jobs), the ids and metric names compared.
-# positive_data_acceptance keeps its
-# defaults everywhere else. Spec numbers are strict (a JSON boolean or string is not a
+# /v1/experiments, /v1/datasets, an experiment's jobs), the ids and metric names compared
+# (GET /v1/compare). positive_data_acceptance keeps its defaults everywhere else. Spec numbers are strict (a JSON boolean or string is not a
 # number), so negative_data_rejection runs on spec bodies too.
 ACCEPTS = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 DATA_DEPENDENT = ["POST /v1/jobs", "POST /v1/experiments", "POST /v1/datasets",
