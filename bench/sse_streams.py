@@ -3,8 +3,8 @@
 
 Starts the deployment as real commands (bench/submit_latency.py's Stack): migrate, a key,
 ``trainyard api --workers 1`` (one process, so its CPU and memory are the streams'), and
-later one worker. Every client runs in a separate process (one asyncio loop, httpx-sse),
-so the API's figures are its own. Reported:
+later one worker. The streams are held by client processes of their own (one asyncio
+loop each, httpx-sse), so the API's figures are its own. Reported:
 
   idle       API CPU (ms/s) and RSS over a quiet window: no stream, then N open streams
              on a queued job (heartbeats only), and the database connections the API holds
@@ -79,16 +79,40 @@ async def _streams(url: str, key: str, path: str, n: int, ready: Any, out: Any) 
     out.put((counts, delays))
 
 
-def start_streams(url: str, key: str, path: str, n: int) -> tuple[Any, Any, Any]:
-    """A client process holding n streams; returns (process, ready event, result queue)."""
-    ctx = mp.get_context("fork")
-    ready, out = ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=lambda: asyncio.run(_streams(url, key, path, n, ready, out)))
-    proc.start()
-    if not ready.wait(120):
-        proc.terminate()
-        raise TimeoutError(f"{n} streams did not all open")
-    return proc, ready, out
+class Streams:
+    """n streams held by ``processes`` client processes (one asyncio loop each), so the
+    client side's parsing does not lag the measured delivery."""
+
+    def __init__(self, url: str, key: str, path: str, n: int, processes: int) -> None:
+        ctx = mp.get_context("fork")
+        self.out = ctx.Queue()
+        shares = [n // processes + (i < n % processes) for i in range(processes)]
+        self.procs, readies = [], []
+        for share in (s for s in shares if s):
+            ready = ctx.Event()
+            proc = ctx.Process(target=lambda k=share, r=ready: asyncio.run(
+                _streams(url, key, path, k, r, self.out)))
+            proc.start()
+            self.procs.append(proc)
+            readies.append(ready)
+        if not all(ready.wait(120) for ready in readies):
+            self.stop()
+            raise TimeoutError(f"{n} streams did not all open")
+
+    def results(self) -> tuple[list[int], list[float]]:
+        counts: list[int] = []
+        delays: list[float] = []
+        for _ in self.procs:
+            c, d = self.out.get(timeout=120)
+            counts += c
+            delays += d
+        for proc in self.procs:
+            proc.join()
+        return counts, delays
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
 
 
 def rss_mib(pgid: int) -> float:
@@ -146,18 +170,17 @@ def poll_latency(client: httpx.Client, job_id: str, seconds: float) -> tuple[flo
 
 
 def train(client: httpx.Client, api_pgid: int, url: str, key: str,
-          streams: int) -> dict[str, Any]:
+          streams: int, processes: int) -> dict[str, Any]:
     job_id = client.post("/v1/jobs", json=JOB).json()["id"]
     cpu0, t0 = group_cpu_s(api_pgid), time.perf_counter()
-    proc = out = None
+    followers = None
     if streams:
-        proc, _, out = start_streams(url, key, f"/v1/jobs/{job_id}/events", streams)
+        followers = Streams(url, key, f"/v1/jobs/{job_id}/events", streams, processes)
     while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in TERMINAL:
         time.sleep(0.2)
     result: dict[str, Any] = {"status": job["status"]}
-    if proc is not None and out is not None:
-        counts, delays = out.get(timeout=120)
-        proc.join()
+    if followers is not None:
+        counts, delays = followers.results()
         delays.sort()
         result |= {"events_per_stream": sorted(set(counts)),
                    "delay_p50_ms": statistics.median(delays),
@@ -177,19 +200,17 @@ def measure(stack: Stack, url: str, key: str, args: argparse.Namespace) -> dict[
         out["idle_0"] = {"cpu_ms_per_s": cpu_ms_per_s(api, args.seconds), "rss_mib": rss_mib(api),
                          "db_connections": connections(stack, api)}
         out["poll_0"] = poll_latency(client, queued, args.seconds)
-        proc, _, result = start_streams(url, key, f"/v1/jobs/{queued}/events", args.streams)
+        idle = Streams(url, key, f"/v1/jobs/{queued}/events", args.streams, args.processes)
         time.sleep(2)
         out["idle_n"] = {"cpu_ms_per_s": cpu_ms_per_s(api, args.seconds), "rss_mib": rss_mib(api),
                          "db_connections": connections(stack, api)}
         out["poll_n"] = poll_latency(client, queued, args.seconds)
         client.post(f"/v1/jobs/{queued}/cancel").raise_for_status()
-        counts, _ = result.get(timeout=60)
-        proc.join()
-        out["idle_streams_ended"] = sorted(set(counts))
+        out["idle_streams_ended"] = sorted(set(idle.results()[0]))
         stack.start("worker", "worker", "--concurrency", "1")
-        out["train_0"] = train(client, api, url, key, 0)  # also warms the worker up
-        out["train_0"] = train(client, api, url, key, 0)
-        out["train_n"] = train(client, api, url, key, args.streams)
+        out["train_0"] = train(client, api, url, key, 0, 1)  # also warms the worker up
+        out["train_0"] = train(client, api, url, key, 0, 1)
+        out["train_n"] = train(client, api, url, key, args.streams, args.processes)
     return out
 
 
@@ -215,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--seconds", type=float, default=10.0, help="each measuring window")
+    p.add_argument("--processes", type=int, default=4, help="client processes holding them")
     p.add_argument("--database-url", help="Postgres server URL (a database is created there)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
