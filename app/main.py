@@ -23,12 +23,11 @@ from app.db import get_sessionmaker
 from app.errors import ApiError
 from app.http_metrics import HttpMetrics
 from app.logs import RequestId
-from app.routes import catalog, compare, datasets, experiments, health, jobs
+from app.routes import catalog, compare, datasets, experiments, health, jobs, ui
 from app.routes import events as event_routes
 from app.routes import metrics as metrics_route
 from app.routes import models as model_routes
 from app.routes import plots as plot_routes
-from app.routes import ui
 from app.schemas import V1_ERRORS
 from app.services import keys
 from app.services.workers import watch_queues
