@@ -19,8 +19,9 @@ from app import spec as s
 COMPONENTS: dict[str, tuple[str, list[type[BaseModel]]]] = {
     "data.source": ("builtin", [s.BuiltinSource, s.MoonsSource, s.CirclesSource, s.BlobsSource,
                                 s.SpiralsSource, s.MakeClassificationSource,
-                                s.MakeRegressionSource, s.FunctionSource, s.DatasetSource]),
-    "model": ("kind", [s.MLP, s.CNN]),
+                                s.MakeRegressionSource, s.FunctionSource, s.MotifOrderSource,
+                                s.DatasetSource]),
+    "model": ("kind", [s.MLP, s.CNN, s.RNN, s.Transformer]),
     "loss": ("kind", [s.CrossEntropy, s.NLL, s.BCE, s.MSE, s.MAE, s.Huber]),
     "optimizer": ("kind", [s.SGD, s.Adagrad, s.Adadelta, s.RMSprop, s.Adam, s.AdamW]),
     "schedule": ("kind", [s.Constant, s.Step, s.MultiStep, s.Exponential, s.Cosine, s.OneCycle,

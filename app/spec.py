@@ -163,8 +163,22 @@ class FunctionSource(GeneratorBase):
         return self
 
 
+class MotifOrderSource(GeneratorBase):
+    """Sequences of Gaussian noise carrying two motifs at random steps; the class is 1 when
+    motif A comes before motif B. Order decides, position does not: a sequence task that an
+    MLP on the flat row does not solve from few rows (rows are [n_features, length],
+    feature-major, the natural data.input_shape)."""
+
+    synthetic: Literal["motif_order"] = Field(examples=["motif_order"])
+    n_features: Int = Field(4, ge=1, le=256, description="Features per step (C).")
+    length: Int = Field(16, ge=2, le=1024, description="Steps per sequence (L).")
+    noise: Float = Field(0.5, ge=0.0, le=10.0, description="Std of the background noise; "
+                         "each motif is a unit-norm pattern scaled by 2.")
+
+
 SyntheticSource = Annotated[
-    MoonsSource
+    MotifOrderSource
+    | MoonsSource
     | CirclesSource
     | BlobsSource
     | SpiralsSource
@@ -355,11 +369,64 @@ class CNN(Strict):
         return self
 
 
+SEQUENCE_VIEW = ("a sequence model reads each row as data.input_shape [C, L]: C features per "
+                 "step, L steps, stored feature-major (value c*L + t is feature c at step t, "
+                 "the same view a 1-D cnn uses)")
+
+
+class RNN(Strict):
+    """A recurrent network (GRU or LSTM) over the steps of a sequence, pooled, then a linear
+    head. Rows are viewed as data.input_shape [C, L]: C features per step, L steps."""
+
+    kind: Literal["rnn"] = "rnn"
+    cell: Literal["gru", "lstm"] = Field("gru", description="Recurrent cell.")
+    hidden: Int = Field(64, ge=1, le=1024, description="Hidden units per layer and direction.")
+    layers: Int = Field(1, ge=1, le=8, description="Stacked recurrent layers.")
+    bidirectional: bool = Field(False, description="Also read the sequence backwards.")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="Drop probability between "
+                           "stacked layers and on the pooled features before the head.")
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="last: the final hidden state of the top layer (each "
+        "direction's own last step); mean: the top layer's outputs averaged over steps.")
+
+
+class Transformer(Strict):
+    """A pre-norm Transformer encoder (self-attention + feed-forward per layer) over the
+    steps of a sequence, pooled, then a linear head. Rows are viewed as data.input_shape
+    [C, L]: each step's C features are projected to d_model."""
+
+    kind: Literal["transformer"] = "transformer"
+    d_model: Int = Field(32, ge=1, le=1024, description="Width of every token.")
+    heads: Int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
+    layers: Int = Field(2, ge=1, le=16, description="Encoder layers.")
+    ff: Int = Field(64, ge=1, le=4096, description="Hidden width of each feed-forward block.")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="In attention, after each "
+                           "sub-layer and in the feed-forward block.")
+    activation: Literal["relu", "gelu"] = "gelu"
+    positional: Literal["learned", "sinusoidal"] = Field(
+        "sinusoidal", description="Position information added to each token: a trained "
+        "vector per position, or the fixed sines and cosines of Vaswani et al. (2017).")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="cls: a trained token prepended to the sequence is read out "
+        "(BERT); mean: the tokens averaged.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Transformer:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads={self.heads} does not divide d_model={self.d_model}")
+        return self
+
+
+SequenceModel = RNN | Transformer
+
 Model = Annotated[
     Annotated[MLP, Tag("mlp")]
-    | Annotated[CNN, Tag("cnn")],
+    | Annotated[CNN, Tag("cnn")]
+    | Annotated[RNN, Tag("rnn")]
+    | Annotated[Transformer, Tag("transformer")],
     _kind_or("mlp"),
 ]
+ModelSpec = MLP | CNN | RNN | Transformer
 
 
 # --------------------------------------------------------------------------- loss

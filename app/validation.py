@@ -53,6 +53,12 @@ def _shape_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
         problems.append(Problem(("data", "input_shape"), f"{list(shape)} holds "
                                 f"{math.prod(shape)} values but each row has "
                                 f"{info.n_features} features"))
+    if isinstance(spec.model, s.RNN | s.Transformer):
+        if len(shape) != 2:
+            problems.append(Problem(("data", "input_shape"), f"is {list(shape)}, but "
+                                    f"{s.SEQUENCE_VIEW}; set data.input_shape to [C, L] "
+                                    "(digits: [8, 8] reads each image column by column)"))
+        return problems
     needs_shape = isinstance(spec.model, s.CNN) or spec.regularization.cutmix is not None \
         or spec.regularization.augment is not None
     if needs_shape and len(shape) < 2:
@@ -79,6 +85,22 @@ def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
                                     f"choose one of {sorted(known)}"))
     if shapes.uses_batch_norm(spec.model) and spec.training.batch_size == 1:
         problems.append(Problem(("training", "batch_size"), shapes.BATCH_NORM_NEEDS_TWO))
+    return problems + _recurrent_problems(spec)
+
+
+def _recurrent_problems(spec: s.JobSpec) -> list[Problem]:
+    """What torch's recurrent kernels cannot do (each failed in a worker when accepted)."""
+    model, tr = spec.model, spec.training
+    if not isinstance(model, s.RNN):
+        return []
+    problems = []
+    if model.cell == "lstm" and tr.precision == "bf16":
+        problems.append(Problem(("training", "precision"), "bf16 autocast of an lstm fails "
+                                "in oneDNN on CPUs without bf16 support; use fp32 or cell: gru"))
+    if tr.sharpness is not None and tr.device != "cpu":
+        problems.append(Problem(("training", "sharpness"), "needs second derivatives, which "
+                                "cuDNN's recurrent kernels do not provide; set "
+                                "training.device to cpu or leave sharpness out"))
     return problems
 
 
@@ -98,6 +120,8 @@ def _norm_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
     """Instance and group norms divide by a standard deviation over values torch insists
     are more than one (group norm even in eval); a spec that leaves one fails in the worker."""
     model, shape = spec.model, shapes.effective_input_shape(spec.data, info)
+    if isinstance(model, s.RNN | s.Transformer):
+        return []  # a Transformer's layer norms read d_model values per token, never one
     maps = _normalized_maps(model, shape)
     where = "hidden" if isinstance(model, s.MLP) else "channels"
     if model.norm == "instance":
@@ -196,7 +220,8 @@ def _memory_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> 
     """What a worker would need (shapes.memory_estimate) against the memory caps."""
     est, h = shapes.memory_estimate(spec, info), shapes.human_bytes
     cap, problems = limits.max_activation_bytes, []
-    widths = "channels" if isinstance(spec.model, s.CNN) else "hidden widths"
+    widths = {"cnn": "channels", "mlp": "hidden widths", "rnn": "hidden size",
+              "transformer": "d_model, heads or ff"}[spec.model.kind]
     if est.train_batch > cap:
         problems.append(Problem(("training", "batch_size"), f"needs about {h(est.train_batch)} "
                                 f"of activations per training batch of {est.batch_rows:,} rows; "

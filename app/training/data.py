@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from app import spec as s
 from app.training.errors import DataError as DataError  # its home; imported from here too
 from app.training.resample import resample
+from app.training.sequences import motif_order
 from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
 
 
@@ -115,6 +116,8 @@ def generate(src: s.GeneratorBase) -> tuple[np.ndarray, np.ndarray]:
             )
         case s.FunctionSource():
             return _function(src)
+        case s.MotifOrderSource():
+            return motif_order(src)
     raise DataError(f"unknown generator {src!r}")
 
 

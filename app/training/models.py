@@ -1,4 +1,5 @@
-"""Model builders: an MLP (affine maps + nonlinearities) and a small CNN / ResNet.
+"""Model builders: an MLP (affine maps + nonlinearities) and a small CNN / ResNet; the
+sequence models (RNN, Transformer) live in ``sequence_models.py``.
 
 ``shapes.mlp_parameters`` / ``shapes.cnn_parameters`` count the same parameters
 without torch; a test keeps them equal.
@@ -14,6 +15,7 @@ from torch import nn
 
 from app import spec as s
 from app.training.errors import DataError
+from app.training.sequence_models import SequenceRNN, SequenceTransformer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -175,8 +177,16 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build_model(spec: s.MLP | s.CNN, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+def build_model(spec: s.ModelSpec, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+    """The network a model spec names, for rows viewed as ``input_shape``."""
     model: nn.Module
+    if isinstance(spec, s.RNN | s.Transformer):
+        if len(input_shape) != 2:
+            raise DataError(f"a {spec.kind} model needs data.input_shape [C, L]: "
+                            f"{s.SEQUENCE_VIEW}")
+        if isinstance(spec, s.RNN):
+            return SequenceRNN(spec, input_shape, n_out)
+        return SequenceTransformer(spec, input_shape, n_out)
     if isinstance(spec, s.MLP):
         model = MLP(spec, math.prod(input_shape), n_out)
     else:

@@ -50,6 +50,9 @@ def synthetic_info(src: s.GeneratorBase) -> DataInfo:
             return DataInfo("regression", n, src.n_features, 0)
         case s.FunctionSource():
             return DataInfo("regression", n, 1, 0)
+        case s.MotifOrderSource():
+            steps = (src.n_features, src.length)
+            return DataInfo("classification", n, math.prod(steps), 2, steps)
     raise ValueError(f"unknown generator {src!r}")
 
 
@@ -100,23 +103,67 @@ def cnn_parameters(model: s.CNN, shape: tuple[int, ...], n_out: int) -> int:
     return total + c_in * n_out + n_out
 
 
+GATES = {"gru": 3, "lstm": 4}  # weight blocks per recurrent cell
+
+
+def rnn_parameters(model: s.RNN, shape: tuple[int, ...], n_out: int) -> int:
+    """Per layer and direction: input and recurrent weights of every gate, two biases."""
+    g, h, dirs = GATES[model.cell], model.hidden, 2 if model.bidirectional else 1
+    total, n_in = 0, shape[0]
+    for _ in range(model.layers):
+        total += dirs * (g * h * (n_in + h) + 2 * g * h)
+        n_in = dirs * h
+    return total + n_in * n_out + n_out
+
+
+def transformer_tokens(model: s.Transformer, shape: tuple[int, ...]) -> int:
+    """Steps, plus the cls token when it pools."""
+    return shape[1] + (1 if model.pooling == "cls" else 0)
+
+
+def transformer_parameters(model: s.Transformer, shape: tuple[int, ...], n_out: int) -> int:
+    d, ff = model.d_model, model.ff
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + 2 * 2 * d + (d * ff + ff) + (ff * d + d)
+    total = shape[0] * d + d + model.layers * per_layer + 2 * d  # embedding, layers, norm
+    total += d if model.pooling == "cls" else 0
+    total += transformer_tokens(model, shape) * d if model.positional == "learned" else 0
+    return total + d * n_out + n_out
+
+
 def parameter_count(spec: s.JobSpec, info: DataInfo) -> int:
-    n_out = output_dim(info, spec.loss)
-    if isinstance(spec.model, s.MLP):
-        return mlp_parameters(spec.model, info.n_features, n_out)
-    return cnn_parameters(spec.model, effective_input_shape(spec.data, info), n_out)
+    n_out, shape = output_dim(info, spec.loss), effective_input_shape(spec.data, info)
+    match spec.model:
+        case s.MLP():
+            return mlp_parameters(spec.model, info.n_features, n_out)
+        case s.CNN():
+            return cnn_parameters(spec.model, shape, n_out)
+        case s.RNN():
+            return rnn_parameters(spec.model, shape, n_out)
+    return transformer_parameters(spec.model, shape, n_out)
 
 
 def layer_count(spec: s.JobSpec) -> int:
-    if isinstance(spec.model, s.MLP):
-        return len(spec.model.hidden) + 1
-    blocks = spec.model.blocks_per_stage * 2 if spec.model.residual else 0
-    return len(spec.model.channels) * (1 + blocks) + 1
+    """Weight layers in depth: a Transformer layer counts its two sub-layers."""
+    match spec.model:
+        case s.MLP():
+            return len(spec.model.hidden) + 1
+        case s.CNN():
+            blocks = spec.model.blocks_per_stage * 2 if spec.model.residual else 0
+            return len(spec.model.channels) * (1 + blocks) + 1
+        case s.RNN():
+            return spec.model.layers + 1
+    return 2 * spec.model.layers + 2
 
 
 def max_width(spec: s.JobSpec) -> int:
-    widths = spec.model.hidden if isinstance(spec.model, s.MLP) else spec.model.channels
-    return max(widths, default=0)
+    match spec.model:
+        case s.MLP():
+            return max(spec.model.hidden, default=0)
+        case s.CNN():
+            return max(spec.model.channels)
+        case s.RNN():
+            return spec.model.hidden * (2 if spec.model.bidirectional else 1)
+    return max(spec.model.d_model, spec.model.ff)
 
 
 def train_rows(info: DataInfo, split: s.Split) -> int:
@@ -156,6 +203,7 @@ class Op:
     aux_bytes: int = 0  # saved besides the output: masks, pool indices, norm statistics
     held: int = 0  # inputs of enclosing blocks, alive until those return
     kind: str = "layer"  # or "dropout", or without a module: "pad", "add", "mean"
+    grad_saved: int = 0  # bytes autograd keeps for backward only (gates, attention maps)
 
 
 def _norm_stats(norm: s.Norm, channels: int, groups: int, spatial: int) -> int:
@@ -237,11 +285,92 @@ def _cnn_ops(model: s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
     return [*ops, Op(c * math.prod(spatial), c, kind="mean"), Op(c, n_out)]
 
 
-def model_ops(model: s.MLP | s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
+# A recurrent layer per step and direction, in floats, fitted to measured CPU allocations
+# (tests/training/test_memory_estimate.py): (per hidden unit, per input feature, constant).
+# Evaluation keeps the gates of one step and the input projection of all of them (the
+# composite path; oneDNN's fused LSTM needs less); training saves every step's gates too.
+RNN_EVAL = {"gru": (6, 1, 16), "lstm": (8, 1, 16)}
+RNN_GRAD = {"gru": (6, 3, 16), "lstm": (12, 7, 48)}
+
+
+def _per_step(coef: tuple[int, int, int], hidden: int, n_in: int) -> int:
+    return coef[0] * hidden + coef[1] * n_in + coef[2]
+
+
+def _rnn_ops(model: s.RNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
+    """The (N, L, C) copy of the row, each layer over all steps, pooling, dropout, head."""
+    (c, steps), dirs, h = shape, 2 if model.bidirectional else 1, model.hidden
+    ops, n_in = [Op(c * steps, c * steps, kind="pad")], c
+    for layer in range(model.layers):
+        out = steps * dirs * h
+        if layer and model.dropout > 0:  # torch's dropout between stacked layers
+            ops.append(Op(out, out, MASK * out, kind="dropout"))
+        ops.append(Op(steps * n_in, out, FLOAT * steps * dirs * _per_step(
+            RNN_EVAL[model.cell], h, n_in), grad_saved=FLOAT * steps * dirs * _per_step(
+            RNN_GRAD[model.cell], h, n_in)))
+        n_in = dirs * h
+    pooled = dirs * h
+    ops.append(Op(steps * pooled, pooled, kind="mean") if model.pooling == "mean"
+               else Op(pooled, pooled, kind="pad"))
+    if model.dropout > 0:
+        ops.append(Op(pooled, pooled, MASK * pooled, kind="dropout"))
+    return [*ops, Op(pooled, n_out)]
+
+
+def _attention_ops(model: s.Transformer, tokens: int, outer: int) -> list[Op]:
+    """norm1 -> q, k, v -> softmax(q k^T) v -> out_proj (-> dropout) + x, for one row;
+    ``outer`` elements (the encoder's input and the tokens) stay alive meanwhile."""
+    n, maps = tokens * model.d_model, model.heads * tokens * tokens
+    dropped = model.dropout > 0
+    # the maps are counted as the math kernel keeps them; fused kernels (flash attention,
+    # the CPU's included) keep per-row statistics only, so this bounds both
+    # torch's unfused path (odd head counts, training) also copies q, k and v per head;
+    # + per-token statistics of the kernels (they dominate when d_model is tiny)
+    attention = Op(3 * n, n, FLOAT * (3 * n + maps + 8 * tokens), held=outer + 2 * n,
+                   grad_saved=FLOAT * (maps + n) + ((FLOAT + MASK) * maps if dropped else 0))
+    ops = [Op(n, n, 2 * FLOAT * tokens, held=outer + n), Op(n, 3 * n, held=outer + n),
+           attention, Op(n, n, held=outer + n)]
+    ops += [Op(n, n, MASK * n, outer + n, "dropout")] if dropped else []
+    return [*ops, Op(2 * n, n, held=outer, kind="add")]
+
+
+def _feed_forward_ops(model: s.Transformer, tokens: int, outer: int) -> list[Op]:
+    """norm2 -> linear1 -> act (-> dropout) -> linear2 (-> dropout) + x, for one row."""
+    n, wide, dropped = tokens * model.d_model, tokens * model.ff, model.dropout > 0
+    inner = outer + 3 * n  # the layer's input, x and its norm stay alive through the block
+    ops = [Op(n, n, 2 * FLOAT * tokens, held=outer + n), Op(n, wide, held=inner),
+           Op(wide, wide, held=inner)]
+    ops += [Op(wide, wide, MASK * wide, inner, "dropout")] if dropped else []
+    ops.append(Op(wide, n, held=inner))
+    ops += [Op(n, n, MASK * n, outer + n, "dropout")] if dropped else []
+    return [*ops, Op(2 * n, n, held=outer, kind="add")]
+
+
+def _transformer_ops(model: s.Transformer, shape: tuple[int, ...], n_out: int) -> list[Op]:
+    """Embedding, cls and positions, the pre-norm layers, the final norm, pooling, head."""
+    (c, steps), d = shape, model.d_model
+    tokens = transformer_tokens(model, shape)
+    n = tokens * d
+    ops = [Op(c * steps, c * steps, kind="pad"), Op(c * steps, steps * d)]
+    ops += [Op(steps * d, n, kind="pad")] if model.pooling == "cls" else []
+    ops.append(Op(2 * n, n, kind="add"))  # + positions
+    for _ in range(model.layers):  # the tokens and the encoder's input stay alive
+        ops += _attention_ops(model, tokens, 2 * n) + _feed_forward_ops(model, tokens, 2 * n)
+    ops.append(Op(n, n, 2 * FLOAT * tokens))
+    ops.append(Op(n, d, kind="mean") if model.pooling == "mean" else Op(d, d, kind="pad"))
+    return [*ops, Op(d, n_out)]
+
+
+def model_ops(model: s.ModelSpec, shape: tuple[int, ...], n_out: int) -> list[Op]:
     """The forward pass of ``models.build_model(model, shape, n_out)``, one row at a time."""
-    if isinstance(model, s.MLP):
-        return _mlp_ops(model, math.prod(shape), n_out)
-    return _cnn_ops(model, shape, n_out)
+    match model:
+        case s.MLP():
+            return _mlp_ops(model, math.prod(shape), n_out)
+        case s.CNN():
+            return _cnn_ops(model, shape, n_out)
+        case s.RNN():
+            return _rnn_ops(model, shape, n_out)
+    return _transformer_ops(model, shape, n_out)
 
 
 def _input_copies(reg: s.Regularization, shape: tuple[int, ...]) -> int:
@@ -270,7 +399,7 @@ def _transient(ops: list[Op]) -> int:
 def train_row_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int) -> int:
     """Peak bytes per row of one training step: saved outputs, backward buffers, inputs."""
     ops = model_ops(spec.model, shape, n_out)
-    saved = sum(FLOAT * op.writes + op.aux_bytes for op in ops)
+    saved = sum(FLOAT * op.writes + op.aux_bytes + op.grad_saved for op in ops)
     loss = 4 * FLOAT * (n_out + 1) + INDEX  # log-softmax, its gradient, the targets
     rows = saved + _transient(ops) + loss
     return rows + _input_copies(spec.regularization, shape)
@@ -307,8 +436,8 @@ def batch_rows(spec: s.JobSpec, n_train: int) -> int:
 BATCH_NORM_NEEDS_TWO = "batch norm needs batch_size >= 2 (it normalizes over the batch)"
 
 
-def uses_batch_norm(model: s.MLP | s.CNN) -> bool:
-    return model.norm == "batch"
+def uses_batch_norm(model: s.ModelSpec) -> bool:
+    return isinstance(model, s.MLP | s.CNN) and model.norm == "batch"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Closure = Callable[[], torch.Tensor]  # the training loss at the model's current weights
 
@@ -25,10 +26,13 @@ def total(terms: list[torch.Tensor]) -> torch.Tensor:
 
 def hessian_vector_product(closure: Closure, params: list[torch.Tensor],
                            vector: list[torch.Tensor]) -> list[torch.Tensor]:
-    """H v by double backward (Pearlmutter's trick), never forming H."""
-    grads = torch.autograd.grad(closure(), params, create_graph=True)
-    dot = total([(g * v).sum() for g, v in zip(grads, vector, strict=True)])
-    return list(torch.autograd.grad(dot, params))
+    """H v by double backward (Pearlmutter's trick), never forming H. Attention runs its
+    math kernel here: the fused ones (flash attention, the CPU's too) have no second
+    derivative."""
+    with sdpa_kernel(SDPBackend.MATH):
+        grads = torch.autograd.grad(closure(), params, create_graph=True)
+        dot = total([(g * v).sum() for g, v in zip(grads, vector, strict=True)])
+        return list(torch.autograd.grad(dot, params))
 
 
 def top_hessian_eigenvalue(model: nn.Module, closure: Closure, iterations: int,

@@ -138,7 +138,12 @@ def test_catalog_lists_every_option(client: TestClient) -> None:
     assert set(comps["optimizer"]["options"]) == {"sgd", "adagrad", "adadelta", "rmsprop",
                                                    "adam", "adamw"}
     assert comps["optimizer"]["options"]["adam"]["parameters"]["eps"]["default"] == 1e-8
-    assert set(comps["model"]["options"]) == {"mlp", "cnn"}
+    assert set(comps["model"]["options"]) == {"mlp", "cnn", "rnn", "transformer"}
+    rnn, transformer = (comps["model"]["options"][k]["parameters"] for k in ("rnn", "transformer"))
+    assert rnn["cell"]["enum"] == ["gru", "lstm"] and rnn["pooling"]["default"] == "last"
+    assert transformer["positional"]["enum"] == ["learned", "sinusoidal"]
+    assert transformer["pooling"]["enum"] == ["cls", "mean"]
+    assert "motif_order" in comps["data.source"]["options"]
     assert "function" in comps["data.source"]["options"]
     assert "early_stopping" in cat["blocks"]["regularization"]["parameters"]
     assert all(o["description"] for c in comps.values() for o in c["options"].values())

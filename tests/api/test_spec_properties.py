@@ -169,6 +169,36 @@ def models(draw: Any, cnn: bool) -> Spec:
 
 
 @st.composite
+def sequence_models(draw: Any) -> Spec:
+    """An rnn or transformer with every option drawn, sized to fit the default memory caps
+    at full batch on the sequences below."""
+    dropout = draw(floats(0, 1, hi_open=True))
+    if draw(st.booleans()):
+        return {"kind": "rnn", "cell": draw(st.sampled_from(["gru", "lstm"])),
+                "hidden": draw(st.integers(1, 32)), "layers": draw(st.integers(1, 3)),
+                "bidirectional": draw(st.booleans()), "dropout": dropout,
+                "pooling": draw(st.sampled_from(["last", "mean"]))}
+    heads = draw(st.integers(1, 4))
+    return {"kind": "transformer", "heads": heads, "d_model": heads * draw(st.integers(1, 8)),
+            "layers": draw(st.integers(1, 3)), "ff": draw(st.integers(1, 64)),
+            "dropout": dropout, "activation": draw(st.sampled_from(["relu", "gelu"])),
+            "positional": draw(st.sampled_from(["learned", "sinusoidal"])),
+            "pooling": draw(st.sampled_from(["cls", "mean"]))}
+
+
+@st.composite
+def sequence_data(draw: Any) -> tuple[Spec, shapes.DataInfo]:
+    """Sequences: generated motif orders ([C, L] natively) or digits read as [8, 8]."""
+    if draw(st.booleans()):
+        return {"source": {"builtin": "digits"}, "input_shape": [8, 8]}, BUILTIN["digits"]
+    source = {"synthetic": "motif_order", "n_samples": draw(st.integers(40, 1000)),
+              "n_features": draw(st.integers(1, 8)), "length": draw(st.integers(2, 24)),
+              "noise": draw(floats(0, 10)), "seed": draw(st.integers(0, 2**31))}
+    info = shapes.synthetic_info(s.MotifOrderSource.model_validate(source))
+    return {"source": source}, info
+
+
+@st.composite
 def optimizers(draw: Any) -> Spec:
     kind = draw(st.sampled_from(["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]))
     opt: Spec = {"kind": kind, "lr": draw(floats(1e-6, 10)),
@@ -226,15 +256,18 @@ def regularizations(draw: Any) -> Spec:
 
 @st.composite
 def valid_specs(draw: Any) -> Spec:
-    cnn = draw(st.integers(0, 3)) == 0  # a quarter: conv nets on digits (1x8x8 images)
-    if cnn:
+    # a quarter: conv nets on digits (1x8x8 images); a sixth: sequence models on sequences
+    arch = draw(st.sampled_from(["cnn"] * 3 + ["sequence"] * 2 + ["mlp"] * 7))
+    if arch == "cnn":
         data, info = {"source": {"builtin": "digits"}}, BUILTIN["digits"]
+    elif arch == "sequence":
+        data, info = draw(sequence_data())
     else:
         data, info = draw(data_blocks())
     image = data["source"].get("builtin") == "digits"
-    model = draw(models(cnn))
+    model = draw(sequence_models() if arch == "sequence" else models(arch == "cnn"))
     batch = draw(st.one_of(st.just("full"), st.integers(1, LIMITS.max_batch_size)))
-    if model["norm"] == "batch" and batch == 1:
+    if model.get("norm") == "batch" and batch == 1:
         batch = 2  # batch norm normalizes over the batch
     printable = st.characters(blacklist_categories=("Cc", "Cs"))  # names refuse controls
     spec = {"name": draw(st.text(printable, min_size=1, max_size=40)), "data": data,

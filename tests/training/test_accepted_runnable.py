@@ -1,7 +1,8 @@
 """Accepted must mean runnable: every spec the API's validation accepts trains.
 
 Hypothesis draws specs around every cap of a scaled-down ``Limits`` (sizes drawn near
-and just past each cap, so about half are refused), runs ``app.validation.check_spec``
+and just past each cap, so about half are refused; every model kind, sequence models on
+sequence views), runs ``app.validation.check_spec``
 as the API does, and for each accepted spec runs the core on it: load or generate the
 data, prepare it, build the model and optimizer (``Trainer``), one training step on the
 first batch, one eval chunk, and ``Trainer.finish`` (every split evaluated in chunks,
@@ -104,6 +105,32 @@ def cnns(draw: Any) -> Spec:
 
 
 @st.composite
+def sequence_sources(draw: Any) -> tuple[Spec, list[int] | None]:
+    """A source whose rows can be viewed as [C, L] (for sequence models)."""
+    if draw(st.integers(0, 3)) == 0:
+        return {"builtin": "digits"}, draw(st.sampled_from([[8, 8], [4, 16], [1, 64]]))
+    c, length = draw(st.integers(1, 6)), draw(st.integers(2, 24))
+    n = draw(near(SMALL.max_synthetic_values // (c * length), 30))
+    return {"synthetic": "motif_order", "n_features": c, "length": length, "n_samples": n}, None
+
+
+@st.composite
+def sequence_models(draw: Any) -> Spec:
+    if draw(st.booleans()):
+        return {"kind": "rnn", "cell": draw(st.sampled_from(["gru", "lstm"])),
+                "hidden": draw(near(SMALL.max_width // 2)), "layers": draw(st.integers(1, 3)),
+                "bidirectional": draw(st.booleans()), "pooling": draw(st.sampled_from(
+                    ["last", "mean"])), "dropout": draw(st.sampled_from([0.0, 0.2]))}
+    heads = draw(st.sampled_from([1, 2, 4]))
+    return {"kind": "transformer", "heads": heads, "d_model": heads * draw(near(24)),
+            "ff": draw(near(SMALL.max_width)), "layers": draw(st.integers(1, 3)),
+            "dropout": draw(st.sampled_from([0.0, 0.1])),
+            "activation": draw(st.sampled_from(["relu", "gelu"])),
+            "positional": draw(st.sampled_from(["learned", "sinusoidal"])),
+            "pooling": draw(st.sampled_from(["cls", "mean"]))}
+
+
+@st.composite
 def regularizations(draw: Any, shaped: bool) -> Spec:
     reg: Spec = {"input_noise": draw(st.sampled_from([0.0, 0.1])),
                  "weight_noise": draw(st.sampled_from([0.0, 0.01])),
@@ -118,10 +145,15 @@ def regularizations(draw: Any, shaped: bool) -> Spec:
 
 @st.composite
 def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
-    shaped = draw(st.booleans())
-    if shaped:
-        source, view = draw(shaped_sources())
+    layout = draw(st.sampled_from(["flat", "shaped", "sequence"]))
+    shaped = layout != "flat"
+    if layout == "sequence":
+        source, view = draw(sequence_sources())
         data: Spec = {"source": source} | ({"input_shape": view} if view else {})
+        model = draw(st.one_of(sequence_models(), cnns()))
+    elif shaped:
+        source, view = draw(shaped_sources())
+        data = {"source": source} | ({"input_shape": view} if view else {})
         model = draw(st.one_of(cnns(), mlps()))
     else:
         data, model = {"source": draw(flat_sources())}, draw(mlps())
@@ -139,7 +171,7 @@ def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
     info = (shapes.BUILTIN_INFO[src.builtin] if isinstance(src, s.BuiltinSource)
             else shapes.synthetic_info(src))  # type: ignore[arg-type]
     batch = draw(st.one_of(st.just(1), st.just("full"), near(SMALL.max_batch_size, 2)))
-    if model["norm"] == "batch" and batch == 1:
+    if model.get("norm") == "batch" and batch == 1:
         batch = 2
     training: Spec = {"epochs": 1, "batch_size": batch, "device": "cpu",
                       "precision": draw(st.sampled_from(["fp32", "bf16"])),
@@ -161,7 +193,7 @@ def _first_batch(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=130, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.filter_too_much])
 @given(drawn=specs_near_the_caps())
 def test_every_accepted_spec_runs_within_its_memory_estimate(

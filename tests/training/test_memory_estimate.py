@@ -31,6 +31,7 @@ EVAL_SLACK = 2.5  # estimate / measured for an eval chunk (measured 1.0 to 1.7)
 ROOT = Path(__file__).resolve().parents[2]
 
 DIGITS = {"source": {"builtin": "digits"}}
+MOTIFS = {"source": {"synthetic": "motif_order", "n_samples": 600, "length": 24}}
 CE = {"kind": "cross_entropy"}
 SPECS: dict[str, dict[str, Any]] = {
     "mlp": {"model": {"kind": "mlp", "hidden": [64, 64]}},
@@ -63,7 +64,25 @@ SPECS: dict[str, dict[str, Any]] = {
                  "model": {"kind": "mlp", "hidden": [64, 64], "norm": "layer"}},
     "regression": {"data": {"source": {"builtin": "diabetes"}}, "loss": {"kind": "mse"},
                    "model": {"kind": "mlp", "hidden": [32], "dropout": 0.1}},
+    "rnn-gru-stacked": {"data": MOTIFS, "loss": CE,
+                        "model": {"kind": "rnn", "hidden": 32, "layers": 2, "dropout": 0.2}},
+    "rnn-gru-bidirectional-mean-bf16": {
+        "data": MOTIFS, "loss": CE, "training": {"precision": "bf16"},
+        "model": {"kind": "rnn", "hidden": 32, "bidirectional": True, "pooling": "mean"}},
+    "rnn-lstm-on-digit-columns": {"data": DIGITS | {"input_shape": [8, 8]}, "loss": CE,
+                                  "model": {"kind": "rnn", "cell": "lstm", "hidden": 64}},
+    "transformer": {"data": MOTIFS, "loss": CE, "model": {"kind": "transformer"}},
+    "transformer-dropout-mean-learned": {
+        "data": MOTIFS, "loss": CE,
+        "model": {"kind": "transformer", "dropout": 0.2, "pooling": "mean",
+                  "positional": "learned", "d_model": 48, "heads": 2, "ff": 96}},
 }
+# oneDNN's fused LSTM keeps about 1.5 floats per hidden unit and step in evaluation; the
+# estimate covers the composite kernels (8 per unit, measured with oneDNN off), which other
+# devices and dtypes run. Likewise the Transformer's: it bounds torch's unfused encoder
+# (odd head counts, autocast), which keeps about twice what the fused eval kernel does.
+EVAL_SLACK_OF = {"rnn-lstm-on-digit-columns": 6.0,  # measured 5.1
+                 "transformer": 4.5, "transformer-dropout-mean-learned": 4.5}  # 3.3 to 4.0
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
@@ -113,7 +132,7 @@ def test_eval_chunk_estimate_bounds_the_real_forward(name: str) -> None:
     x = t.data.x_train[: t.eval_rows]
     _, measured = peak_bytes(lambda: predict(t.model, x, t.autocast, t.eval_rows))
     estimate = x.shape[0] * shapes.eval_row_bytes(spec, t.data.input_shape, n_out)
-    assert measured <= estimate <= EVAL_SLACK * measured
+    assert measured <= estimate <= EVAL_SLACK_OF.get(name, EVAL_SLACK) * measured
 
 
 def test_eval_is_chunked_so_it_never_needs_more_than_a_training_step() -> None:
