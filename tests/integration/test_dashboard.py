@@ -236,3 +236,18 @@ def test_trainyard_plot_saves_the_servers_plots(stack: Stack, submitted: dict[st
     assert (tmp_path / f"{submitted['live']}-loss.svg").read_text().startswith("<?xml")
     wrong = plot(exp_id, "roc")
     assert wrong.returncode == 1 and "its plots are: folds" in wrong.stderr
+
+
+def test_plots_on_postgres_and_redis(distributed: Stack) -> None:
+    """The same plots from a job and an experiment run on Postgres + Redis."""
+    distributed.start_worker("w1")
+    with distributed.client() as http:
+        job_id = http.post("/v1/jobs", json=tiny_spec(training={"epochs": 3})).json()["id"]
+        exp_id = http.post("/v1/experiments", json=EVERY_KIND[0]).json()["id"]
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded", 120)
+        for plot in http.get(f"/v1/jobs/{job_id}/plots").json()["plots"]:
+            svg = http.get(plot["svg"])
+            assert svg.status_code == 200 and 'id="series-' in svg.text, plot
+        done = wait_experiments(distributed, {"cross_validation": exp_id})["cross_validation"]
+        folds = http.get(f"/v1/experiments/{exp_id}/plots/folds.png")
+        assert done["status"] == "succeeded" and folds.content.startswith(b"\x89PNG")

@@ -352,6 +352,10 @@ async function experimentPage(expId) {
     if (!drawn && now.result) {
       drawn = true;
       await Promise.all(plots.map((p, i) => showSvg(p.svg, holders[i])));
+    } else if (!drawn && now.status !== "running") {
+      drawn = true; // ended without a result (failed or cancelled): nothing will be drawn
+      holders.forEach((h) => h.replaceChildren(el("p", { class: "muted" },
+        `no plot: the experiment ${now.status} without a result`)));
     }
   };
   await refresh();
