@@ -7,6 +7,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import compile_path
 
 from app.observability import HTTP_REQUESTS, HTTP_SECONDS
@@ -55,11 +56,23 @@ class HttpMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                HTTP_SECONDS.labels(method, route_template(api, scope)).observe(
+                _latency(method, route_template(api, scope)).observe(
                     time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            HTTP_REQUESTS.labels(method, route_template(api, scope), str(status)).inc()
+            _requests(method, route_template(api, scope), status).inc()
+
+
+# prometheus_client's labels() validates and locks on every call; each label set is bounded
+# (methods x routes x statuses), so its child is looked up once.
+@lru_cache(maxsize=4096)
+def _latency(method: str, route: str) -> Histogram:
+    return HTTP_SECONDS.labels(method, route)
+
+
+@lru_cache(maxsize=4096)
+def _requests(method: str, route: str, status: int) -> Counter:
+    return HTTP_REQUESTS.labels(method, route, str(status))
