@@ -1,7 +1,7 @@
 """A small HTTP client for the CLI (and for scripts): submit, poll, watch.
 
-Light on purpose: httpx, stamina and the standard library only, never ``app`` or
-``worker``, so the client installs and imports without the server's dependencies.
+Light on purpose: httpx, httpx-sse, stamina and the standard library only, never ``app``
+or ``worker``, so the client installs and imports without the server's dependencies.
 
 Every request is retried with exponential backoff (stamina, logged on the ``stamina``
 logger) on connection errors and on 429/503, waiting what ``Retry-After`` asks when the
@@ -11,14 +11,17 @@ the caller gives none), so a retried POST never creates a second job."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import httpx_sse
 import stamina
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -202,11 +205,6 @@ def _bar(done: int, total: int, width: int = 24) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def _latest(points: list[dict[str, Any]], latest: dict[str, float]) -> None:
-    for p in points:
-        latest[f"{p['split']}_{p['name']}"] = p["value"]
-
-
 SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "train_lr")
 
 
@@ -250,25 +248,93 @@ class LineView:
 
 
 def watch(client: Client, job_id: str, stop: dict[str, bool] | None = None,
-          interval: float = 0.5, view: WatchView | None = None) -> str:
-    """Poll status and new metric points until the job ends; returns the final status."""
+          view: WatchView | None = None) -> str:
+    """Follow the job's event stream until it ends; returns the final status."""
     view = view or LineView()
-    after = 0
+    job = client.get_job(job_id)  # the picture now; the stream replays what led to it
     latest: dict[str, float] = {}
     try:
-        while True:
-            page = client.metrics(job_id, after)
-            _latest(page["points"], latest)
-            after = page["next_after"]
-            job = client.get_job(job_id)
+        view.job(job, latest)
+        for event in follow_events(client, f"/v1/jobs/{job_id}/events", stop):
+            _apply_job_event(job, latest, event)
             view.job(job, latest)
-            if job["status"] in TERMINAL or (stop is not None and stop["now"]):
-                break
-            time.sleep(interval)
     finally:
         view.close()
+    job = client.get_job(job_id)  # the outcome: summary or error
     _print_outcome(job)
     return str(job["status"])
+
+
+def _apply_job_event(job: dict[str, Any], latest: dict[str, float],
+                     event: dict[str, Any]) -> None:
+    data = event["data"]
+    if event["kind"] == "status":
+        job.update(status=data["status"], attempt=data["attempt"],
+                   cancel_requested=data["cancel_requested"])
+    elif event["kind"] == "progress":  # a replayed epoch does not move the bar back
+        job["progress"] = {"epoch": max(job["progress"]["epoch"], data["epoch"]),
+                           "total": data["total_epochs"]}
+    elif event["kind"] == "metric" and data["value"] is not None:
+        latest[f"{data['split']}_{data['name']}"] = data["value"]
+
+
+STREAM_READ_TIMEOUT = 90.0  # several of the server's heartbeats (15 s): silence is a drop
+
+
+def follow_events(client: Client, path: str,
+                  stop: dict[str, bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Each event of an SSE stream (its JSON ``data``), in order, until the server says
+    nothing more can follow (204).
+
+    After a drop, or the server closing the stream, it reconnects with ``Last-Event-ID``,
+    so no event is lost or repeated. Opening is retried like every request (stamina:
+    connection errors and 429/5xx, after ``Retry-After``); a stream that closes before
+    its first event counts as a failure and waits longer each time, up to
+    ``client.attempts`` in a row."""
+    last_id: str | None = None
+    quiet = 0  # streams in a row that ended without an event
+    while not (stop and stop["now"]):
+        response = _open_stream(client, path, last_id)
+        if response.status_code == 204:
+            return
+        got_one = False
+        try:
+            for sse in httpx_sse.EventSource(response).iter_sse():
+                if sse.data:
+                    last_id, got_one = sse.id, True
+                    yield json.loads(sse.data)
+                if stop and stop["now"]:
+                    return
+        except httpx.TransportError:
+            pass  # dropped: reconnect after the last event received
+        finally:
+            response.close()
+        quiet = 0 if got_one else quiet + 1
+        if quiet >= client.attempts:
+            raise ApiFailure(f"{path}: the stream closed {quiet} times without an event")
+        time.sleep(min(10.0, 0.25 * 2**quiet) if quiet else 0.0)
+
+
+def _open_stream(client: Client, path: str, last_id: str | None) -> httpx.Response:
+    """The stream's response, headers read; retried while it fails transiently."""
+    headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
+    timeout = httpx.Timeout(30.0, read=STREAM_READ_TIMEOUT)
+    try:
+        for attempt in stamina.retry_context(on=backoff, attempts=client.attempts,
+                                             timeout=client.retry_timeout, wait_max=10.0):
+            with attempt:
+                request = client.http.build_request("GET", path, headers=headers,
+                                                    timeout=timeout)
+                response = client.http.send(request, stream=True)
+                if response.status_code in TRANSIENT_STATUSES:
+                    response.read()
+                    raise TransientStatus(response)
+    except TransientStatus as exc:
+        response = exc.response
+    if response.status_code >= 400:
+        response.read()
+        client._check(response)  # raises ApiFailure with the server's message
+    return response
 
 
 def _print_outcome(job: dict[str, Any]) -> None:
@@ -284,21 +350,38 @@ def _print_outcome(job: dict[str, Any]) -> None:
         print(f"{job['id']} {job['status']}", flush=True)
 
 
-def watch_experiment(client: Client, experiment_id: str, interval: float = 1.0,
+def watch_experiment(client: Client, experiment_id: str,
                      view: WatchView | None = None) -> str:
-    """Poll an experiment until it ends, printing its progress; returns the final status."""
+    """Follow the experiment's event stream (its children's included) until it and every
+    child have ended, showing children done; returns the final status."""
     view = view or LineView()
+    exp = client.get_experiment(experiment_id)  # the picture now
+    children: dict[str, str] = {}  # child id -> its last status in the stream
     try:
-        while True:
-            exp = client.get_experiment(experiment_id)
+        view.experiment(exp)
+        for event in follow_events(client, f"/v1/experiments/{experiment_id}/events"):
+            _apply_experiment_event(exp, children, event)
             view.experiment(exp)
-            if exp["status"] != "running":
-                break
-            time.sleep(interval)
     finally:
         view.close()
+    exp = client.get_experiment(experiment_id)  # the result
     print(f"{exp['id']} {exp['status']}: {headline(exp)}", flush=True)
     return str(exp["status"])
+
+
+def _apply_experiment_event(exp: dict[str, Any], children: dict[str, str],
+                            event: dict[str, Any]) -> None:
+    data = event["data"]
+    if event["kind"] == "experiment_status":
+        exp["status"] = data["status"]
+    elif event["kind"] == "child":
+        children.setdefault(data["job_id"], "queued")
+    elif event["kind"] == "status" and event["job_id"] in children:
+        children[event["job_id"]] = data["status"]
+    done = sum(status in TERMINAL for status in children.values())
+    progress = exp["progress"]  # replayed history never moves the counts back
+    exp["progress"] = {**progress, "done": max(progress["done"], done),
+                       "total": max(progress["total"], len(children))}
 
 
 def headline(exp: dict[str, Any]) -> str:

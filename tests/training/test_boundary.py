@@ -146,4 +146,4 @@ def test_the_client_needs_only_httpx_and_the_standard_library() -> None:
     assert seen["httpx"], "the probe must actually have imported the client"
     assert not any(seen[name] for name in [*HEAVY, "pydantic"]), seen
     mods = {m.split(".")[0] for m in imported_modules(ROOT / "trainyard" / "client.py")}
-    assert mods - set(sys.stdlib_module_names) == {"httpx"}, mods
+    assert mods - set(sys.stdlib_module_names) == {"httpx", "httpx_sse", "stamina"}, mods
