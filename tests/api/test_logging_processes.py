@@ -66,3 +66,15 @@ def test_ctrl_c_during_the_demo_stops_cleanly_with_json_logs(tmp_path: Path) -> 
     assert attempts[0]["job_id"] == job_id
     assert "Traceback" not in printed + logged and "cannot reach" not in printed + logged
     assert "stopped" in printed
+
+
+def test_migrate_prints_one_line_and_no_library_chatter(tmp_path: Path) -> None:
+    """Alembic announced each plugin it set up and each revision at INFO; the command says
+    where the schema is, once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["TRAINYARD_HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "trainyard.cli", "migrate"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("database at head: ") and len(done.stdout.splitlines()) == 1
+    assert done.stderr == "", done.stderr

@@ -211,3 +211,33 @@ def _status(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_worker_side_observations_reach_the_exposition(metrics_app: TestClient) -> None:
+    """What the worker's reaper thread and execute() report (their real-process path is the
+    integration test above): failures keep their outcome, not their reason; attempts that
+    claimed nothing are not runs."""
+    from app.observability import observe_job_attempt, observe_reaper_pass
+
+    before = scrape(metrics_app)
+    observe_reaper_pass({"enqueued": ["job_reaped1", "job_reaped2"], "failed": ["job_reaped3"],
+                         "cancelled": [], "advanced": ["exp_reaped4"]})
+    observe_job_attempt("failed:diverged", 3.0)
+    observe_job_attempt("lease-lost", 1.0)
+    observe_job_attempt("not-claimed", 0.01)
+    observe_job_attempt("database-unavailable", 0.01)
+    after = scrape(metrics_app)
+
+    def grew(name: str, **labels: str) -> float:
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    assert grew("trainyard_reaper_actions_total", action="enqueued") == 2
+    assert grew("trainyard_reaper_actions_total", action="failed") == 1
+    assert grew("trainyard_reaper_actions_total", action="advanced") == 1
+    assert grew("trainyard_job_attempt_duration_seconds_count", outcome="failed") == 1
+    assert grew("trainyard_job_attempt_duration_seconds_sum", outcome="failed") == 3.0
+    assert grew("trainyard_job_attempt_duration_seconds_count", outcome="lease_lost") == 1
+    outcomes = {dict(labels).get("outcome") for name, labels in samples(after)
+                if name.startswith("trainyard_job_attempt")}
+    assert not outcomes & {"not_claimed", "database_unavailable", "failed:diverged"}
+    assert "reaped" not in after
