@@ -127,7 +127,6 @@ class EventHub:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.listener: Listener | None = None
-        self.rounds = 0  # rounds read from SQL (tests and the benchmark watch it)
 
     def check_room(self) -> None:
         if len(self.subscriptions) >= self.settings.events_max_streams:
@@ -170,7 +169,6 @@ class EventHub:
         except Exception:  # a bug: logged, and the streams keep their heartbeats
             log.exception("event poll failed")
             return False
-        self.rounds += 1 if reading else 0
         return any([s.feed(result.rows, result.heads) for s in waiting])
 
     async def _pause(self, seconds: float) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
-from tests.conftest import Stack, tiny_spec
+from tests.conftest import Stack, distributed_stack, tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,24 @@ def test_many_open_streams_hold_no_database_connection_each(
     assert len(received) == streams
     assert all([e["data"]["status"] for e in events] == ["queued", "cancelled"]
                for events in received)
+
+
+def test_on_postgres_a_commit_wakes_the_poller_before_its_interval(
+        tmp_path: Path, postgres_url: str, redis_url: str) -> None:
+    """With a 60 s poll interval and heartbeat, the cancel's event still arrives within the
+    client's 30 s read timeout: the trigger's NOTIFY woke the poller (without it the stream
+    would sit silent until the next round and the read would time out)."""
+    with distributed_stack(tmp_path, postgres_url, redis_url,
+                           TRAINYARD_EVENTS_POLL_SECONDS="60",
+                           TRAINYARD_EVENTS_HEARTBEAT_SECONDS="60") as stack:
+        client = stack.client()
+        job_id = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
+        got: list[str] = []
+        with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events",
+                         timeout=httpx.Timeout(30, read=30)) as source:
+            for event in source.iter_sse():  # the first round runs when a stream opens
+                if event.data:
+                    got.append(json.loads(event.data)["data"]["status"])
+                    if got == ["queued"]:
+                        client.post(f"/v1/jobs/{job_id}/cancel").raise_for_status()
+        assert got == ["queued", "cancelled"]
