@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,23 @@ def test_watch_tables_csv_and_json_show_only_what_was_asked(embedded: Stack,
     shown = trainyard(embedded, "show", job_id).stdout
     assert any(line.split() == ["status", "succeeded"] for line in shown.splitlines()), shown
     assert json.loads(trainyard(embedded, "show", job_id, "--json").stdout)["id"] == job_id
+
+
+def test_keys_list_as_json(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["TRAINYARD_HOME"] = str(tmp_path)
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "trainyard.cli", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("migrate")
+    key_id = run("keys", "create", "alice").split()[0]
+    run("keys", "revoke", key_id)
+    second = run("keys", "create", "bob").split()[0]
+    listed = {k["id"]: k for k in json.loads(run("keys", "list", "--json"))}
+    assert listed[key_id]["tenant"] == "alice" and listed[key_id]["revoked"] is True
+    assert listed[second]["tenant"] == "bob" and listed[second]["revoked"] is False
+    assert all("ty_" not in json.dumps(k) for k in listed.values())  # never the key itself
