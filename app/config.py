@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # 5 M-parameter cap is ~20 MB), and onnxruntime's threads per prediction
     predict_cache_bytes: int = Field(default=256 * 1024**2, ge=0)
     predict_threads: int = Field(default=1, ge=1, le=64)
+    # finished jobs and experiments unchanged this many days are deleted by the reaper
+    # (`keep: true` exempts one); unset: kept forever. At most retention_batch a pass.
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_batch: int = Field(default=100, ge=1, le=10_000)
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from app.run_metadata import RunMetadata
 from app.spec import Float, Int, JobSpec, Optimizer, Sharpness, Strict
 
 
@@ -16,6 +17,8 @@ class ExperimentBase(Strict):
     name: str = Field("experiment", min_length=1, max_length=200,
                       pattern=r"^[^\x00-\x1f\x7f]+$")
     base: JobSpec = Field(default_factory=JobSpec, description="The job every child varies.")
+    metadata: RunMetadata = Field(default_factory=RunMetadata,
+                                  description="The experiment's tags, note and keep.")
 
     @model_validator(mode="after")
     def _design_owned_fields(self) -> ExperimentBase:
@@ -25,6 +28,9 @@ class ExperimentBase(Strict):
             if getattr(self.base.data, name) is not None:
                 raise ValueError(f"base.data.{name} is set by the experiment for each child; "
                                  "leave it out of the base")
+        if self.base.metadata != RunMetadata():
+            raise ValueError("base.metadata: tags, note and keep belong to the experiment "
+                             "(its top-level metadata), not to its children")
         return self
 
 

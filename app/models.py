@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.run_metadata import ORDER_KEYS
 from app.statuses import ExperimentStatus, FailureReason, JobStatus, ModelStatus
 
 NAMING = {
@@ -105,6 +106,9 @@ class Job(Base):
         Index("ix_jobs_status_updated", "status", "updated_at"),
         Index("ix_jobs_tenant_status", "tenant_id", "status"),  # the per-tenant active count
         UniqueConstraint("tenant_id", "idempotency_key"),
+        # one keyset index per ?order_by= key (app/run_metadata.ORDER_KEYS)
+        *(Index(f"ix_jobs_tenant_ord_{key}", "tenant_id", f"ord_{key}", "id")
+          for key in ORDER_KEYS),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -141,6 +145,21 @@ class Job(Base):
     model_status: Mapped[ModelStatus | None] = mapped_column(StrEnumColumn(ModelStatus, 16))
     model_error: Mapped[str | None] = mapped_column(Text)
     model_updated_at: Mapped[datetime | None]
+    # metadata (app/run_metadata.py): not spec, edited with PATCH; tags also in job_tags
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    note: Mapped[str | None] = mapped_column(Text)
+    keep: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # summary figures projected when the job ends, for ?order_by= (order_columns)
+    ord_test_loss: Mapped[float | None] = mapped_column(Float)
+    ord_test_accuracy: Mapped[float | None] = mapped_column(Float)
+    ord_test_rmse: Mapped[float | None] = mapped_column(Float)
+    ord_test_r2: Mapped[float | None] = mapped_column(Float)
+    ord_val_loss: Mapped[float | None] = mapped_column(Float)
+    ord_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    ord_val_rmse: Mapped[float | None] = mapped_column(Float)
+    ord_train_loss: Mapped[float | None] = mapped_column(Float)
+    ord_parameters: Mapped[float | None] = mapped_column(Float)
+    ord_best_epoch: Mapped[float | None] = mapped_column(Float)
 
 
 class ModelExport(Base):
@@ -158,6 +177,29 @@ class ModelExport(Base):
     manifest: Mapped[dict[str, Any]]
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+
+
+class JobTag(Base):
+    """One tag of a job: ``?tag=`` filters through (tenant_id, tag)."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tenant_tag", "tenant_id", "tag", "job_id"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+
+
+class ExperimentTag(Base):
+    __tablename__ = "experiment_tags"
+    __table_args__ = (Index("ix_experiment_tags_tenant_tag", "tenant_id", "tag",
+                            "experiment_id"),)
+
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
 
 
 class Metric(Base):
@@ -239,6 +281,9 @@ class Experiment(Base):
     finished_at: Mapped[datetime | None]
     # the last event's sequence number; bumped by the triggers of migration 0006
     event_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    note: Mapped[str | None] = mapped_column(Text)
+    keep: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class JobEvent(Base):

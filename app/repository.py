@@ -8,14 +8,27 @@ lease was taken over matches no row and gets ``LeaseLost``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import Select, and_, case, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
-from app.models import ApiKey, Checkpoint, Dataset, Experiment, Job, Metric, Tenant, Worker
+from app.models import (
+    ApiKey,
+    Checkpoint,
+    Dataset,
+    Experiment,
+    ExperimentTag,
+    Job,
+    JobTag,
+    Metric,
+    Tenant,
+    Worker,
+)
+from app.run_metadata import order_columns
 from app.statuses import ACTIVE, ExperimentStatus, FailureReason, JobStatus
 
 
@@ -108,18 +121,59 @@ def _newest_first(session: Session, stmt: Select[Listed], model: type[Listed],
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
-def list_jobs(session: Session, tenant_id: str, *, status: JobStatus | None, name: str | None,
-              experiment_id: str | None, before: tuple[datetime, str] | None,
-              limit: int) -> Sequence[Job]:
-    """Newest first; ``before`` is the (created_at, id) of the previous page's last row."""
+@dataclass(frozen=True)
+class JobFilter:
+    """What GET /v1/jobs narrows by; every condition must hold (each tag too)."""
+
+    status: JobStatus | None = None
+    name: str | None = None
+    name_prefix: str | None = None
+    experiment_id: str | None = None
+    tags: Sequence[str] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _filtered_jobs(tenant_id: str, f: JobFilter) -> Select[Job]:
     stmt = select(Job).where(Job.tenant_id == tenant_id)
-    if status:
-        stmt = stmt.where(Job.status == status)
-    if name:
-        stmt = stmt.where(Job.name == name)
-    if experiment_id:
-        stmt = stmt.where(Job.experiment_id == experiment_id)
-    return _newest_first(session, stmt, Job, before, limit)
+    if f.status:
+        stmt = stmt.where(Job.status == f.status)
+    if f.name:
+        stmt = stmt.where(Job.name == f.name)
+    if f.name_prefix:
+        stmt = stmt.where(Job.name.startswith(f.name_prefix, autoescape=True))
+    if f.experiment_id:
+        stmt = stmt.where(Job.experiment_id == f.experiment_id)
+    for tag in f.tags:
+        stmt = stmt.where(exists().where(JobTag.tenant_id == tenant_id, JobTag.tag == tag,
+                                         JobTag.job_id == Job.id))
+    if f.created_after:
+        stmt = stmt.where(Job.created_at >= f.created_after)
+    if f.created_before:
+        stmt = stmt.where(Job.created_at < f.created_before)
+    return stmt
+
+
+def list_jobs(session: Session, tenant_id: str, f: JobFilter, *,
+              before: tuple[datetime, str] | None, limit: int) -> Sequence[Job]:
+    """Newest first; ``before`` is the (created_at, id) of the previous page's last row."""
+    return _newest_first(session, _filtered_jobs(tenant_id, f), Job, before, limit)
+
+
+def list_jobs_ordered(session: Session, tenant_id: str, f: JobFilter, *, key: str,
+                      descending: bool, after: tuple[float, str] | None,
+                      limit: int) -> Sequence[Job]:
+    """Jobs that have the ``ord_<key>`` figure, by it (then id), past the keyset ``after``:
+    one range scan of (tenant_id, ord_<key>, id), forward or backward."""
+    column = getattr(Job, f"ord_{key}")
+    stmt = _filtered_jobs(tenant_id, f).where(column.is_not(None))
+    if after is not None:
+        value, row_id = after
+        past = (or_(column < value, and_(column == value, Job.id < row_id)) if descending
+                else or_(column > value, and_(column == value, Job.id > row_id)))
+        stmt = stmt.where(past)
+    order = (column.desc(), Job.id.desc()) if descending else (column.asc(), Job.id.asc())
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
 def count_active_jobs(session: Session, tenant_id: str) -> int:
@@ -206,7 +260,8 @@ def finish(session: Session, *, job_id: str, attempt: int, status: JobStatus, no
            message: str | None = None) -> None:
     stmt = (update(Job).where(_fenced(job_id, attempt))
             .values(status=status, summary=summary, error_reason=reason, error_message=message,
-                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None))
+                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
+                    **order_columns(summary)))
     if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost(job_id)
 
@@ -378,13 +433,17 @@ def experiment_by_idempotency_key(session: Session, tenant_id: str,
 
 
 def list_experiments(session: Session, tenant_id: str, *, status: ExperimentStatus | None,
-                     kind: str | None, before: tuple[datetime, str] | None,
+                     kind: str | None, tags: Sequence[str], before: tuple[datetime, str] | None,
                      limit: int) -> Sequence[Experiment]:
     stmt = select(Experiment).where(Experiment.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Experiment.status == status)
     if kind:
         stmt = stmt.where(Experiment.kind == kind)
+    for tag in tags:
+        stmt = stmt.where(exists().where(
+            ExperimentTag.tenant_id == tenant_id, ExperimentTag.tag == tag,
+            ExperimentTag.experiment_id == Experiment.id))
     return _newest_first(session, stmt, Experiment, before, limit)
 
 

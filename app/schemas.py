@@ -52,6 +52,9 @@ class JobOut(BaseModel):
                                      ".../predict) or failed with the reason; absent when "
                                      "none was asked for.")
     spec: dict[str, Any]
+    tags: list[str]
+    note: str | None
+    keep: bool
     links: dict[str, str]
 
     @classmethod
@@ -68,8 +71,8 @@ class JobOut(BaseModel):
             started_at=job.started_at and as_utc(job.started_at),
             finished_at=job.finished_at and as_utc(job.finished_at),
             summary=Summary.model_validate(job.summary) if job.summary is not None else None,
-            error=error, spec=job.spec, model=ModelState(status=job.model_status,
-                                                         reason=job.model_error)
+            error=error, spec=job.spec, tags=job.tags, note=job.note, keep=job.keep,
+            model=ModelState(status=job.model_status, reason=job.model_error)
             if job.model_status is not None else None,
             links={"self": base, "metrics": f"{base}/metrics", "checkpoints": f"{base}/checkpoints",
                    "cancel": f"{base}/cancel"})
@@ -107,6 +110,9 @@ class JobItem(BaseModel):
     finished_at: datetime | None
     summary: dict[str, Any] | None = Field(description=f"Only {', '.join(LIST_SUMMARY_KEYS)}.")
     error: JobError | None
+    tags: list[str]
+    note: str | None
+    keep: bool
     model: ModelState | None = None
     links: dict[str, str]
 
@@ -248,6 +254,9 @@ class ExperimentItem(BaseModel):
     finished_at: datetime | None
     result: dict[str, Any] | None
     error: str | None
+    tags: list[str]
+    note: str | None
+    keep: bool
     links: dict[str, str]
 
 
@@ -265,7 +274,8 @@ class ExperimentOut(ExperimentItem):
                                                stage=exp.stage),
                    created_at=as_utc(exp.created_at),
                    finished_at=exp.finished_at and as_utc(exp.finished_at), result=exp.result,
-                   error=exp.error_message, request=exp.request,
+                   error=exp.error_message, request=exp.request, tags=exp.tags, note=exp.note,
+                   keep=exp.keep,
                    links={"self": base, "jobs": f"{base}/jobs", "cancel": f"{base}/cancel"})
 
 

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.run_metadata import RunMetadata
+
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 Norm = Literal["none", "batch", "layer", "group", "instance"]
 Task = Literal["classification", "regression"]
@@ -803,3 +805,7 @@ class JobSpec(Strict):
     schedule: Schedule = Field(default_factory=Constant)
     regularization: Regularization = Field(default_factory=Regularization)
     training: Training = Field(default_factory=Training)
+    metadata: RunMetadata = Field(
+        default_factory=RunMetadata,
+        description="Tags, a note and keep: about the run, not part of its spec (stored "
+                    "apart, edited with PATCH, not compared).")

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from app import experiment_spec as e
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.routes import responses
+from app.routes.jobs import TagQuery
+from app.run_metadata import MetadataPatch
 from app.schemas import ExperimentOut, ExperimentPage, JobItem, JobListPage, error_responses
-from app.services import deletion
+from app.services import deletion, tagging
 from app.services import experiments as service
 from app.statuses import ExperimentStatus
 
@@ -37,9 +39,10 @@ def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
 def list_experiments(session: SessionDep, tenant: TenantDep,
                      status: ExperimentStatus | None = None,
                      kind: Annotated[str | None, Query(max_length=32)] = None,
+                     tag: TagQuery = [],  # noqa: B006  (FastAPI copies a query default)
                      cursor: Annotated[str | None, Query(max_length=300)] = None,
                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> ExperimentPage:
-    rows, next_cursor = service.list_page(session, tenant, status=status, kind=kind,
+    rows, next_cursor = service.list_page(session, tenant, status=status, kind=kind, tags=tag,
                                           cursor=cursor, limit=limit)
     counts = service.progress(session, rows)
     return ExperimentPage(items=[ExperimentOut.of(x, counts.get(x.id, {})) for x in rows],
@@ -70,6 +73,15 @@ def cancel_experiment(experiment_id: str, session: SessionDep,
                       tenant: TenantDep) -> ExperimentOut:
     """Cancels every child: queued ones at once, running ones at the next batch boundary."""
     exp = service.cancel(session, tenant, experiment_id)
+    return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
+
+
+@router.patch("/{experiment_id}", response_model=ExperimentOut,
+              responses=error_responses(400, 404))
+def annotate_experiment(experiment_id: str, patch: MetadataPatch, session: SessionDep,
+                        tenant: TenantDep) -> ExperimentOut:
+    """Tags, note, keep of the experiment itself (its children keep their own)."""
+    exp = tagging.patch_experiment(session, tenant, experiment_id, patch)
     return ExperimentOut.of(exp, service.progress(session, [exp]).get(exp.id, {}))
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
+from app.clock import as_utc
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.errors import Unprocessable
 from app.models import Job
+from app.repository import JobFilter
 from app.routes import responses
+from app.run_metadata import MAX_TAGS, ORDER_KEYS, MetadataPatch, Tag
 from app.schemas import (
     CheckpointOut,
     JobItem,
@@ -19,7 +24,7 @@ from app.schemas import (
     MetricsPage,
     error_responses,
 )
-from app.services import checkpoint_files, deletion
+from app.services import checkpoint_files, deletion, tagging
 from app.services import jobs as service
 from app.spec import JobSpec
 from app.statuses import JobStatus
@@ -44,17 +49,51 @@ def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: 
     return responses.created(JobOut.of(job), created, f"/v1/jobs/{job.id}")
 
 
+ORDER_BY = f"^-?({'|'.join(ORDER_KEYS)})$"
+# ISO 8601 (a date, or a date and time; no offset means UTC): a string in the schema, so a
+# bare number is refused rather than read as a Unix time
+Instant = Annotated[str | None, Query(
+    max_length=40, pattern=r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
+    r"(Z|[+-]\d{2}:?\d{2})?$", examples=["2026-12-01T09:00:00Z"])]
+
+
+def instant(raw: str | None, field: str) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(raw)).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # no such date (2026-13-45), or past year 9999
+        raise Unprocessable(f"{field}: not a date ({exc})",
+                            fields=[{"loc": field, "message": str(exc)}]) from exc
+
+
+TagQuery = Annotated[list[Tag], Query(max_length=MAX_TAGS, description=(
+    "Only runs carrying this tag; repeat it for runs carrying every one given."))]
+
+
 @router.get("", response_model=JobListPage)
 def list_jobs(session: SessionDep, tenant: TenantDep,
               status: JobStatus | None = None,
               name: Annotated[str | None, Query(max_length=200)] = None,
+              name_prefix: Annotated[str | None, Query(max_length=200)] = None,
               experiment_id: Annotated[str | None, Query(max_length=40)] = None,
+              tag: TagQuery = [],  # noqa: B006  (FastAPI copies a query default)
+              created_after: Instant = None,
+              created_before: Instant = None,
+              order_by: Annotated[str | None, Query(pattern=ORDER_BY, description=(
+                  "A summary figure, ascending; prefix '-' for descending. An ordered list "
+                  "holds only the jobs that have that figure (finished ones)."),
+                  examples=["-test_accuracy", "val_loss"])] = None,
               cursor: Annotated[str | None, Query(max_length=300)] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobListPage:
-    """Newest first, with cursor pagination. Items leave out the spec and all but the
-    summary's headline figures (GET the job for those)."""
-    jobs, next_cursor = service.list_page(session, tenant, status=status, name=name,
-                                          experiment_id=experiment_id, cursor=cursor, limit=limit)
+    """Newest first (or by ``order_by``), with cursor pagination. Items leave out the spec
+    and all but the summary's headline figures (GET the job for those)."""
+    narrowed = JobFilter(status=status, name=name, name_prefix=name_prefix,
+                         experiment_id=experiment_id, tags=tag,
+                         created_after=instant(created_after, "created_after"),
+                         created_before=instant(created_before, "created_before"))
+    jobs, next_cursor = service.list_page(session, tenant, narrowed, order_by=order_by,
+                                          cursor=cursor, limit=limit)
     return JobListPage(items=[JobItem.of(j) for j in jobs], next_cursor=next_cursor)
 
 
@@ -91,6 +130,14 @@ def _etags(header: str) -> set[str]:
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     """Queued: cancelled at once. Running: stops at the next batch boundary."""
     return JobOut.of(service.cancel(session, tenant, job_id))
+
+
+@router.patch("/{job_id}", response_model=JobOut, responses=error_responses(400, 404))
+def annotate_job(job_id: str, patch: MetadataPatch, session: SessionDep,
+                 tenant: TenantDep) -> JobOut:
+    """Tags, note, keep: each field given replaces the stored one (``"note": null``
+    clears the note); the spec never changes."""
+    return JobOut.of(tagging.patch_job(session, tenant, job_id, patch))
 
 
 @router.delete("/{job_id}", status_code=204, responses=error_responses(404, 409))

@@ -11,7 +11,7 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker, session_scope
-from app.services import keys
+from app.services import keys, retention
 from app.services.reaper import reap_once
 
 # alembic.ini and migrations/ sit beside the packages in the source tree (hence the editable
@@ -62,3 +62,14 @@ def revoke_key(key_id: str) -> bool:
 def reap() -> dict[str, list[str]]:
     """One reaper pass, as the API's background reaper runs it."""
     return reap_once(get_sessionmaker(), get_settings())
+
+
+def collect_garbage() -> dict[str, int]:
+    """Retention batches until one finds nothing due (``trainyard gc``); the counts."""
+    settings, total = get_settings(), {"jobs": 0, "experiments": 0}
+    while True:
+        batch = retention.collect_once(get_sessionmaker(), settings)
+        total["jobs"] += len(batch["jobs"])
+        total["experiments"] += len(batch["experiments"])
+        if not batch["jobs"] and not batch["experiments"]:
+            return total

@@ -4,6 +4,7 @@ on (created_at, id), and a cursor is that pair of the page's last row, opaque to
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -50,3 +51,24 @@ def page(fetch: Callable[[Key | None, int], Sequence[K]], cursor: str | None,
     rows = fetch(decode(cursor) if cursor else None, limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
     return rows, encode(rows[-1]) if more and rows else None
+
+
+def encode_ordered(order_by: str, value: float, row_id: str) -> str:
+    """The cursor after a row of a list ordered by a summary figure: (figure, id)."""
+    raw = f"{order_by}|{value!r}|{row_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_ordered(cursor: str, order_by: str) -> tuple[float, str]:
+    """A cursor is only good for the order it was issued under."""
+    try:
+        issued_for, value, row_id = (
+            base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 2))
+        number = float(value)
+    except ValueError as exc:
+        raise Unprocessable("cursor is not one this API issued",
+                            fields=[{"loc": "cursor", "message": "malformed"}]) from exc
+    if issued_for != order_by or not math.isfinite(number):
+        raise Unprocessable("cursor was issued for another order_by",
+                            fields=[{"loc": "cursor", "message": f"not for {order_by}"}])
+    return number, row_id

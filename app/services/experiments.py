@@ -15,7 +15,7 @@ from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
 from app.models import Experiment, Job
-from app.services import cursors, dataset_refs
+from app.services import cursors, dataset_refs, tagging
 from app.services import jobs as job_service
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
@@ -36,6 +36,7 @@ from app.training.shapes import DataInfo
 from app.validation import Problem, SpecRejected
 
 EXPERIMENT = TypeAdapter(e.Experiment)
+METADATA = {"metadata": True, "base": {"metadata"}}  # stored apart from the request
 
 
 def parse(raw: dict[str, Any]) -> Any:
@@ -148,7 +149,7 @@ def new_experiment(session: Session, tenant_id: str, exp: Any,
     plans = plan_children(exp, settings)
     now = utcnow()
     experiment = Experiment(id=new_id("exp"), tenant_id=tenant_id, name=exp.name, kind=exp.kind,
-                            request=exp.model_dump(mode="json"),
+                            request=exp.model_dump(mode="json", exclude=METADATA),
                             status=ExperimentStatus.RUNNING, stage=0, created_at=now,
                             updated_at=now)
     jobs = child_jobs(session, tenant_id, experiment.id, plans, settings)
@@ -171,6 +172,7 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
         experiment.idempotency_key, experiment.request_hash = key, digest
         job_service.reserve_slots(session, tenant_id, len(children), settings)  # locks to COMMIT
         repo.add_experiment(session, experiment)
+        tagging.annotate_experiment(session, experiment, exp.metadata)
         for job in children:
             repo.add_job(session, job)
         jobs.extend(children)
@@ -196,10 +198,11 @@ def progress(session: Session, experiments: Sequence[Experiment]) -> dict[str, d
 
 
 def list_page(session: Session, tenant_id: str, *, status: ExperimentStatus | None,
-              kind: str | None,
-              cursor: str | None, limit: int) -> tuple[Sequence[Experiment], str | None]:
+              kind: str | None, tags: Sequence[str], cursor: str | None,
+              limit: int) -> tuple[Sequence[Experiment], str | None]:
     return cursors.page(lambda before, n: repo.list_experiments(
-        session, tenant_id, status=status, kind=kind, before=before, limit=n), cursor, limit)
+        session, tenant_id, status=status, kind=kind, tags=tags, before=before, limit=n),
+        cursor, limit)
 
 
 def jobs_of(session: Session, tenant_id: str, experiment_id: str, *, cursor: str | None,

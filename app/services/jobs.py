@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
-from app.services import checkpoint_files, cursors, dataset_refs
+from app.services import checkpoint_files, cursors, dataset_refs, tagging
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
 from app.statuses import JobStatus
@@ -52,7 +52,8 @@ def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Se
     now = utcnow()
     queue = queue or ("gpu" if spec.training.device == "cuda" else settings.default_queue)
     return Job(id=new_id("job"), tenant_id=tenant_id, experiment_id=experiment_id,
-               name=spec.name, spec=spec.model_dump(mode="json"), task=info.task, queue=queue,
+               name=spec.name, spec=spec.model_dump(mode="json", exclude={"metadata"}),
+               task=info.task, queue=queue,
                status=JobStatus.QUEUED, attempt=0, max_attempts=settings.max_attempts,
                cancel_requested=False, epoch=0, total_epochs=spec.training.epochs,
                idempotency_key=idempotency_key, request_hash=request_hash,
@@ -96,6 +97,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
         reserve_slots(session, tenant_id, 1, settings)
         job = new_job(tenant_id, spec, info, settings, idempotency_key=key, request_hash=digest)
         repo.add_job(session, job)
+        tagging.annotate_job(session, job, spec.metadata)
         return job
 
     def find(key: str) -> Job | None:
@@ -113,13 +115,22 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     return found(repo.get_job(session, tenant_id, job_id), "job", job_id)
 
 
-def list_page(session: Session, tenant_id: str, *, status: JobStatus | None,
-              name: str | None,
-              experiment_id: str | None, cursor: str | None,
-              limit: int) -> tuple[Sequence[Job], str | None]:
-    return cursors.page(lambda before, n: repo.list_jobs(
-        session, tenant_id, status=status, name=name, experiment_id=experiment_id,
-        before=before, limit=n), cursor, limit)
+def list_page(session: Session, tenant_id: str, f: repo.JobFilter, *, order_by: str | None,
+              cursor: str | None, limit: int) -> tuple[Sequence[Job], str | None]:
+    """Newest first, or by a summary figure (``order_by``: a key of ORDER_KEYS, ``-`` for
+    descending); an ordered list holds only the jobs that have that figure."""
+    if order_by is None:
+        return cursors.page(lambda before, n: repo.list_jobs(
+            session, tenant_id, f, before=before, limit=n), cursor, limit)
+    key, descending = order_by.removeprefix("-"), order_by.startswith("-")
+    after = cursors.decode_ordered(cursor, order_by) if cursor else None
+    rows = repo.list_jobs_ordered(session, tenant_id, f, key=key, descending=descending,
+                                  after=after, limit=limit + 1)
+    more, rows = len(rows) > limit, rows[:limit]
+    last = rows[-1] if rows else None
+    next_cursor = (cursors.encode_ordered(order_by, getattr(last, f"ord_{key}"), last.id)
+                   if more and last is not None else None)
+    return rows, next_cursor
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:

@@ -22,6 +22,7 @@ from app.clock import as_utc, utcnow
 from app.config import Settings
 from app.models import Job
 from app.queue import enqueue_advance, enqueue_export
+from app.services import retention
 from app.services.jobs import enqueue_committed
 from app.services.workers import fail_jobs_without_worker, live_queues
 from app.statuses import FailureReason
@@ -123,6 +124,9 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
         report["failed"] += fail_jobs_without_worker(sessions, settings)
     report["exports"] = resend_stale_exports(sessions, settings)
     report["advanced"] = advance_stalled_experiments(sessions, settings)
+    collected = retention.collect_once(sessions, settings)
+    report["deleted_jobs"], report["deleted_experiments"] = (collected["jobs"],
+                                                             collected["experiments"])
     if report["enqueued"] or report["failed"] or report["cancelled"]:
         log.info("reaper: re-enqueued %s, failed %s, cancelled %s", report["enqueued"],
                  report["failed"], report["cancelled"])

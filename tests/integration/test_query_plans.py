@@ -96,3 +96,40 @@ def test_counting_a_tenants_active_jobs_reads_its_index(big_db: sa.Engine) -> No
     plan = plan_of(big_db, lambda s: repo.count_active_jobs(s, "t"))
     assert "ix_jobs_tenant_status" in plan, plan
     assert '"Seq Scan"' not in plan, plan
+
+
+@pytest.fixture(scope="module")
+def figures(big_db: sa.Engine) -> sa.Engine:
+    """Every finished job with a test accuracy; a tenth of them tagged 'red', every one
+    with 20 other tags (40k tag rows: enough that the planner has a choice)."""
+    with big_db.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET ord_test_accuracy = random() "
+                             "WHERE status = 'succeeded'"))
+        conn.execute(sa.text("INSERT INTO job_tags (job_id, tag, tenant_id) "
+                             "SELECT id, 'red', tenant_id FROM jobs "
+                             "WHERE substr(id, 5)::int % 10 = 0"))
+        conn.execute(sa.text("INSERT INTO job_tags (job_id, tag, tenant_id) "  # the others'
+                             "SELECT id, 'tag' || g, tenant_id FROM jobs, "
+                             "generate_series(1, 20) AS g"))
+        conn.execute(sa.text("ANALYZE"))
+    return big_db
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_ordering_by_a_figure_reads_its_index_in_either_direction(
+        figures: sa.Engine, descending: bool) -> None:
+    from app import repository as repo
+
+    plan = plan_of(figures, lambda s: repo.list_jobs_ordered(
+        s, "t", repo.JobFilter(), key="test_accuracy", descending=descending,
+        after=(0.5, "job_9"), limit=51))
+    assert "ix_jobs_tenant_ord_test_accuracy" in plan, plan
+    assert '"Sort"' not in plan and '"Seq Scan"' not in plan, plan
+
+
+def test_filtering_by_tag_reads_the_tag_index(figures: sa.Engine) -> None:
+    from app import repository as repo
+
+    plan = plan_of(figures, lambda s: repo.list_jobs(
+        s, "t", repo.JobFilter(tags=["red"]), before=None, limit=51))
+    assert "ix_job_tags_tenant_tag" in plan, plan
