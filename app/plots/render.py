@@ -3,8 +3,10 @@
 matplotlib loads on the first plot, not with the app: an API process that draws nothing
 stays small. Only the object-oriented API is used (``Figure`` and a canvas per format,
 never pyplot's global figure manager), and one lock serializes drawing: matplotlib is not
-thread-safe, and the routes run in the threadpool. A plot takes tens of milliseconds, so a
-queue behind the lock is short, and at most one figure's memory is held at a time.
+thread-safe, and the routes run in the threadpool. At most one figure's memory is held at
+a time, and at most ``MAX_WAITING`` requests wait for the lock: the threadpool serves every
+plain ``def`` route, so a burst of plot requests must not take all of its threads. One more
+is refused at once with 503 and Retry-After.
 
 Each plotted series carries a ``gid`` of the form ``series-<name>`` (``series-<name>--<i>``
 for the bars of one series), which matplotlib writes as the SVG element's ``id``: a reader
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
+from app.errors import ApiError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -27,7 +31,13 @@ if TYPE_CHECKING:
 Format = Literal["svg", "png"]
 MEDIA_TYPES: dict[Format, str] = {"svg": "image/svg+xml", "png": "image/png"}
 _LOCK = threading.Lock()
+MAX_WAITING = 4  # drawing or queued for the lock, per API process
+_SLOTS = threading.BoundedSemaphore(MAX_WAITING)
 PNG_DPI = 110
+
+
+class PlotsBusy(ApiError):
+    status, code = 503, "busy"
 
 
 @functools.cache
@@ -46,17 +56,27 @@ def _matplotlib() -> Any:
 def figure(panels: int = 1, width: float = 7.0, height: float = 4.0) -> Iterator[
         tuple[Figure, list[Axes]]]:
     """A figure with ``panels`` axes side by side (held under the drawing lock)."""
-    with _LOCK:
-        _matplotlib()
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
+    if not _SLOTS.acquire(blocking=False):
+        raise PlotsBusy(f"{MAX_WAITING} plots are being drawn or waiting; retry shortly",
+                        headers={"Retry-After": "1"})
+    try:
+        with _LOCK:
+            yield _new_figure(panels, width, height)
+    finally:
+        _SLOTS.release()
 
-        fig = Figure(figsize=(width if panels == 1 else 5.0 * panels, height),
-                     layout="constrained")
-        axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-        for ax in axes:  # epochs, rounds, trials: whole numbers (set_xticks overrides it)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        yield fig, axes
+
+def _new_figure(panels: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    _matplotlib()
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(width if panels == 1 else 5.0 * panels, height),
+                 layout="constrained")
+    axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    for ax in axes:  # epochs, rounds, trials: whole numbers (set_xticks overrides it)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, axes
 
 
 def to_bytes(fig: Figure, fmt: Format) -> bytes:

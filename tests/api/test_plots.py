@@ -200,3 +200,25 @@ def test_the_api_process_stays_small_until_it_draws() -> None:
     assert seen["plots"], "the probe must have loaded the plot routes"
     assert not seen["matplotlib"], seen
     assert seen["rss_mb"] < 150, seen
+
+
+def test_a_burst_of_plots_past_the_waiting_bound_is_refused_at_once(
+        client: TestClient) -> None:
+    """Plot requests queue for one drawing lock in the threadpool every plain route shares;
+    past MAX_WAITING the next is a 503 with Retry-After, not one more blocked thread."""
+    from app.plots import render
+
+    job_id = submit(client)
+    write_epochs(job_id, 2)
+    taken = 0
+    try:
+        while render._SLOTS.acquire(blocking=False):  # as if MAX_WAITING were drawing
+            taken += 1
+        r = client.get(f"/v1/jobs/{job_id}/plots/loss.svg")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "busy"
+    finally:
+        for _ in range(taken):
+            render._SLOTS.release()
+    assert taken == render.MAX_WAITING
+    assert client.get(f"/v1/jobs/{job_id}/plots/loss.svg").status_code == 200
