@@ -222,3 +222,15 @@ def test_a_burst_of_plots_past_the_waiting_bound_is_refused_at_once(
             render._SLOTS.release()
     assert taken == render.MAX_WAITING
     assert client.get(f"/v1/jobs/{job_id}/plots/loss.svg").status_code == 200
+
+
+def test_the_dashboard_is_static_files_under_a_strict_policy(client: TestClient) -> None:
+    """No key needed for the page itself (its API calls carry one); only its own scripts
+    may run, and the vendored chart library ships with its license."""
+    page = client.get("/ui/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "app.js" in page.text
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "unsafe-eval" not in policy
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert "MIT License" in client.get("/ui/vendor/uplot/LICENSE").text
+    assert client.get("/ui", follow_redirects=False).headers["location"].endswith("/ui/")
