@@ -226,3 +226,4 @@ def test_a_stream_over_the_process_cap_is_refused_503(tight: TestClient) -> None
     cancel_later(job_id, 0).join()
     reader.join(timeout=10)
     assert first == [200]
+    assert not hub.event_hub.subscriptions  # the ended stream left the hub
