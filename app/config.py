@@ -49,6 +49,10 @@ class Limits(BaseSettings):
     max_form_fields: int = 16  # multipart non-file fields per upload
     max_form_field_bytes: int = 64 * 1024
     max_concurrent_jobs: int = 64  # per tenant, queued + running
+    # per tenant, unless `trainyard tenants quota` set its own: bytes of datasets,
+    # checkpoints and model exports together, and the number of datasets
+    quota_storage_bytes: int = Field(default=10 * 1024**3, ge=0)
+    quota_datasets: int = Field(default=500, ge=0)
     max_experiment_children: int = 200
     # One stage's child specs as JSON, summed (checked from sizes before any is built): a large
     # value swept against many others would otherwise be copied into every child it meets.

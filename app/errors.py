@@ -30,6 +30,10 @@ class TooLarge(ApiError):
     status, code = 413, "too_large"
 
 
+class QuotaExceeded(ApiError):
+    status, code = 403, "quota_exceeded"
+
+
 class TooMany(ApiError):
     status, code = 429, "too_many_jobs"
 

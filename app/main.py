@@ -23,7 +23,7 @@ from app.db import get_sessionmaker
 from app.errors import ApiError
 from app.http_metrics import HttpMetrics
 from app.logs import RequestId
-from app.routes import catalog, compare, datasets, experiments, health, jobs, ui
+from app.routes import catalog, compare, datasets, experiments, health, jobs, ui, usage
 from app.routes import events as event_routes
 from app.routes import metrics as metrics_route
 from app.routes import models as model_routes
@@ -260,7 +260,7 @@ def create_app() -> FastAPI:
                      "max_part_size": settings.limits.max_form_field_bytes},
         lifespan=watch_queues,  # the no_worker rule, even with no worker (and reaper) at all
     )
-    for module in (jobs, experiments, datasets, catalog, compare):  # every /v1 route needs a key
+    for module in (jobs, experiments, datasets, catalog, compare, usage):  # each needs a key
         app.include_router(module.router, responses=V1_ERRORS)
     app.include_router(event_routes.router, responses=V1_ERRORS)  # SSE; needs a key too
     app.include_router(plot_routes.router, responses=V1_ERRORS)  # images; a key too

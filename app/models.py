@@ -86,6 +86,9 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime]
+    # overrides of the configured quotas (Limits.quota_*); null: the default applies
+    quota_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_datasets: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):

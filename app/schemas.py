@@ -218,6 +218,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 ERROR_DESCRIPTIONS = {
     400: "The body could not be parsed (not JSON or form data).",
     401: "Missing, wrong or revoked API key.",
+    403: "Over the tenant's storage or dataset quota (GET /v1/usage shows both).",
     404: "No such resource for this tenant.",
     409: "Idempotency-Key reused with a different body.",
     413: "Request body over its size limit (max_json_bytes; uploads max_dataset_bytes).",

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={200: {"model": DatasetOut, "description": "Idempotent replay"},
-                        **error_responses(400, 409, 413)})
+                        **error_responses(400, 403, 409, 413)})
 def upload_dataset(
     session: SessionDep, settings: SettingsDep, tenant: TenantDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],

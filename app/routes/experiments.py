@@ -22,7 +22,7 @@ NOT_FOUND = error_responses(404)
 
 @router.post("", status_code=201, response_model=ExperimentOut,
              responses={200: {"model": ExperimentOut, "description": "Idempotent replay"},
-                        **error_responses(400, 409, 413, 429)})
+                        **error_responses(400, 403, 409, 413, 429)})
 def submit_experiment(exp: Annotated[e.Experiment, Body()], session: SessionDep,
                       settings: SettingsDep, tenant: TenantDep,
                       idempotency_key: Annotated[str | None, Header(

@@ -40,7 +40,7 @@ CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]{1,9})$",
 
 @router.post("", status_code=201, response_model=JobOut,
              responses={200: {"model": JobOut, "description": "Idempotent replay"},
-                        **error_responses(400, 409, 413, 429)})
+                        **error_responses(400, 403, 409, 413, 429)})
 def submit_job(spec: Annotated[JobSpec, Body()], session: SessionDep, settings: SettingsDep,
                tenant: TenantDep, idempotency_key: IdemKey = None) -> Any:
     """Queue a training job. The same Idempotency-Key and body returns the original job."""

@@ -11,8 +11,10 @@ from app import repository as repo
 from app.clock import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker, session_scope
+from app.models import Tenant
 from app.services import keys, retention
 from app.services.reaper import reap_once
+from app.services.usage import Usage, usage
 
 # alembic.ini and migrations/ sit beside the packages in the source tree (hence the editable
 # install in the Dockerfile), not inside site-packages
@@ -73,3 +75,18 @@ def collect_garbage() -> dict[str, int]:
         total["experiments"] += len(batch["experiments"])
         if not batch["jobs"] and not batch["experiments"]:
             return total
+
+
+def set_quota(tenant_id: str, *, storage_bytes: int | None, datasets: int | None) -> None:
+    """A tenant's own quotas (``trainyard tenants quota``); None puts the default back."""
+    with session_scope() as session:
+        repo.ensure_tenant(session, tenant_id, utcnow())
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None  # ensure_tenant made it
+        tenant.quota_storage_bytes, tenant.quota_datasets = storage_bytes, datasets
+
+
+def tenant_usage(tenant_id: str) -> Usage:
+    """What GET /v1/usage shows the tenant, for the operator."""
+    with session_scope() as session:
+        return usage(session, tenant_id, get_settings().limits)

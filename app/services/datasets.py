@@ -27,7 +27,7 @@ from app.clock import new_id, utcnow
 from app.config import Limits
 from app.errors import TooLarge, Unprocessable
 from app.models import Dataset
-from app.services import cursors, idempotency
+from app.services import cursors, idempotency, usage
 from app.services.rows import found
 from app.training.blobs import sha256
 
@@ -296,10 +296,11 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
 
 
 def create(session: Session, *, tenant_id: str, dataset: Dataset, idempotency_key: str | None,
-           request_hash: str) -> tuple[Dataset, bool]:
+           request_hash: str, limits: Limits) -> tuple[Dataset, bool]:
     """Store a built dataset, or replay the one ``idempotency_key`` stored."""
 
     def insert(key: str | None) -> Dataset:
+        usage.check_dataset(session, tenant_id, dataset.size_bytes, limits)  # locks to COMMIT
         dataset.tenant_id, dataset.idempotency_key = tenant_id, key
         dataset.request_hash = request_hash
         repo.add_dataset(session, dataset)
@@ -316,12 +317,13 @@ def upload(session: Session, *, tenant_id: str, idempotency_key: str | None, lim
            content: bytes, filename: str | None, fmt: str | None, target: str | None,
            task: str, input_shape: str | None, name: str | None) -> tuple[Dataset, bool]:
     """Validate an upload completely, then store it (or replay). Returns (dataset, created)."""
+    usage.check_dataset(session, tenant_id, 0, limits, lock=False)  # before parsing anything
     dataset = build_dataset(content=content, filename=filename, fmt=fmt, target=target,
                             task=task, input_shape=input_shape, name=name, limits=limits)
     form = {"target": target, "task": task, "format": fmt, "input_shape": input_shape,
             "name": name}
     return create(session, tenant_id=tenant_id, dataset=dataset, idempotency_key=idempotency_key,
-                  request_hash=idempotency.request_hash(form, content))
+                  request_hash=idempotency.request_hash(form, content), limits=limits)
 
 
 def list_page(session: Session, tenant_id: str, *, cursor: str | None,

@@ -15,7 +15,7 @@ from app import repository as repo
 from app.clock import new_id, utcnow
 from app.config import Settings
 from app.models import Experiment, Job
-from app.services import cursors, dataset_refs, tagging
+from app.services import cursors, dataset_refs, tagging, usage
 from app.services import jobs as job_service
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
@@ -169,6 +169,7 @@ def submit(session: Session, *, tenant_id: str, exp: Any, settings: Settings,
 
     def insert(key: str | None) -> Experiment:
         experiment, children = new_experiment(session, tenant_id, exp, settings)
+        usage.check_storage(session, tenant_id, settings.limits)
         experiment.idempotency_key, experiment.request_hash = key, digest
         job_service.reserve_slots(session, tenant_id, len(children), settings)  # locks to COMMIT
         repo.add_experiment(session, experiment)

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
-from app.services import checkpoint_files, cursors, dataset_refs, tagging
+from app.services import checkpoint_files, cursors, dataset_refs, tagging, usage
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
 from app.statuses import JobStatus
@@ -94,6 +94,7 @@ def submit(session: Session, *, tenant_id: str, spec: s.JobSpec, settings: Setti
 
     def insert(key: str | None) -> Job:
         info = validate(session, tenant_id, spec, settings)
+        usage.check_storage(session, tenant_id, settings.limits)
         reserve_slots(session, tenant_id, 1, settings)
         job = new_job(tenant_id, spec, info, settings, idempotency_key=key, request_hash=digest)
         repo.add_job(session, job)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app import repository as repo
 from app.clock import utcnow
-from app.config import get_settings
+from app.config import Limits, get_settings
 from app.db import get_sessionmaker
 from app.errors import Conflict
 from app.models import Dataset
@@ -33,7 +33,7 @@ def store(key: str | None, digest: str) -> Dataset:
     """Another request's row, committed in its own session."""
     with get_sessionmaker()() as other:
         row, _ = datasets.create(other, tenant_id=TENANT, dataset=built(), idempotency_key=key,
-                                 request_hash=digest)
+                                 request_hash=digest, limits=Limits())
         return row
 
 
@@ -79,10 +79,10 @@ def test_the_loser_of_a_key_race_with_another_body_gets_409(session: Session) ->
 def test_a_replay_and_a_new_key(session: Session) -> None:
     first = store("k", "h")
     again, created = datasets.create(session, tenant_id=TENANT, dataset=built(),
-                                     idempotency_key="k", request_hash="h")
+                                     idempotency_key="k", request_hash="h", limits=Limits())
     assert (again.id, created) == (first.id, False)
     fresh, created = datasets.create(session, tenant_id=TENANT, dataset=built(),
-                                     idempotency_key="k2", request_hash="h")
+                                     idempotency_key="k2", request_hash="h", limits=Limits())
     assert created and fresh.id != first.id
 
 

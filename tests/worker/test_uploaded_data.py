@@ -39,7 +39,7 @@ def upload(env: tuple[Any, Settings], tenant: str, **form: Any) -> str:
                                  task="auto", name=None, limits=settings.limits, **form)
     with sessions() as s:
         stored, _ = datasets.create(s, tenant_id=tenant, dataset=row, idempotency_key=None,
-                                    request_hash="h")
+                                    request_hash="h", limits=settings.limits)
         return stored.id
 
 

@@ -1,0 +1,95 @@
+"""A tenant's storage and its quotas: what GET /v1/usage shows and what uploads and
+submissions are checked against.
+
+Storage is the bytes of the tenant's datasets, checkpoints and model exports, summed in SQL
+(each row carries its size). A check locks the tenant's row first (as the concurrency cap
+does), so concurrent uploads are counted one after another and cannot pass the quota
+together. A job is refused while the tenant is at or over its storage quota (its
+checkpoints would add more); a running job is never stopped for it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import Limits
+from app.errors import QuotaExceeded
+from app.models import Checkpoint, Dataset, Job, ModelExport, Tenant
+
+
+class StorageBytes(BaseModel):
+    datasets: int
+    checkpoints: int
+    model_exports: int
+    total: int
+
+
+class Quota(BaseModel):
+    storage_bytes: int = Field(description="Datasets, checkpoints and model exports together.")
+    datasets: int
+
+
+class Usage(BaseModel):
+    storage_bytes: StorageBytes
+    datasets: int = Field(description="How many datasets the tenant holds.")
+    quota: Quota
+
+
+def quota(session: Session, tenant_id: str, limits: Limits) -> Quota:
+    tenant = session.get(Tenant, tenant_id)
+    storage = tenant.quota_storage_bytes if tenant is not None else None
+    datasets = tenant.quota_datasets if tenant is not None else None
+    return Quota(storage_bytes=limits.quota_storage_bytes if storage is None else storage,
+                 datasets=limits.quota_datasets if datasets is None else datasets)
+
+
+def usage(session: Session, tenant_id: str, limits: Limits) -> Usage:
+    data_bytes, data_count = session.execute(
+        select(func.coalesce(func.sum(Dataset.size_bytes), 0), func.count())
+        .where(Dataset.tenant_id == tenant_id)).one()
+    ckpt = session.scalar(select(func.coalesce(func.sum(Checkpoint.size_bytes), 0))
+                          .join(Job, Job.id == Checkpoint.job_id)
+                          .where(Job.tenant_id == tenant_id))
+    exports = session.scalar(select(func.coalesce(func.sum(ModelExport.size_bytes), 0))
+                             .join(Job, Job.id == ModelExport.job_id)
+                             .where(Job.tenant_id == tenant_id))
+    parts = (int(data_bytes), int(ckpt or 0), int(exports or 0))
+    return Usage(storage_bytes=StorageBytes(datasets=parts[0], checkpoints=parts[1],
+                                            model_exports=parts[2], total=sum(parts)),
+                 datasets=int(data_count), quota=quota(session, tenant_id, limits))
+
+
+def check_dataset(session: Session, tenant_id: str, size_bytes: int, limits: Limits, *,
+                  lock: bool = True) -> None:
+    """Room for one more dataset of ``size_bytes``, or 403 naming usage and quota. With
+    ``lock``, holds the tenant's lock until the caller's COMMIT; without, a cheap early
+    refusal before an upload is parsed (its transaction ended, no lock held meanwhile)."""
+    if lock:
+        repo.lock_tenant(session, tenant_id, utcnow())
+    now = usage(session, tenant_id, limits)
+    if not lock:
+        session.rollback()
+    if now.datasets + 1 > now.quota.datasets:
+        _refuse(session, f"the tenant holds {now.datasets} datasets, its quota "
+                         f"({now.quota.datasets}); delete some first")
+    if now.storage_bytes.total + size_bytes > now.quota.storage_bytes:
+        _refuse(session, f"storing {size_bytes:,} more bytes would take the tenant's storage "
+                         f"from {now.storage_bytes.total:,} past its quota of "
+                         f"{now.quota.storage_bytes:,} bytes; delete datasets or jobs first")
+
+
+def check_storage(session: Session, tenant_id: str, limits: Limits) -> None:
+    """A new job needs the tenant under its storage quota (its checkpoints add to it)."""
+    now = usage(session, tenant_id, limits)
+    if now.storage_bytes.total >= now.quota.storage_bytes:
+        _refuse(session, f"the tenant's storage, {now.storage_bytes.total:,} bytes, is at its "
+                         f"quota of {now.quota.storage_bytes:,} bytes; delete datasets or jobs "
+                         "before submitting more")
+
+
+def _refuse(session: Session, message: str) -> None:
+    session.rollback()  # release the tenant's lock now
+    raise QuotaExceeded(message)
