@@ -43,10 +43,10 @@ EVERY_KIND = [
     {"kind": "optimizer_comparison", "base": MOONS,
      "optimizers": [{"kind": "sgd", "lr": 0.1}, {"kind": "adam"}]},
 ]
-# Long enough to be watched training (it is cancelled once it has been).
+# Long enough to be watched training on a fast machine too (it is cancelled once it has been).
 LIVE = tiny_spec(name="live digits", data={"source": {"builtin": "digits"}},
                  model={"kind": "mlp", "hidden": [64]},
-                 training={"epochs": 300, "batch_size": 16})
+                 training={"epochs": 1000, "batch_size": 16})
 
 
 @pytest.fixture(scope="module")
