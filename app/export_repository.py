@@ -66,8 +66,23 @@ def meta(session: Session, job_id: str) -> ExportMeta | None:
     return ExportMeta(*row) if row is not None else None
 
 
-def onnx_sha256(session: Session, job_id: str) -> str | None:
-    return session.scalar(select(ModelExport.onnx_sha256).where(ModelExport.job_id == job_id))
+@dataclass(frozen=True)
+class Serving:
+    """What a prediction needs to know about its job, in one narrow query (no spec or
+    summary JSON to decode on every request)."""
+
+    status: JobStatus
+    model_status: ModelStatus | None
+    model_error: str | None
+    onnx_sha256: str | None
+
+
+def serving(session: Session, tenant_id: str, job_id: str) -> Serving | None:
+    stmt = (select(Job.status, Job.model_status, Job.model_error, ModelExport.onnx_sha256)
+            .outerjoin(ModelExport, ModelExport.job_id == Job.id)
+            .where(Job.id == job_id, Job.tenant_id == tenant_id))
+    row = session.execute(stmt).first()
+    return Serving(*row) if row is not None else None
 
 
 def onnx_blob(session: Session, job_id: str) -> bytes | None:

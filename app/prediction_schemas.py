@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.statuses import ModelStatus
 from app.training.manifest import Label
@@ -24,15 +25,19 @@ class PredictRequest(BaseModel):
     """Raw feature rows (the flat layout the data was uploaded in), or records keyed by the
     dataset's feature names (any order); exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
-        {"records": [{"sepal length (cm)": 5.1, "sepal width (cm)": 3.5,
-                      "petal length (cm)": 1.4, "petal width (cm)": 0.2}]}]})
+    # the schema says "exactly one" too, so a schema-valid body is never refused for it
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["rows"]}, {"required": ["records"]}],
+        "examples": [
+            {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+            {"records": [{"sepal length (cm)": 5.1, "sepal width (cm)": 3.5,
+                          "petal length (cm)": 1.4, "petal width (cm)": 0.2}]}]})
 
-    rows: list[list[Number]] | None = Field(None, description="One list of input_width "
-                                            "numbers per row (model.json's feature order).")
-    records: list[dict[str, Number]] | None = Field(None, description="One object per row: "
-                                                    "every feature name to its value.")
+    rows: list[list[Number]] | SkipJsonSchema[None] = Field(
+        None, description="One list of input_width numbers per row (model.json's feature "
+        "order).")
+    records: list[dict[str, Number]] | SkipJsonSchema[None] = Field(
+        None, description="One object per row: every feature name to its value.")
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import zipfile
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -39,9 +40,25 @@ def state(job: Job) -> ModelState | None:
             if job.model_status is not None else None)
 
 
+class ModelColumns(Protocol):
+    """A job row, or the narrow read of it that predict makes."""
+
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def model_status(self) -> ModelStatus | None: ...
+    @property
+    def model_error(self) -> str | None: ...
+
+
 def ready_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """The job, if its model can be served; else 404 or 409 saying why."""
     job = jobs.get(session, tenant_id, job_id)
+    refuse_unless_ready(job_id, job)
+    return job
+
+
+def refuse_unless_ready(job_id: str, job: ModelColumns) -> None:
     if job.status != JobStatus.SUCCEEDED:
         raise NoModel(f"job '{job_id}' is {job.status}; only a succeeded job has a model")
     if job.model_status == ModelStatus.PENDING:
@@ -53,7 +70,6 @@ def ready_job(session: Session, tenant_id: str, job_id: str) -> Job:
     if job.model_status is None:
         raise NoModel(f"job '{job_id}' has no exported model (it succeeded before exports, "
                       f"or is an experiment child); POST /v1/jobs/{job_id}/model/export")
-    return job
 
 
 def request_export(session: Session, tenant_id: str, job_id: str) -> tuple[ModelState, bool]:

@@ -19,6 +19,7 @@ from app.prediction_schemas import (
 )
 from app.services import models
 from app.services.inference import Loaded, sessions
+from app.services.rows import found
 from app.training.blobs import CorruptBlob, verify
 from app.training.manifest import LABEL, PROBABILITIES, VALUE, ModelManifest
 
@@ -41,8 +42,9 @@ def predict(session: Session, *, tenant_id: str, job_id: str, body: PredictReque
 def model(session: Session, tenant_id: str, job_id: str) -> Loaded:
     """The job's inference session: from the cache when its graph's sha256 is there, else
     read, verified and loaded once."""
-    models.ready_job(session, tenant_id, job_id)
-    sha = exports.onnx_sha256(session, job_id)
+    state = found(exports.serving(session, tenant_id, job_id), "job", job_id)
+    models.refuse_unless_ready(job_id, state)
+    sha = state.onnx_sha256
     if sha is None:
         raise NotFound(f"job '{job_id}' has no stored model")
     cache = sessions()
