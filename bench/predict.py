@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Predictions of the digits MLP three ways, side by side in one run:
+
+- **HTTP**: ``POST /v1/jobs/{id}/predict`` on a real ``trainyard api`` process (one uvicorn
+  process) of the embedded default (SQLite, filesystem broker), from one keep-alive client;
+- **onnxruntime in-process**: the same stored ``model.onnx`` in an InferenceSession with the
+  API's options (``TRAINYARD_PREDICT_THREADS``, 1 by default): the limit HTTP can approach;
+- **torch eager**: the same weights as the exported torch module (standardization and
+  softmax included), ``no_grad``, eval mode, ``torch.set_num_threads`` the same.
+
+The model is examples/digits.json (MLP 64-256-256-10), trained and exported by the worker's
+own code (``worker.execution.execute``, ``worker.export.export_model``) into a temporary
+TRAINYARD_HOME; the API process then serves it. For each way: single-row latency (p50, p95)
+over ``--single`` calls, rows/s in batches of 1 (the same calls), and rows/s in batches of
+1,000 over ``--batches`` calls. The API's resident memory (its process group) is read from
+/proc when idle after start (onnxruntime not imported yet) and after the predictions.
+
+    .venv/bin/python bench/predict.py               # 1,000 single rows, 50 batches
+    .venv/bin/python bench/predict.py --quick       # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train_and_export(home: Path, epochs: int) -> tuple[str, str]:
+    """(job id, API key): the digits job trained and exported into ``home``'s database."""
+    os.environ["TRAINYARD_HOME"] = str(home)
+    from app.config import get_settings
+    from app.db import get_sessionmaker, session_scope
+    from app.services import keys
+    from app.services.admin import upgrade_schema
+    from app.services.jobs import submit
+    from app.spec import JobSpec
+    from worker.execution import execute
+    from worker.export import export_model
+
+    upgrade_schema()
+    spec = json.loads((ROOT / "examples" / "digits.json").read_text())
+    spec["training"]["epochs"] = epochs
+    with session_scope() as session:
+        key = keys.create(session, tenant_id="bench")[1]
+        job, _ = submit(session, tenant_id="bench", spec=JobSpec.model_validate(spec),
+                        settings=get_settings(), idempotency_key=None)
+    settings, sessions = get_settings(), get_sessionmaker()
+    assert execute(job.id, sessions, settings) == "succeeded"
+    assert export_model(job.id, sessions, settings) == "ready"
+    return job.id, key
+
+
+def group_rss_mb(pgid: int) -> float:
+    out = subprocess.run(["ps", "-o", "rss=", "-g", str(pgid)], capture_output=True,
+                         text=True).stdout
+    return sum(int(v) for v in out.split()) / 1024
+
+
+def start_api(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TRAINYARD_HOME": str(home), "TRAINYARD_API_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "api", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("the API did not start")
+
+
+def timed(call: Callable[[], Any], n: int) -> list[float]:
+    call()  # warm-up (first-run allocations, a cache miss)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def figures(single: list[float], batch: list[float], batch_rows: int) -> dict[str, float]:
+    single.sort()
+    return {"p50_ms": 1000 * statistics.median(single),
+            "p95_ms": 1000 * single[int(0.95 * (len(single) - 1))],
+            "rows_s_batch1": len(single) / sum(single),
+            f"rows_s_batch{batch_rows}": batch_rows * len(batch) / sum(batch)}
+
+
+def way_http(url: str, key: str, job_id: str, rows: np.ndarray, n: int,
+             batches: int) -> dict[str, float]:
+    import httpx
+
+    one, many = {"rows": rows[:1].tolist()}, {"rows": rows.tolist()}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=30) as client:
+        def post(body: dict[str, Any]) -> None:
+            reply = client.post(f"/v1/jobs/{job_id}/predict", json=body)
+            assert reply.status_code == 200, reply.text
+
+        return figures(timed(lambda: post(one), n), timed(lambda: post(many), batches),
+                       len(rows))
+
+
+def way_onnxruntime(graph: bytes, rows: np.ndarray, n: int, batches: int,
+                    threads: int) -> dict[str, float]:
+    from app.services.inference import new_session
+
+    session = new_session(graph, threads)
+    one, many = rows[:1], rows
+    return figures(timed(lambda: session.run(None, {"rows": one}), n),
+                   timed(lambda: session.run(None, {"rows": many}), batches), len(rows))
+
+
+def way_torch(job_id: str, rows: np.ndarray, n: int, batches: int,
+              threads: int) -> dict[str, float]:
+    import torch
+
+    from app.db import get_sessionmaker
+    from app.repository import get_job_any_tenant
+    from app.spec import JobSpec
+    from app.training.data import load_arrays, prepare
+    from app.training.export import final_weights, servable
+    from app.training.results import Summary
+    from worker.execution import newest_good_checkpoint
+
+    torch.set_num_threads(threads)
+    sessions = get_sessionmaker()
+    with sessions() as session:
+        job = get_job_any_tenant(session, job_id)
+        assert job is not None
+    spec = JobSpec.model_validate(job.spec)
+    data = prepare(spec.data, load_arrays(spec.data.source), torch.device("cpu"))
+    blob = newest_good_checkpoint(sessions, job_id)
+    assert blob is not None
+    weights, _ = final_weights(blob, Summary.model_validate(job.summary).restored_best_weights)
+    module = servable(spec, data, weights)
+    one, many = torch.from_numpy(rows[:1]), torch.from_numpy(rows)
+
+    def run(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            module(x)
+
+    return figures(timed(lambda: run(one), n), timed(lambda: run(many), batches), len(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--single", type=int, default=1000, help="single-row calls per way")
+    parser.add_argument("--batches", type=int, default=50, help="1,000-row calls per way")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs (the model's "
+                        "accuracy does not change the cost of a prediction)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.single, args.batches, args.epochs = 100, 5, 1
+    threads = int(os.environ.get("TRAINYARD_PREDICT_THREADS", "1"))
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder)
+        job_id, key = train_and_export(home, args.epochs)
+        from app import export_repository as exports
+        from app.db import get_sessionmaker
+        from app.training.data import load_builtin
+
+        with get_sessionmaker()() as session:
+            graph = exports.onnx_blob(session, job_id)
+        assert graph is not None
+        x, _ = load_builtin("digits")
+        rows = np.ascontiguousarray(np.resize(x, (1000, 64)), dtype=np.float32)
+        port = free_port()
+        api = start_api(home, port)
+        try:
+            time.sleep(2.0)  # let it settle before reading its idle memory
+            idle = group_rss_mb(api.pid)
+            http = way_http(f"http://127.0.0.1:{port}", key, job_id, rows, args.single,
+                            args.batches)
+            served = group_rss_mb(api.pid)
+        finally:
+            os.killpg(api.pid, signal.SIGTERM)
+            api.wait(timeout=30)
+        results = {"http": http,
+                   "onnxruntime_in_process": way_onnxruntime(graph, rows, args.single,
+                                                             args.batches, threads),
+                   "torch_eager": way_torch(job_id, rows, args.single, args.batches, threads)}
+    report(results, idle, served, threads, len(graph))
+
+
+def report(results: dict[str, dict[str, float]], idle: float, served: float, threads: int,
+           graph_bytes: int) -> None:
+    print(f"digits MLP 64-256-256-10, model.onnx {graph_bytes / 1024:.0f} KiB, "
+          f"{threads} inference thread(s), {os.cpu_count()} cores")
+    columns = list(next(iter(results.values())))
+    print(f"{'way':<24}" + "".join(f"{c:>18}" for c in columns))
+    for way, row in results.items():
+        print(f"{way:<24}" + "".join(f"{row[c]:>18,.2f}" for c in columns))
+    print(f"API process RSS: {idle:.0f} MB idle after start (onnxruntime not yet imported), "
+          f"{served:.0f} MB after serving")
+    print(json.dumps({"results": results, "api_rss_mb": {"idle": idle, "served": served}}))
+
+
+if __name__ == "__main__":
+    main()
