@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -139,7 +140,10 @@ class EventHub:
         self.subscriptions.add(subscription)
         self.wake.set()
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            # a fresh context: the shared poller's log records must not carry the request id
+            # and tenant of the request that happened to start it (app/logs.py)
+            self.task = asyncio.get_running_loop().create_task(self._run(),
+                                                                context=contextvars.Context())
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
