@@ -296,3 +296,16 @@ def tiny_graph() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what onnxruntime 1.30 reads (onnx 1.23 would write a newer one)
     return bytes(model.SerializeToString())
+
+
+def test_an_upload_keeps_every_feature_name(client: TestClient) -> None:
+    """model.json names every input column: uploads store all their names (once only the
+    first 1,000 were kept, while 10,000 columns were allowed)."""
+    names = [f"f{i}" for i in range(1_500)]
+    content = (",".join([*names, "y"]) + "\n" + ",".join(["1"] * 1_500 + ["a"]) + "\n"
+               + ",".join(["2"] * 1_500 + ["b"]) + "\n").encode()
+    made = client.post("/v1/datasets", files={"file": ("wide.csv", content)},
+                       data={"target": "y"})
+    assert made.status_code == 201, made.text
+    stored = client.get(f"/v1/datasets/{made.json()['id']}").json()
+    assert stored["info"]["feature_names"] == names
