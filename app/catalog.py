@@ -31,6 +31,7 @@ BLOCKS: dict[str, type[BaseModel]] = {
     "data": s.Data, "data.split": s.Split, "regularization": s.Regularization,
     "regularization.early_stopping": s.EarlyStopping, "regularization.mixup": s.Mix,
     "regularization.cutmix": s.Mix, "regularization.augment": s.Augment, "training": s.Training,
+    "model.init_from": s.InitFrom,
 }
 EXPERIMENTS: list[type[BaseModel]] = [e.CrossValidation, e.Sweep, e.Bagging, e.Boosting,
                                       e.BiasVariance, e.BatchSize, e.OptimizerComparison]

@@ -308,7 +308,37 @@ class Data(Strict):
 # -------------------------------------------------------------------------- model
 
 
-class MLP(Strict):
+MAX_FREEZE_PREFIXES = 64
+
+
+class InitFrom(Strict):
+    """Start from another succeeded job's weights (same tenant): pretrain, then fine-tune.
+    Every tensor of this model must exist with the same shape in that checkpoint (the output
+    layer aside with head: reinit); checked at submission."""
+
+    job: str = Field(min_length=1, max_length=64, examples=["job_3f2a9c1e5b7d4a10"])
+    checkpoint: Literal["best", "latest"] = Field(
+        "best", description="best: the source's best epoch (by its monitor); latest: its end.")
+    freeze: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_FREEZE_PREFIXES,
+        description="Parameter-name prefixes kept fixed during training (e.g. 'blocks.0.', "
+        "'rnn.', 'encoder.layers.0.'); each must name a tensor of the checkpoint.",
+        examples=[["blocks.0."]])
+    head: Literal["reinit", "keep"] = Field(
+        "reinit", description="reinit: a fresh output layer (head.*) for the new task; keep: "
+        "the source's, which must then have the same shape.")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Set by the server at submission: the "
+        "source checkpoint's sha256, so the job trains from exactly those weights. A value "
+        "given here must match it.")
+
+
+class ModelBase(Strict):
+    init_from: InitFrom | None = Field(
+        None, description="Warm start from another job's checkpoint (see InitFrom).")
+
+
+class MLP(ModelBase):
     """Stacked affine maps each followed by a nonlinearity. hidden=[] is a linear model."""
 
     kind: Literal["mlp"] = "mlp"
@@ -340,7 +370,7 @@ class MLP(Strict):
         return self
 
 
-class CNN(Strict):
+class CNN(ModelBase):
     """Conv stages (1-D or 2-D by data.input_shape) and a global-pooling head.
 
     With residual=true each stage adds basic blocks (conv-norm-act-conv-norm plus
@@ -376,7 +406,7 @@ SEQUENCE_VIEW = ("a sequence model reads each row as data.input_shape [C, L]: C 
                  "the same view a 1-D cnn uses)")
 
 
-class RNN(Strict):
+class RNN(ModelBase):
     """A recurrent network (GRU or LSTM) over the steps of a sequence, pooled, then a linear
     head. Rows are viewed as data.input_shape [C, L]: C features per step, L steps."""
 
@@ -392,7 +422,7 @@ class RNN(Strict):
         "direction's own last step); mean: the top layer's outputs averaged over steps.")
 
 
-class Transformer(Strict):
+class Transformer(ModelBase):
     """A pre-norm Transformer encoder (self-attention + feed-forward per layer) over the
     steps of a sequence, pooled, then a linear head. Rows are viewed as data.input_shape
     [C, L]: each step's C features are projected to d_model."""

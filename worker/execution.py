@@ -20,6 +20,7 @@ from app.config import Settings
 from app.models import Job
 from app.observability import observe_job_attempt
 from app.queue import enqueue_export, enqueue_job
+from app.services import warm_start
 from app.spec import JobSpec
 from app.statuses import FailureReason, JobStatus
 from app.training.blobs import CorruptBlob, read_metadata, verify
@@ -124,9 +125,12 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
     """LeaseLost and DatabaseUnavailable propagate; every other ending is written."""
     try:
         sink = MeteredSink(keeper, settings, pruner=trial_pruner(sessions, job))
+        with sessions() as session:
+            init_blob = warm_start.source_blob(session, job)
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job.id),
-                           uploaded=dataset_loader(sessions, job.tenant_id), task=job.task)  # type: ignore[arg-type]
+                           uploaded=dataset_loader(sessions, job.tenant_id), task=job.task,  # type: ignore[arg-type]
+                           init_blob=init_blob)
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
     except TrainingDiverged as exc:

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
 from app.models import Checkpoint, Job, Metric
 from app.queue import enqueue_job
-from app.services import checkpoint_files, cursors, dataset_refs, tagging, usage
+from app.services import checkpoint_files, cursors, dataset_refs, tagging, usage, warm_start
 from app.services.idempotency import create_once, request_hash
 from app.services.rows import found
 from app.statuses import JobStatus
@@ -43,6 +43,7 @@ def validate(session: Session, tenant_id: str, spec: s.JobSpec,
              settings: Settings) -> shapes.DataInfo:
     info = data_info(session, tenant_id, spec.data.source)
     check_spec(spec, info, settings.limits)
+    warm_start.pin(session, tenant_id, spec, info)  # model.init_from: checked, sha256 pinned
     return info
 
 

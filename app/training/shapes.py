@@ -515,3 +515,99 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------- tensor shapes
+#
+# The state-dict entries ``models.build_model`` creates, by name, without torch: the API
+# checks a warm start (``model.init_from``) against a checkpoint's safetensors header.
+# tests/training/test_warm_start.py keeps them equal to the real modules.
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _norm_state(prefix: str, norm: s.Norm, width: int, *, conv: bool) -> Shapes:
+    if norm == "none" or (norm == "instance" and not conv):
+        return {}
+    out: Shapes = {f"{prefix}.weight": (width,), f"{prefix}.bias": (width,)}
+    if norm == "batch":
+        out |= {f"{prefix}.running_mean": (width,), f"{prefix}.running_var": (width,),
+                f"{prefix}.num_batches_tracked": ()}
+    return out
+
+
+def _mlp_state(model: s.MLP, n_in: int) -> tuple[Shapes, int]:
+    out: Shapes = {}
+    for i, width in enumerate(model.hidden):
+        out |= {f"blocks.{i}.linear.weight": (width, n_in), f"blocks.{i}.linear.bias": (width,)}
+        out |= _norm_state(f"blocks.{i}.norm", model.norm, width, conv=False)
+        n_in = width
+    return out, n_in
+
+
+def _conv_state(prefix: str, model: s.CNN, c_in: int, c_out: int, dims: int) -> Shapes:
+    out: Shapes = {f"{prefix}.weight": (c_out, c_in, *[model.kernel_size] * dims)}
+    return out | ({f"{prefix}.bias": (c_out,)} if model.norm == "none" else {})
+
+
+def _cnn_state(model: s.CNN, shape: tuple[int, ...]) -> tuple[Shapes, int]:
+    """Stage i is Sequential(conv, norm, act, blocks...)."""
+    out: Shapes = {}
+    dims, c_in = len(shape) - 1, shape[0]
+    for i, c in enumerate(model.channels):
+        out |= _conv_state(f"features.{i}.0", model, c_in, c, dims)
+        out |= _norm_state(f"features.{i}.1", model.norm, c, conv=True)
+        for b in range(model.blocks_per_stage if model.residual else 0):
+            block = f"features.{i}.{3 + b}"
+            for j in (1, 2):
+                out |= _conv_state(f"{block}.conv{j}", model, c, c, dims)
+                out |= _norm_state(f"{block}.norm{j}", model.norm, c, conv=True)
+        c_in = c
+    return out, c_in
+
+
+def _rnn_state(model: s.RNN, shape: tuple[int, ...]) -> tuple[Shapes, int]:
+    out: Shapes = {}
+    rows, dirs = GATES[model.cell] * model.hidden, 2 if model.bidirectional else 1
+    n_in = shape[0]
+    for layer in range(model.layers):
+        for suffix in ("", "_reverse")[:dirs]:
+            out |= {f"rnn.weight_ih_l{layer}{suffix}": (rows, n_in),
+                    f"rnn.weight_hh_l{layer}{suffix}": (rows, model.hidden),
+                    f"rnn.bias_ih_l{layer}{suffix}": (rows,),
+                    f"rnn.bias_hh_l{layer}{suffix}": (rows,)}
+        n_in = dirs * model.hidden
+    return out, n_in
+
+
+def _transformer_state(model: s.Transformer, shape: tuple[int, ...]) -> tuple[Shapes, int]:
+    d, ff = model.d_model, model.ff
+    out: Shapes = {"cls": (1, 1, d)} if model.pooling == "cls" else {}
+    if model.positional == "learned":
+        out["position"] = (1, transformer_tokens(model, shape), d)
+    out |= {"embed.weight": (d, shape[0]), "embed.bias": (d,)}
+    for i in range(model.layers):
+        layer = f"encoder.layers.{i}"
+        out |= {f"{layer}.self_attn.in_proj_weight": (3 * d, d),
+                f"{layer}.self_attn.in_proj_bias": (3 * d,),
+                f"{layer}.self_attn.out_proj.weight": (d, d),
+                f"{layer}.self_attn.out_proj.bias": (d,),
+                f"{layer}.linear1.weight": (ff, d), f"{layer}.linear1.bias": (ff,),
+                f"{layer}.linear2.weight": (d, ff), f"{layer}.linear2.bias": (d,)}
+        for norm in ("norm1", "norm2"):
+            out |= {f"{layer}.{norm}.weight": (d,), f"{layer}.{norm}.bias": (d,)}
+    return out | {"encoder.norm.weight": (d,), "encoder.norm.bias": (d,)}, d
+
+
+def state_shapes(model: s.ModelSpec, shape: tuple[int, ...], n_out: int) -> Shapes:
+    """Every state-dict entry (parameters and buffers) and its shape, in module order."""
+    match model:
+        case s.MLP():
+            body, width = _mlp_state(model, math.prod(shape))
+        case s.CNN():
+            body, width = _cnn_state(model, shape)
+        case s.RNN():
+            body, width = _rnn_state(model, shape)
+        case _:
+            body, width = _transformer_state(model, shape)
+    return body | {"head.weight": (n_out, width), "head.bias": (n_out,)}
