@@ -99,6 +99,11 @@ class Client:
             raise ApiFailure(f"HTTP {response.status_code}: {detail}")
         return response.json()
 
+    def _check_empty(self, response: httpx.Response) -> None:
+        """For answers with no body (204): raise like ``_check`` on an error."""
+        if response.status_code >= 400:
+            self._check(response)
+
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """A job spec, or an experiment (a body with a top-level ``kind``)."""
         headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
