@@ -32,7 +32,7 @@ class Script:
 
 def serve(script: Script) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             script.last_ids.append(self.headers.get("Last-Event-ID"))
             status, headers, seqs = script.answers.pop(0)
             self.send_response(status)
