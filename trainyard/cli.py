@@ -22,6 +22,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainyard import manage
+
 if TYPE_CHECKING:
     from trainyard.client import Client
 
@@ -280,13 +282,17 @@ def print_json(data: Any) -> None:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    page = _client().list_jobs(status=args.status, limit=args.limit)
+    page = _client().list_jobs(status=args.status, limit=args.limit, tag=args.tag,
+                               order_by=args.order_by, cursor=args.cursor,
+                               name_prefix=args.name_prefix)
     if args.json:
         print_json(page)
         return 0
     from trainyard.display import console, jobs_table
 
     console().print(jobs_table(page["items"]))
+    if page["next_cursor"]:
+        print(f"more: --cursor {page['next_cursor']}", file=sys.stderr)
     return 0
 
 
@@ -488,6 +494,11 @@ def parser() -> argparse.ArgumentParser:
     wa.set_defaults(func=cmd_watch)
     jb = command("jobs", "list jobs")
     jb.add_argument("--status")
+    jb.add_argument("--tag", action="append", help="carrying this tag (repeatable: all of them)")
+    jb.add_argument("--name-prefix")
+    jb.add_argument("--order-by", help="a summary figure: val_loss, or descending with '=' "
+                    "(--order-by=-test_accuracy)")
+    jb.add_argument("--cursor", help="the next page (printed after a full page)")
     jb.add_argument("--limit", type=int, default=20)
     jb.add_argument("--json", action="store_true", help="the API's page as JSON")
     jb.set_defaults(func=cmd_jobs)
@@ -531,10 +542,11 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("id", help="job_...")
     dl.add_argument("-o", "--output", help="folder (default: ./ID-model)")
     dl.set_defaults(func=cmd_download)
+    manage.add_commands(command)
     return p
 
 
-SERVER_COMMANDS = ("run", "api", "worker", "migrate", "reap", "keys")
+SERVER_COMMANDS = ("run", "api", "worker", "migrate", "reap", "keys", *manage.SERVER_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if args.command not in SERVER_COMMANDS:
+            raise
+        print(f"trainyard {args.command}: needs the server's parts ({exc.name} is not "
+              "installed): pip install 'trainyard[worker]' (or 'trainyard[api]' for the API "
+              "alone)", file=sys.stderr)
+        return 1
     except ApiFailure as exc:  # the API's own message names the field and the reason
         print(f"trainyard {args.command}: {exc}", file=sys.stderr)
         return 1

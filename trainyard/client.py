@@ -128,11 +128,11 @@ class Client:
     def get_job(self, job_id: str) -> Any:
         return self._check(self.send("GET", f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, status: str | None = None, limit: int = 20) -> Any:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        return self._check(self.send("GET", "/v1/jobs", params=params))
+    def list_jobs(self, status: str | None = None, limit: int = 20, **filters: Any) -> Any:
+        """One page of GET /v1/jobs; ``filters``: tag (a list), name_prefix, order_by,
+        cursor, experiment_id, created_after, created_before (None: not filtered)."""
+        params = {k: v for k, v in {"status": status, **filters}.items() if v is not None}
+        return self._check(self.send("GET", "/v1/jobs", params={**params, "limit": limit}))
 
     def metrics(self, job_id: str, after: int = 0) -> Any:
         return self._check(self.send("GET", f"/v1/jobs/{job_id}/metrics",
