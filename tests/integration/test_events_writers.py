@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +184,36 @@ def test_a_rolled_back_write_leaves_no_event_and_no_gap(sessions: sessionmaker[S
     commit(sessions, lambda s: repo.claim(s, "j", "w", utcnow(), 60))
     with sessions() as session:
         assert statuses(session, "j") == [("queued", False), ("running", False)]
+
+
+SQLITE_TRIGGERS = {"jobs_events_insert", "jobs_child_event", "jobs_progress_event",
+                   "jobs_status_event", "metrics_event_insert", "metrics_event_update",
+                   "experiments_events_insert", "experiments_progress_event",
+                   "experiments_status_event"}
+
+
+def test_later_sqlite_migrations_keep_the_event_triggers(tmp_path: Path) -> None:
+    """SQLite drops a table's triggers with the table: a later migration that rebuilds
+    jobs, metrics or experiments (Alembic's batch "move and copy") must recreate them.
+    Checked at head and after stepping every later revision down and up again."""
+    url = f"sqlite+pysqlite:///{tmp_path / 'steps.db'}"
+    env = {**os.environ, "TRAINYARD_DATABASE_URL": url}
+
+    def alembic(*args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+
+    def triggers() -> set[str]:
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            names = {str(n) for n in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars()}
+        engine.dispose()
+        return names
+
+    alembic("upgrade", "head")
+    assert triggers() >= SQLITE_TRIGGERS
+    alembic("downgrade", "0006")
+    alembic("upgrade", "head")
+    assert triggers() >= SQLITE_TRIGGERS
