@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from app.run_metadata import RunMetadata
-from app.spec import Float, Int, JobSpec, Optimizer, Sharpness, Strict
+from app.spec import Float, Int, JobSpec, Optimizer, Sharpness, Strict, Until
 
 
 class ExperimentBase(Strict):
@@ -155,6 +155,11 @@ class BatchSize(ExperimentBase):
     batch_sizes: list[Int | Literal["full"]] = Field(min_length=2, max_length=12,
                                                      examples=[[16, 64, 256, "full"]])
     sharpness: Sharpness = Field(default_factory=Sharpness)
+    until: Until | None = Field(
+        None, description="Train every batch size until this training fit (the base's "
+        "training.epochs is the budget), so the minima are compared at equal fit; the result "
+        "reports each run's fit and epochs and warns when they did not reach comparable "
+        "training losses.", examples=[{"train_loss": 0.05}])
 
 
 class OptimizerComparison(ExperimentBase):

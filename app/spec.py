@@ -764,6 +764,22 @@ class Sharpness(Strict):
     max_rows: Int = Field(2048, ge=1, le=100_000, description="Training rows used.")
 
 
+class Until(Strict):
+    """Train until a target fit: stop at the first epoch whose mean training loss falls to
+    train_loss, or whose training accuracy reaches train_accuracy (one of the two);
+    training.epochs is then the budget. Comparing minima (sharpness, generalization) means
+    something only between runs that fit the training data equally well."""
+
+    train_loss: Float | None = Field(None, gt=0.0, le=1e6, examples=[0.05])
+    train_accuracy: Float | None = Field(None, gt=0.0, le=1.0, examples=[0.99])
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Until:
+        if (self.train_loss is None) == (self.train_accuracy is None):
+            raise ValueError("give one of train_loss and train_accuracy")
+        return self
+
+
 # Checkpoints cost a SQL write of weights + optimizer state; metric rows land every epoch.
 DEFAULT_CHECKPOINT_SECONDS = 30.0
 
@@ -804,6 +820,8 @@ class Training(Strict):
         "rows in the summary (class probabilities, or values in original units).")
     sharpness: Sharpness | None = Field(
         None, description="Measure the sharpness of the final minimum on the training loss.")
+    until: Until | None = Field(
+        None, description="Stop once a target training fit is reached (epochs is the budget).")
 
 
 def _job_examples(schema: dict[str, Any]) -> None:

@@ -83,6 +83,10 @@ def _training_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
             hint = "" if has_val else " (no validation split: data.split.val is 0)"
             problems.append(Problem(loc, f"'{name}' is not logged for this job{hint}; "
                                     f"choose one of {sorted(known)}"))
+    until = spec.training.until
+    if until is not None and until.train_accuracy is not None and info.task != "classification":
+        problems.append(Problem(("training", "until", "train_accuracy"), "is logged for "
+                                "classification only; use train_loss"))
     if shapes.uses_batch_norm(spec.model) and spec.training.batch_size == 1:
         problems.append(Problem(("training", "batch_size"), shapes.BATCH_NORM_NEEDS_TWO))
     return problems + _recurrent_problems(spec)

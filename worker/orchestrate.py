@@ -33,7 +33,7 @@ log = logging.getLogger("trainyard.experiments")
 
 def _children(session: Session, exp: Experiment) -> list[Child]:
     rows = repo.children(session, exp.id)
-    curves = exp.kind == "optimizer_comparison"
+    curves = exp.kind in ("optimizer_comparison", "batch_size")  # batch_size: the fit reached
     return [Child(role=parse_role(j.role or {}), spec=j.spec, status=j.status,
                   summary=Summary.model_validate(j.summary) if j.summary else None,
                   error=j.error_message, job_id=j.id,

@@ -37,6 +37,7 @@ from app.training.report import RunFacts, summarize
 from app.training.results import Outcome, Pruned, Summary
 from app.training.shapes import batch_plan, eval_chunk_rows, output_dim
 from app.training.sink import EpochReport, Metrics, Sink
+from app.training.until import reached
 
 
 class TrainingDiverged(RuntimeError):
@@ -180,6 +181,7 @@ class Trainer:
         self.epoch += 1
         self.progress = None
         is_best, stop = self.judge(flat)
+        stop = stop or reached(self.spec.training.until, flat)
         self.schedule.observe(flat)
         if not self.schedule.per_step:
             set_lr(self.optimizer, self.schedule.lr(self.epoch))

@@ -33,6 +33,7 @@ from app.training.experiments.roles import (
 from app.training.metric_names import metric_mode
 from app.training.resample import bootstrap_draws, out_of_bag
 from app.training.results import Summary
+from app.training.until import reached
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -335,16 +336,45 @@ def bias_variance(exp: e.BiasVariance, children: list[Child], targets: Targets) 
 # ------------------------------------------------------- batch size, optimizers
 
 
-def batch_size(children: list[Child]) -> dict[str, Any]:
+# Final training losses further apart than this factor are not "equal fit" (Keskar et al.
+# compare minima of runs that fit the training data alike).
+COMPARABLE_FIT = 2.0
+
+
+def batch_size(exp: e.BatchSize, children: list[Child]) -> dict[str, Any]:
     def order(done: tuple[Child, BatchSizeRole, Summary]) -> float:
         b = done[1].batch_size
         return math.inf if b == "full" else float(b)
 
     curve = [{"batch_size": role.batch_size, "job_id": c.job_id,
+              "epochs": summary.epochs_completed, "fit": summary.train["loss"],
               "generalization_gap": summary.generalization_gap,
               "test": summary.test, "train": summary.train, **sharpness_of(summary)}
+             | ({"reached": _reached(exp.until, c)} if exp.until is not None else {})
              for c, role, summary in sorted(ok(children, BatchSizeRole), key=order)]
-    return {"curve": curve, "failures": failures(children)}
+    return {"curve": curve, "warnings": fit_warnings(exp, curve),
+            "failures": failures(children)}
+
+
+def _reached(until: s.Until, child: Child) -> bool:
+    """The loop's own rule on the child's last logged epoch."""
+    return reached(until, {name: values[-1] for name, values in child.curves.items() if values})
+
+
+def fit_warnings(exp: e.BatchSize, curve: list[dict[str, Any]]) -> list[str]:
+    """Why a sharpness comparison across these runs may say nothing."""
+    out = []
+    missed = [p["batch_size"] for p in curve if p.get("reached") is False]
+    if missed:
+        out.append(f"batch sizes {missed} did not reach the target fit within "
+                   f"{exp.base.training.epochs} epochs; raise base.training.epochs")
+    fits = [p["fit"] for p in curve if p["fit"] > 0]
+    if len(fits) > 1 and max(fits) > COMPARABLE_FIT * min(fits):
+        out.append(f"the final training losses range from {min(fits):.3g} to {max(fits):.3g} "
+                   f"(more than {COMPARABLE_FIT:g}x apart): the runs did not reach comparable "
+                   "fit, so their sharpness is not compared at equal fit"
+                   + ("" if exp.until else "; set until to train each to the same fit"))
+    return out
 
 
 def sharpness_of(summary: Summary) -> dict[str, float]:
@@ -376,7 +406,7 @@ def advance(exp: Any, children: list[Child], targets: TargetLoader) -> Step:
         case e.BiasVariance():
             return Step(result=bias_variance(exp, children, targets(exp.base)))
         case e.BatchSize():
-            return Step(result=batch_size(children))
+            return Step(result=batch_size(exp, children))
         case e.OptimizerComparison():
             return Step(result=optimizer_comparison(children))
     raise ValueError(f"unknown experiment kind {exp!r}")

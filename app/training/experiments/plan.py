@@ -206,8 +206,10 @@ def first_stage(exp: Any) -> list[ChildPlan]:
                     for s, v in enumerate(exp.values) for b in range(exp.replicates)]
         case e.BatchSize():
             sharp = exp.sharpness.model_dump(mode="json")
+            until = exp.until.model_dump(mode="json") if exp.until is not None else None
             return [ChildPlan(BatchSizeRole(batch_size=b), child_spec(
-                base, f"{name}-bs{b}", {"training.batch_size": b, "training.sharpness": sharp}))
+                base, f"{name}-bs{b}", {"training.batch_size": b, "training.sharpness": sharp,
+                                        "training.until": until}))
                 for b in exp.batch_sizes]
         case e.OptimizerComparison():
             return [ChildPlan(OptimizerRole(optimizer=o.kind, index=i), child_spec(
