@@ -3,7 +3,8 @@ and blobs go in one transaction (the foreign keys cascade from the row deleted).
 
 What is still in use is refused with 409 and the reason, never deleted under a worker:
 a queued or running job (cancel it first), a running experiment or one whose children have
-not all stopped, an experiment's child on its own (delete the experiment), and a dataset a
+not all stopped, an experiment's child on its own (delete the experiment), a job whose
+checkpoint a queued or running job warm-starts from (``model.init_from``), and a dataset a
 queued or running job, or a running experiment, reads. Each delete re-checks its condition
 in the DELETE statement itself, so a change between the check and the delete cannot slip
 through. Another tenant's id answers 404, as a missing one does.
@@ -41,6 +42,11 @@ def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
     if job.status in ACTIVE:
         raise Conflict(f"job '{job_id}' is {job.status}: cancel it (POST "
                        f"/v1/jobs/{job_id}/cancel) and delete it once it has stopped")
+    starters = warm_starters(session, tenant_id, job_id)
+    if starters:
+        raise Conflict(f"job '{job_id}' is the model.init_from of {len(starters)} queued or "
+                       f"running jobs or experiments: {_names(starters)}; its checkpoint is "
+                       "kept until they end")
     gone = session.execute(delete(Job).where(Job.id == job_id, Job.status.notin_(ACTIVE)))
     _commit_one(session, gone, f"job '{job_id}' changed while it was being deleted; retry")
 
@@ -90,6 +96,23 @@ def dataset_readers(session: Session, tenant_id: str, dataset_id: str) -> list[s
         if any(ref == dataset_id for _, ref in dataset_refs.references(exp)):
             readers.append(exp_id)
     return readers
+
+
+def warm_starters(session: Session, tenant_id: str, job_id: str) -> list[str]:
+    """The tenant's queued or running jobs and running experiments whose model starts
+    from ``job_id``'s checkpoint (a finished one has its own weights by then)."""
+    jobs = session.execute(select(Job.id, Job.spec).where(
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))).all()
+    starters = [active for active, spec in jobs if _init_from(spec) == job_id]
+    running = session.execute(select(Experiment.id, Experiment.request).where(
+        Experiment.tenant_id == tenant_id, Experiment.status == ExperimentStatus.RUNNING)).all()
+    return starters + [exp_id for exp_id, request in running
+                       if _init_from(request.get("base") or {}) == job_id]
+
+
+def _init_from(spec: dict[str, Any]) -> str | None:
+    init = (spec.get("model") or {}).get("init_from")
+    return init.get("job") if isinstance(init, dict) else None
 
 
 def _active_children(session: Session, experiment_id: str) -> Sequence[str]:

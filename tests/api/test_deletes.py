@@ -109,3 +109,14 @@ def test_deleting_hands_the_space_back_on_sqlite(client: TestClient, app_home: P
     before = file_bytes()
     assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
     assert before - file_bytes() > 0.8 * ds["size_bytes"], (before, file_bytes())
+
+
+def test_a_warm_start_source_is_kept_while_a_job_needs_it(client: TestClient) -> None:
+    source = trained(client)
+    starter = client.post("/v1/jobs", json=tiny_spec(
+        model={"kind": "mlp", "hidden": [16], "init_from": {"job": source}})).json()
+    assert starter["status"] == "queued", starter
+    refused = client.delete(f"/v1/jobs/{source}")
+    assert refused.status_code == 409 and starter["id"] in refused.json()["error"]["message"]
+    client.post(f"/v1/jobs/{starter['id']}/cancel")
+    assert client.delete(f"/v1/jobs/{source}").status_code == 204
