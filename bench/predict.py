@@ -68,8 +68,10 @@ def train_and_export(home: Path, epochs: int) -> tuple[str, str]:
         job, _ = submit(session, tenant_id="bench", spec=JobSpec.model_validate(spec),
                         settings=get_settings(), idempotency_key=None)
     settings, sessions = get_settings(), get_sessionmaker()
-    assert execute(job.id, sessions, settings) == "succeeded"
-    assert export_model(job.id, sessions, settings) == "ready"
+    ran = execute(job.id, sessions, settings)
+    assert ran == "succeeded", f"the digits job ended {ran}"
+    exported = export_model(job.id, sessions, settings)
+    assert exported == "ready", f"its export ended {exported}"
     return job.id, key
 
 

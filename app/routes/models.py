@@ -43,7 +43,7 @@ async def predict(job_id: str, request: Request, session: SessionDep, settings: 
     The body is read here and parsed in a worker thread, never on the event loop."""
     raw = await request.body()
     answer = await run_in_threadpool(_predict, raw, job_id, session, tenant, settings.limits)
-    return JSONResponse(answer.to_json())
+    return Response(answer.to_json(), media_type="application/json")
 
 
 def _predict(raw: bytes, job_id: str, session: Session, tenant: str,
