@@ -47,7 +47,8 @@ class SequenceRNN(nn.Module):
         else:  # the top layer's final state per direction (the backward one ends at step 0)
             final = state[0] if self.lstm else state
             pooled = final[-self.directions:].transpose(0, 1).reshape(x.shape[0], -1)
-        return self.head(self.drop(pooled))
+        logits: torch.Tensor = self.head(self.drop(pooled))
+        return logits
 
 
 def sinusoidal_positions(tokens: int, width: int) -> torch.Tensor:
@@ -90,6 +91,9 @@ class SequenceTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(steps_of(x, self.input_shape))
         if self.cls is None:
-            return self.head(self.encoder(tokens + self.position).mean(dim=1))
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
-        return self.head(self.encoder(tokens + self.position)[:, 0])
+            pooled = self.encoder(tokens + self.position).mean(dim=1)
+        else:
+            tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+            pooled = self.encoder(tokens + self.position)[:, 0]
+        logits: torch.Tensor = self.head(pooled)
+        return logits
