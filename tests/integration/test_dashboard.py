@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,12 @@ SERIES_COUNT = """(holder) => new Set([...holder.querySelectorAll('[id^="series-
     .map((node) => node.id.split('--')[0])).size"""
 
 
+@pytest.mark.timeout(600)  # every kind's children on two workers of a busy 2-core machine
 def test_each_experiment_kinds_page_draws_its_plots(browser: Any, stack: Stack,
                                                     submitted: dict[str, Any],
                                                     tmp_path: Path) -> None:
+    with stack.client() as http:  # the watched job, if its test did not get to cancel it
+        http.post(f"/v1/jobs/{submitted['live']}/cancel")
     done = wait_experiments(stack, submitted["experiments"])
     page, errors = signed_in_page(browser, stack)
     for kind, exp in done.items():
@@ -197,23 +201,37 @@ def test_each_experiment_kinds_page_draws_its_plots(browser: Any, stack: Stack,
             assert drawn == expected_series(kind, name, exp["result"]) > 0, (kind, name, drawn)
         page.screenshot(path=str(tmp_path / f"{kind}.png"), full_page=True)
     assert errors == []
-    download_a_childs_checkpoint(page, tmp_path)
+    page.goto(f"{stack.url}/ui/#/experiments/{done['bagging']['id']}")
+    download_a_childs_files(page, stack, tmp_path)
 
 
-def download_a_childs_checkpoint(page: Any, tmp_path: Path) -> None:
-    """From the last experiment's page to its first child's, then its checkpoint's link
-    (fetched with the Bearer header, handed to the browser as a file)."""
+def download(page: Any, link: Any, tmp_path: Path) -> Path:
+    """Click a download link (fetched with the Bearer header, handed over as a file)."""
+    with page.expect_download() as started:
+        link.click()
+    saved = tmp_path / started.value.suggested_filename
+    started.value.save_as(saved)
+    return saved
+
+
+def download_a_childs_files(page: Any, stack: Stack, tmp_path: Path) -> None:
+    """From a bagging experiment's page to its first member's: its checkpoint, and its model
+    bundle once the worker has exported it (members are exported; folds are not)."""
     page.click("table#children tbody tr:first-child a")
     page.wait_for_selector("#job-status:has-text('succeeded')")
     link = page.locator("#job-after a[data-download*='/checkpoints/']").first
     link.wait_for(timeout=30_000)
-    with page.expect_download() as download:
-        link.click()
-    saved = tmp_path / download.value.suggested_filename
-    download.value.save_as(saved)
     from safetensors.numpy import load_file
 
+    saved = download(page, link, tmp_path)
     assert saved.suffix == ".safetensors" and load_file(saved), "the weights load"
+    job_id = page.url.rsplit("/", 1)[-1]
+    with stack.client() as http:
+        wait_for(lambda: (http.get(f"/v1/jobs/{job_id}").json().get("model") or {}).get(
+            "status") == "ready", 120, what="the child's model export")
+    page.reload()
+    bundle = download(page, page.locator("#job-after a[data-download$='/model']"), tmp_path)
+    assert zipfile.ZipFile(bundle).namelist(), "a zip bundle"
 
 
 def test_trainyard_plot_saves_the_servers_plots(stack: Stack, submitted: dict[str, Any],

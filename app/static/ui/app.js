@@ -290,6 +290,14 @@ async function jobResults(jobId, box) {
       checkpoints.map((c) => downloadLink(`epoch ${c.epoch}${c.is_best ? " (best)" : ""}`,
         c.download, `${jobId}-epoch${c.epoch}.safetensors`))));
   }
+  if (job.model && job.model.status === "ready") {
+    parts.push(el("h2", {}, "Model"), el("p", { class: "downloads" },
+      downloadLink("model bundle (ONNX graph, weights, model.json; zip)",
+        `/v1/jobs/${encodeURIComponent(jobId)}/model`, `${jobId}-model.zip`)));
+  } else if (job.model) {
+    parts.push(el("h2", {}, "Model"), el("p", { class: "muted", id: "model-state" },
+      `model ${job.model.status}${job.model.reason ? `: ${job.model.reason}` : ""}`));
+  }
   const plots = (await json(`/v1/jobs/${encodeURIComponent(jobId)}/plots`)).plots;
   parts.push(el("h2", {}, "Plots (drawn by the server)"), el("p", { class: "downloads" },
     plots.filter((p) => job.summary || p.name !== "confusion_matrix")
