@@ -26,8 +26,10 @@ from app.services.event_hub import EventHub, follow
 router = APIRouter()
 RETRY_MS = 2000  # the reconnection delay a browser's EventSource uses after a drop
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies pass it on
-LastEventId = Annotated[str | None, Header(
-    alias="Last-Event-ID", max_length=16_000,
+# A plain string with "" for absent: as `str | None` the schema allowed null, which a header
+# cannot carry (Schemathesis sent the text "null")
+LastEventId = Annotated[str, Header(
+    alias="Last-Event-ID", max_length=16_000, pattern=r"^[0-9]+(\.[0-9]+)*$",
     description="Resume after this event (the `id` of the last one received): exactly the "
     "events after it follow, none lost, none repeated.")]
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
@@ -54,17 +56,18 @@ def _open(opener: Callable[..., events.Stream], **kwargs: Any) -> events.Stream:
 
 
 async def job_stream(request: Request, job_id: str, tenant: TenantDep,
-                     last_event_id: LastEventId = None) -> events.Stream:
+                     last_event_id: LastEventId = "") -> events.Stream:
     hub_of(request.app).check_room()
     return await run_in_threadpool(_open, events.open_job_stream, tenant_id=tenant,
-                                   job_id=job_id, last_event_id=last_event_id)
+                                   job_id=job_id, last_event_id=last_event_id or None)
 
 
 async def experiment_stream(request: Request, experiment_id: str, tenant: TenantDep,
-                            last_event_id: LastEventId = None) -> events.Stream:
+                            last_event_id: LastEventId = "") -> events.Stream:
     hub_of(request.app).check_room()
     return await run_in_threadpool(_open, events.open_experiment_stream, tenant_id=tenant,
-                                   experiment_id=experiment_id, last_event_id=last_event_id)
+                                   experiment_id=experiment_id,
+                                   last_event_id=last_event_id or None)
 
 
 def _respond(request: Request, stream: events.Stream) -> Response:

@@ -40,8 +40,8 @@ def test_the_bare_install_is_the_light_client_and_its_cli_works(
         embedded: Stack, tmp_path: Path) -> None:
     venv = light_venv(tmp_path)
     python = str(venv / "bin" / "python")
-    probe = ("import importlib.util, json; print(json.dumps([m for m in %r "
-             "if importlib.util.find_spec(m) is not None]))" % (SERVER_ONLY,))
+    probe = (f"import importlib.util, json; print(json.dumps([m for m in {SERVER_ONLY!r} "
+             "if importlib.util.find_spec(m) is not None]))")
     installed = json.loads(subprocess.run([python, "-c", probe], capture_output=True, text=True,
                                           check=True, timeout=60).stdout)
     assert installed == [], f"the bare install pulled server dependencies: {installed}"
