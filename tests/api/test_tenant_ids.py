@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app import experiment_spec as e
 from app.clock import new_id
+from tests.api.test_security import valid_body
 from tests.conftest import tiny_spec
 
 Body = dict[str, Any]
@@ -164,8 +165,9 @@ def test_every_route_with_an_id_answers_a_foreign_id_as_a_missing_one(
 
         def call(resource_id: str, path: str = path, name: str = name,
                  method: str = method) -> Any:
-            url = path.replace("{" + name + "}", resource_id).replace("{ref}", "latest")
-            return client.request(method.upper(), url)
+            url = (path.replace("{" + name + "}", resource_id).replace("{ref}", "latest")
+                   .replace("{name}", "loss").replace("{fmt}", "svg"))
+            return client.request(method.upper(), url, json=valid_body(method, path))
 
         foreign = call(bobs[name])
         assert normalized(foreign, bobs[name]) == normalized(call(missing), missing), path
