@@ -50,7 +50,7 @@ def test_the_bare_install_is_the_light_client_and_its_cli_works(
         job_id = http.post("/v1/jobs", json=tiny_spec(name="from-light")).json()["id"]
     env = {**os.environ, "TRAINYARD_URL": embedded.url, "TRAINYARD_API_KEY": embedded.key}
     env.pop("PYTHONPATH", None)
-    shown = subprocess.run([str(venv / "bin" / "trainyard"), "show", job_id], env=env,
+    shown = subprocess.run([str(venv / "bin" / "trainyard"), "show", job_id, "--json"], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == job_id
