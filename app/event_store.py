@@ -118,3 +118,8 @@ def announced_children(session: Session, experiment_id: str, upto: int) -> list[
                    ExperimentEvent.kind == "child", ExperimentEvent.seq <= upto)
             .order_by(ExperimentEvent.seq))
     return [str(data["job_id"]) for data in session.scalars(stmt)]
+
+
+def listen(conn: Any, channel: str) -> None:
+    """Postgres: subscribe a psycopg connection (autocommit) to the triggers' NOTIFYs."""
+    conn.execute(f"LISTEN {channel}")

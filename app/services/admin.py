@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from app import lifecycle_repository
 from app import repository as repo
 from app.clock import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker, session_scope
-from app.models import Tenant
 from app.services import keys, retention
 from app.services.reaper import reap_once
 from app.services.usage import Usage, usage
@@ -81,9 +81,7 @@ def set_quota(tenant_id: str, *, storage_bytes: int | None, datasets: int | None
     """A tenant's own quotas (``trainyard tenants quota``); None puts the default back."""
     with session_scope() as session:
         repo.ensure_tenant(session, tenant_id, utcnow())
-        tenant = session.get(Tenant, tenant_id)
-        assert tenant is not None  # ensure_tenant made it
-        tenant.quota_storage_bytes, tenant.quota_datasets = storage_bytes, datasets
+        lifecycle_repository.set_quota_overrides(session, tenant_id, storage_bytes, datasets)
 
 
 def tenant_usage(tenant_id: str) -> Usage:

@@ -7,11 +7,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import lifecycle_repository as store
 from app.errors import Unprocessable
-from app.models import Metric
 from app.services.jobs import get as get_job
 from app.training.metric_names import epoch_metric_names
 from app.training.results import Summary
@@ -92,12 +91,10 @@ def aligned_curves(session: Session, job_ids: Sequence[str],
                    metrics: Sequence[str]) -> dict[str, Curve]:
     """One query for every point; at most jobs x max_epochs x metrics rows."""
     wanted = {tuple(m.split("_", 1)) for m in metrics}
-    stmt = (select(Metric.job_id, Metric.split, Metric.name, Metric.epoch, Metric.value)
-            .where(Metric.job_id.in_(job_ids),
-                   Metric.split.in_({split for split, _ in wanted}),
-                   Metric.name.in_({name for _, name in wanted})))
+    rows = store.metric_points(session, job_ids, {split for split, _ in wanted},
+                               {name for _, name in wanted})
     points: dict[str, dict[str, dict[int, float]]] = {m: {} for m in metrics}
-    for job_id, split, name, epoch, value in session.execute(stmt).all():
+    for job_id, split, name, epoch, value in rows:
         if (split, name) in wanted:
             points[f"{split}_{name}"].setdefault(job_id, {})[epoch] = value
     curves = {}

@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
+from app import lifecycle_repository as store
 from app import repository as repo
 from app.errors import Conflict
-from app.models import Dataset, Experiment, Job
 from app.services import dataset_refs
 from app.services import experiments as experiment_service
 from app.services import jobs as job_service
@@ -47,8 +46,8 @@ def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
         raise Conflict(f"job '{job_id}' is the model.init_from of {len(starters)} queued or "
                        f"running jobs or experiments: {_names(starters)}; its checkpoint is "
                        "kept until they end")
-    gone = session.execute(delete(Job).where(Job.id == job_id, Job.status.notin_(ACTIVE)))
-    _commit_one(session, gone, f"job '{job_id}' changed while it was being deleted; retry")
+    _commit_one(session, store.delete_finished_job(session, job_id),
+                f"job '{job_id}' changed while it was being deleted; retry")
 
 
 def delete_experiment(session: Session, tenant_id: str, experiment_id: str) -> None:
@@ -58,16 +57,12 @@ def delete_experiment(session: Session, tenant_id: str, experiment_id: str) -> N
         raise Conflict(f"experiment '{experiment_id}' is running: cancel it (POST "
                        f"/v1/experiments/{experiment_id}/cancel) and delete it once its "
                        "children have stopped")
-    active = _active_children(session, experiment_id)
+    active = store.active_children(session, experiment_id)
     if active:
         raise Conflict(f"experiment '{experiment_id}' still has {len(active)} children "
                        f"stopping: {_names(active)}; delete it once they have stopped")
-    still_active = exists().where(Job.experiment_id == Experiment.id, Job.status.in_(ACTIVE))
-    gone = session.execute(delete(Experiment).where(
-        Experiment.id == experiment_id, Experiment.status != ExperimentStatus.RUNNING,
-        ~still_active))
-    _commit_one(session, gone, f"experiment '{experiment_id}' changed while it was being "
-                               "deleted; retry")
+    _commit_one(session, store.delete_ended_experiment(session, experiment_id),
+                f"experiment '{experiment_id}' changed while it was being deleted; retry")
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> None:
@@ -76,22 +71,17 @@ def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> None:
     if readers:
         raise Conflict(f"dataset '{dataset_id}' is read by {len(readers)} queued or running "
                        f"jobs or experiments: {_names(readers)}; delete it once they end")
-    session.execute(delete(Dataset).where(Dataset.id == dataset_id,
-                                          Dataset.tenant_id == tenant_id))
+    store.delete_dataset(session, tenant_id, dataset_id)
     session.commit()
-    reclaim_space(session)
+    store.vacuum_freed_pages(session)
 
 
 def dataset_readers(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
     """The tenant's queued or running jobs and running experiments that read the dataset.
     Both sets are small: a tenant's active jobs are capped by ``max_concurrent_jobs``."""
-    jobs = session.execute(select(Job.id, Job.spec).where(
-        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))).all()
-    readers = [job_id for job_id, spec in jobs
+    readers = [job_id for job_id, spec in store.active_job_specs(session, tenant_id)
                if dataset_refs.source_dataset(spec) == dataset_id]
-    running = session.execute(select(Experiment.id, Experiment.request).where(
-        Experiment.tenant_id == tenant_id, Experiment.status == ExperimentStatus.RUNNING)).all()
-    for exp_id, request in running:
+    for exp_id, request in store.running_experiment_requests(session, tenant_id):
         exp = experiment_service.parse(request)
         if any(ref == dataset_id for _, ref in dataset_refs.references(exp)):
             readers.append(exp_id)
@@ -101,12 +91,10 @@ def dataset_readers(session: Session, tenant_id: str, dataset_id: str) -> list[s
 def warm_starters(session: Session, tenant_id: str, job_id: str) -> list[str]:
     """The tenant's queued or running jobs and running experiments whose model starts
     from ``job_id``'s checkpoint (a finished one has its own weights by then)."""
-    jobs = session.execute(select(Job.id, Job.spec).where(
-        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))).all()
-    starters = [active for active, spec in jobs if _init_from(spec) == job_id]
-    running = session.execute(select(Experiment.id, Experiment.request).where(
-        Experiment.tenant_id == tenant_id, Experiment.status == ExperimentStatus.RUNNING)).all()
-    return starters + [exp_id for exp_id, request in running
+    starters = [active for active, spec in store.active_job_specs(session, tenant_id)
+                if _init_from(spec) == job_id]
+    return starters + [exp_id for exp_id, request
+                       in store.running_experiment_requests(session, tenant_id)
                        if _init_from(request.get("base") or {}) == job_id]
 
 
@@ -115,30 +103,14 @@ def _init_from(spec: dict[str, Any]) -> str | None:
     return init.get("job") if isinstance(init, dict) else None
 
 
-def _active_children(session: Session, experiment_id: str) -> Sequence[str]:
-    return session.scalars(select(Job.id).where(Job.experiment_id == experiment_id,
-                                                Job.status.in_(ACTIVE))).all()
-
-
 def _names(ids: Sequence[str]) -> str:
     shown = ", ".join(ids[:SHOWN_IDS])
     return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
 
 
-def _commit_one(session: Session, result: Any, raced: str) -> None:
-    if result.rowcount != 1:
+def _commit_one(session: Session, deleted: bool, raced: str) -> None:
+    if not deleted:
         session.rollback()
         raise Conflict(raced)
     session.commit()
-    reclaim_space(session)
-
-
-def reclaim_space(session: Session) -> None:
-    """SQLite: hand the freed pages back to the file system (a no-op unless the database
-    was created with auto_vacuum=INCREMENTAL). Postgres reuses the space after autovacuum."""
-    if session.get_bind().dialect.name == "sqlite":
-        # The pragma frees one page per step, and sqlite3's execute() steps a statement
-        # that returns no row only once: executescript() runs it to the end.
-        raw = session.connection().connection.dbapi_connection
-        raw.executescript("PRAGMA incremental_vacuum;")  # type: ignore[union-attr]
-        session.commit()
+    store.vacuum_freed_pages(session)

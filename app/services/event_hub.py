@@ -221,7 +221,7 @@ class Listener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    store.listen(conn, NOTIFY_CHANNEL)
                     while not self.stopping.is_set():
                         if any(True for _ in conn.notifies(timeout=1.0, stop_after=1)):
                             self._wake()

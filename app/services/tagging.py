@@ -6,9 +6,9 @@ join) and in ``job_tags``/``experiment_tags`` (``?tag=`` filters through their
 
 from __future__ import annotations
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from app import lifecycle_repository as store
 from app import repository as repo
 from app.clock import utcnow
 from app.models import Experiment, ExperimentTag, Job, JobTag
@@ -32,8 +32,7 @@ def patch_job(session: Session, tenant_id: str, job_id: str, patch: MetadataPatc
     job = found(repo.get_job(session, tenant_id, job_id), "job", job_id)
     if patch.tags is not None:
         job.tags = unique_tags(patch.tags)
-        session.execute(delete(JobTag).where(JobTag.job_id == job.id))
-        session.add_all(JobTag(job_id=job.id, tag=tag, tenant_id=tenant_id) for tag in job.tags)
+        store.replace_job_tags(session, job, job.tags)
     _set_note_and_keep(job, patch)
     session.commit()
     return job
@@ -45,9 +44,7 @@ def patch_experiment(session: Session, tenant_id: str, experiment_id: str,
                 experiment_id)
     if patch.tags is not None:
         exp.tags = unique_tags(patch.tags)
-        session.execute(delete(ExperimentTag).where(ExperimentTag.experiment_id == exp.id))
-        session.add_all(ExperimentTag(experiment_id=exp.id, tag=tag, tenant_id=tenant_id)
-                        for tag in exp.tags)
+        store.replace_experiment_tags(session, exp, exp.tags)
     _set_note_and_keep(exp, patch)
     session.commit()
     return exp

@@ -10,14 +10,13 @@ checkpoints would add more); a running job is never stopped for it."""
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app import lifecycle_repository as store
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Limits
 from app.errors import QuotaExceeded
-from app.models import Checkpoint, Dataset, Job, ModelExport, Tenant
 
 
 class StorageBytes(BaseModel):
@@ -39,27 +38,17 @@ class Usage(BaseModel):
 
 
 def quota(session: Session, tenant_id: str, limits: Limits) -> Quota:
-    tenant = session.get(Tenant, tenant_id)
-    storage = tenant.quota_storage_bytes if tenant is not None else None
-    datasets = tenant.quota_datasets if tenant is not None else None
+    storage, datasets = store.quota_overrides(session, tenant_id)
     return Quota(storage_bytes=limits.quota_storage_bytes if storage is None else storage,
                  datasets=limits.quota_datasets if datasets is None else datasets)
 
 
 def usage(session: Session, tenant_id: str, limits: Limits) -> Usage:
-    data_bytes, data_count = session.execute(
-        select(func.coalesce(func.sum(Dataset.size_bytes), 0), func.count())
-        .where(Dataset.tenant_id == tenant_id)).one()
-    ckpt = session.scalar(select(func.coalesce(func.sum(Checkpoint.size_bytes), 0))
-                          .join(Job, Job.id == Checkpoint.job_id)
-                          .where(Job.tenant_id == tenant_id))
-    exports = session.scalar(select(func.coalesce(func.sum(ModelExport.size_bytes), 0))
-                             .join(Job, Job.id == ModelExport.job_id)
-                             .where(Job.tenant_id == tenant_id))
-    parts = (int(data_bytes), int(ckpt or 0), int(exports or 0))
-    return Usage(storage_bytes=StorageBytes(datasets=parts[0], checkpoints=parts[1],
-                                            model_exports=parts[2], total=sum(parts)),
-                 datasets=int(data_count), quota=quota(session, tenant_id, limits))
+    data_bytes, data_count, ckpt, exports = store.storage_used(session, tenant_id)
+    return Usage(storage_bytes=StorageBytes(datasets=data_bytes, checkpoints=ckpt,
+                                            model_exports=exports,
+                                            total=data_bytes + ckpt + exports),
+                 datasets=data_count, quota=quota(session, tenant_id, limits))
 
 
 def check_dataset(session: Session, tenant_id: str, size_bytes: int, limits: Limits, *,

@@ -1,5 +1,6 @@
-"""All SQL goes through app/repository.py: no other module of app/, worker/ or trainyard/
-builds a statement or executes one (app/db.py owns the engine, app/models.py the tables)."""
+"""All SQL goes through the repository modules (app/repository.py and the ones split from
+it by subject): no other module of app/, worker/ or trainyard/ builds a statement or
+executes one (app/db.py owns the engine, app/models.py the tables)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SQL_HOMES = {ROOT / "app" / "repository.py", ROOT / "app" / "db.py", ROOT / "app" / "models.py"}
+# the repository, and the repository modules split from it by subject (events, model
+# exports, a run's lifecycle): services decide, only these build or run statements
+SQL_HOMES = {ROOT / "app" / name for name in (
+    "repository.py", "event_store.py", "export_repository.py", "lifecycle_repository.py",
+    "db.py", "models.py")}
 BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", "or_", "case",
             "literal", "exists", "postgresql", "sqlite"}
 RUNNERS = {"execute", "scalar", "scalars", "query", "get"}  # Session methods that read SQL
