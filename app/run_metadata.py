@@ -34,7 +34,8 @@ class RunMetadata(BaseModel):
 class MetadataPatch(BaseModel):
     """PATCH body: each field given replaces the stored one; fields left out stay."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"tags": ["baseline", "digits"], "keep": True}, {"note": None}]})
 
     tags: list[Tag] | None = Field(None, max_length=MAX_TAGS)
     note: Note | None = None

@@ -9,7 +9,7 @@ checkpoints would add more); a running job is never stopped for it."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app import lifecycle_repository as store
@@ -32,6 +32,11 @@ class Quota(BaseModel):
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "storage_bytes": {"datasets": 52311, "checkpoints": 1048576, "model_exports": 412301,
+                          "total": 1513188},
+        "datasets": 1, "quota": {"storage_bytes": 10737418240, "datasets": 500}}]})
+
     storage_bytes: StorageBytes
     datasets: int = Field(description="How many datasets the tenant holds.")
     quota: Quota
