@@ -291,6 +291,18 @@ def _cnn_ops(model: s.CNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
 # composite path; oneDNN's fused LSTM needs less); training saves every step's gates too.
 RNN_EVAL = {"gru": (6, 1, 16), "lstm": (8, 1, 16)}
 RNN_GRAD = {"gru": (6, 3, 16), "lstm": (12, 7, 48)}
+# oneDNN's fused LSTM (the CPU's training path) also saves a workspace per layer and
+# direction for the backward pass, in bytes per row: (per hidden unit, constant) for each
+# step plus the same once per row, fitted to its sizes from 1 to 128 rows, steps and units.
+# It comes in whole 4 KiB pages and never under 7 of them, however small the layer:
+# ``LSTM_WORKSPACE_FLOOR`` covers that floor and the rounding.
+LSTM_WORKSPACE_PER_STEP, LSTM_WORKSPACE_PER_ROW = (60, 520), (40, 480)
+LSTM_WORKSPACE_FLOOR = 32 * 1024
+
+
+def _lstm_workspace_row(hidden: int, steps: int) -> int:
+    (a, b), (c, d) = LSTM_WORKSPACE_PER_STEP, LSTM_WORKSPACE_PER_ROW
+    return steps * (a * hidden + b) + c * hidden + d
 
 
 def _per_step(coef: tuple[int, int, int], hidden: int, n_in: int) -> int:
@@ -305,9 +317,10 @@ def _rnn_ops(model: s.RNN, shape: tuple[int, ...], n_out: int) -> list[Op]:
         out = steps * dirs * h
         if layer and model.dropout > 0:  # torch's dropout between stacked layers
             ops.append(Op(out, out, MASK * out, kind="dropout"))
+        workspace = dirs * _lstm_workspace_row(h, steps) if model.cell == "lstm" else 0
         ops.append(Op(steps * n_in, out, FLOAT * steps * dirs * _per_step(
             RNN_EVAL[model.cell], h, n_in), grad_saved=FLOAT * steps * dirs * _per_step(
-            RNN_GRAD[model.cell], h, n_in)))
+            RNN_GRAD[model.cell], h, n_in) + workspace))
         n_in = dirs * h
     pooled = dirs * h
     ops.append(Op(steps * pooled, pooled, kind="mean") if model.pooling == "mean"
@@ -405,9 +418,16 @@ def train_row_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int) -> int:
     return rows + _input_copies(spec.regularization, shape)
 
 
+def fixed_step_bytes(model: s.ModelSpec) -> int:
+    """Bytes a training step allocates whatever its rows (kernels' workspaces)."""
+    if isinstance(model, s.RNN) and model.cell == "lstm":
+        return LSTM_WORKSPACE_FLOOR * model.layers * (2 if model.bidirectional else 1)
+    return 0
+
+
 def train_batch_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int, rows: int) -> int:
     """Activation bytes of one training step on ``rows`` rows."""
-    return rows * train_row_bytes(spec, shape, n_out)
+    return rows * train_row_bytes(spec, shape, n_out) + fixed_step_bytes(spec.model)
 
 
 def eval_row_bytes(spec: s.JobSpec, shape: tuple[int, ...], n_out: int) -> int:

@@ -69,6 +69,11 @@ SPECS: dict[str, dict[str, Any]] = {
     "rnn-gru-bidirectional-mean-bf16": {
         "data": MOTIFS, "loss": CE, "training": {"precision": "bf16"},
         "model": {"kind": "rnn", "hidden": 32, "bidirectional": True, "pooling": "mean"}},
+    # found by the property test: oneDNN's workspace floor dominates a one-unit LSTM
+    "rnn-lstm-one-unit-one-row": {"data": DIGITS | {"input_shape": [8, 8]}, "loss": CE,
+                                  "training": {"batch_size": 1},
+                                  "model": {"kind": "rnn", "cell": "lstm", "hidden": 1,
+                                            "bidirectional": True, "layers": 2}},
     "rnn-lstm-on-digit-columns": {"data": DIGITS | {"input_shape": [8, 8]}, "loss": CE,
                                   "model": {"kind": "rnn", "cell": "lstm", "hidden": 64}},
     "transformer": {"data": MOTIFS, "loss": CE, "model": {"kind": "transformer"}},
@@ -82,6 +87,7 @@ SPECS: dict[str, dict[str, Any]] = {
 # devices and dtypes run. Likewise the Transformer's: it bounds torch's unfused encoder
 # (odd head counts, autocast), which keeps about twice what the fused eval kernel does.
 EVAL_SLACK_OF = {"rnn-lstm-on-digit-columns": 6.0,  # measured 5.1
+                 "rnn-lstm-one-unit-one-row": 6.0,  # measured 4.8
                  "transformer": 4.5, "transformer-dropout-mean-learned": 4.5}  # 3.3 to 4.0
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -250,3 +256,22 @@ def test_the_memory_caps_come_from_the_environment(monkeypatch: pytest.MonkeyPat
         check_spec(spec, info, Limits())
     monkeypatch.setenv("TRAINYARD_LIMIT_MAX_ACTIVATION_BYTES", str(step))
     check_spec(spec, info, Limits())
+
+
+@pytest.mark.parametrize("rows", [1, 33])
+@pytest.mark.parametrize("length", [2, 24])
+@pytest.mark.parametrize("hidden", [1, 16, 64])
+def test_lstm_steps_fit_the_estimate_from_one_unit_to_many(rows: int, length: int,
+                                                            hidden: int) -> None:
+    """oneDNN's LSTM workspace has a floor and grows by rows, steps and units: every
+    corner of that grid stays within the estimate (a one-unit LSTM broke it once)."""
+    spec = make_spec(data={"source": {"synthetic": "motif_order", "n_samples": 200,
+                                      "length": length}},
+                     loss=CE, training={"batch_size": rows},
+                     model={"kind": "rnn", "cell": "lstm", "hidden": hidden,
+                            "bidirectional": True})
+    t = trainer(spec)
+    est = shapes.memory_estimate(spec, t.data.info)
+    idx = torch.arange(rows)
+    _, measured = peak_bytes(lambda: t.train_step(t.data.x_train[idx], t.data.y_train[idx]))
+    assert measured <= est.train_batch + est.parameters
