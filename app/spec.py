@@ -822,6 +822,10 @@ class Training(Strict):
         None, description="Measure the sharpness of the final minimum on the training loss.")
     until: Until | None = Field(
         None, description="Stop once a target training fit is reached (epochs is the budget).")
+    record_grad_norms: bool = Field(
+        False, description="Put each layer's gradient norm (before clipping), averaged over "
+        "the first epoch's steps, in the summary (grad_norms): where a deep network's "
+        "gradient vanishes. The depth experiment sets it for its children.")
 
 
 def _job_examples(schema: dict[str, Any]) -> None:

@@ -145,6 +145,7 @@ class TrainState:
     progress: EpochProgress | None = None  # set when saved mid-epoch
     stopped_early_at: int | None = None
     pruned: dict[str, Any] | None = None  # {"epoch", "reason"} when a sweep's rule ended it
+    grad_norms: dict[str, Any] | None = None  # GradNormRecorder.state(), when recorded
 
     @property
     def step(self) -> int:
@@ -170,7 +171,7 @@ class TrainState:
                                                         "best_epoch": best.epoch,
                                                         "wait": best.wait},
                  "np_rng": self.np_rng, "stopped_early_at": self.stopped_early_at,
-                 "pruned": self.pruned, "lr": self.lr}
+                 "pruned": self.pruned, "grad_norms": self.grad_norms, "lr": self.lr}
         return pack(tensors, state)
 
     @classmethod
@@ -190,4 +191,5 @@ class TrainState:
             rng_torch=tensors["rng.torch"], rng_gen=tensors["rng.gen"],
             rng_cuda=tensors.get("rng.cuda"), np_rng=state["np_rng"], progress=progress,
             stopped_early_at=state["stopped_early_at"],
-            pruned=state.get("pruned"))  # absent in checkpoints written before pruning
+            pruned=state.get("pruned"),  # absent in checkpoints written before pruning
+            grad_norms=state.get("grad_norms"))  # and before grad norms

@@ -22,6 +22,7 @@ from app import spec as s
 from app.training.checkpoint import Best, Cadence, EpochProgress, TrainState
 from app.training.data import Prepared
 from app.training.divergence import explosion, trivial_loss
+from app.training.grad_norms import GradNormRecorder
 from app.training.losses import build_loss
 from app.training.metrics import Autocast, Evaluator, global_norm, predicted_labels
 from app.training.models import build_model
@@ -100,6 +101,8 @@ class Trainer:
                                    else contextlib.nullcontext)
         self.eval = Evaluator(self.model, data, self.loss_fn, self.autocast, self.binary_logit,
                               self.eval_rows)
+        self.grad_norms = (GradNormRecorder.for_model(self.model, device)
+                           if tr.record_grad_norms else None)
         self.epoch = 0  # completed epochs
         self.progress: EpochProgress | None = None  # the epoch being trained
         self.stopped_early_at: int | None = None
@@ -126,7 +129,8 @@ class Trainer:
         restored = self.restore_best and self.best_weights is not None
         if restored and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        facts = RunFacts(self.epoch, self.best, self.stopped_early_at, self.pruned, restored)
+        facts = RunFacts(self.epoch, self.best, self.stopped_early_at, self.pruned, restored,
+                         self.grad_norms.result if self.grad_norms else None)
         return summarize(self.spec, self.eval, self.device, facts)
 
     def train_epoch(self) -> str | None:
@@ -165,6 +169,8 @@ class Trainer:
         extra = penalty(self.decayed, reg.l1, reg.l2)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss if extra is None else loss + extra)
+        if self.grad_norms is not None:
+            self.grad_norms.record()
         if self.weight_noise is not None:
             self.weight_noise.remove()
         if self.spec.training.grad_clip_norm is not None:
@@ -180,6 +186,8 @@ class Trainer:
         flat = flatten(metrics)
         self.epoch += 1
         self.progress = None
+        if self.grad_norms is not None:
+            self.grad_norms.end_first_epoch()
         is_best, stop = self.judge(flat)
         stop = stop or reached(self.spec.training.until, flat)
         self.schedule.observe(flat)
@@ -272,7 +280,8 @@ class Trainer:
             rng_cuda=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
             else None, np_rng=dict(self.np_rng.bit_generator.state), progress=self.progress,
             stopped_early_at=self.stopped_early_at,
-            pruned=self.pruned.model_dump() if self.pruned else None)
+            pruned=self.pruned.model_dump() if self.pruned else None,
+            grad_norms=self.grad_norms.state() if self.grad_norms else None)
 
     def restore(self, state: TrainState) -> None:
         self.model.load_state_dict(state.weights_only())
@@ -292,4 +301,6 @@ class Trainer:
         self.np_rng.bit_generator.state = state.np_rng
         self.stopped_early_at = state.stopped_early_at
         self.pruned = Pruned.model_validate(state.pruned) if state.pruned else None
+        if self.grad_norms is not None and state.grad_norms is not None:
+            self.grad_norms.load(state.grad_norms)
         set_lr(self.optimizer, state.lr)

@@ -15,7 +15,7 @@ from app import spec as s
 from app.training.metrics import Evaluator, confusion_matrix, macro_f1
 from app.training.models import count_parameters
 from app.training.regularize import BestTracker
-from app.training.results import Pruned, SharpnessResult, Summary
+from app.training.results import GradNorms, Pruned, SharpnessResult, Summary
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class RunFacts:
     stopped_epoch: int | None
     pruned: Pruned | None
     restored_best_weights: bool
+    grad_norms: GradNorms | None = None  # training.record_grad_norms
 
 
 def summarize(spec: s.JobSpec, ev: Evaluator, device: torch.device, run: RunFacts) -> Summary:
@@ -56,6 +57,7 @@ def summarize(spec: s.JobSpec, ev: Evaluator, device: torch.device, run: RunFact
         summary.predictions = predictions(ev)
     if spec.training.sharpness is not None:
         summary.sharpness = sharpness(ev, spec.training.sharpness, spec.training.seed)
+    summary.grad_norms = run.grad_norms
     return summary
 
 

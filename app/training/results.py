@@ -12,7 +12,7 @@ SplitMetrics = dict[str, float]  # metric name -> value, as metric_names.EVAL li
 
 # Keys left out of the stored JSON when they do not apply (rather than stored as null).
 ABSENT_WHEN_NONE = ("val", "macro_f1", "confusion_matrix", "predictions", "sharpness",
-                    "worker", "attempt")
+                    "grad_norms", "worker", "attempt")
 
 
 def _is_none(value: object) -> bool:
@@ -37,6 +37,20 @@ class SharpnessResult(BaseModel):
     epsilon_sharpness: float
     epsilon: float
     rows: int
+
+
+class LayerGradNorm(BaseModel):
+    name: str  # the module that owns the parameters (``blocks.3.linear``, ``head``)
+    norm: float
+
+
+class GradNorms(BaseModel):
+    """Each layer's gradient norm (its parameters together, before clipping), averaged over
+    the first epoch's steps; layers from input to output (``grad_norms.py`` says why)."""
+
+    epoch: Literal[1] = 1
+    steps: int
+    layers: list[LayerGradNorm]
 
 
 class Summary(BaseModel):
@@ -66,6 +80,7 @@ class Summary(BaseModel):
     confusion_matrix: list[list[int]] | None = _absent()
     predictions: dict[str, list[Any]] | None = _absent()  # "dev"/"test" -> per row
     sharpness: SharpnessResult | None = _absent()
+    grad_norms: GradNorms | None = _absent()  # training.record_grad_norms
     worker: str | None = _absent()  # set by the worker that ran it
     attempt: int | None = _absent()
 
