@@ -8,6 +8,5 @@ from worker.sinks import SqlSink
 
 
 class MeteredSink(SqlSink):
-    def epoch_end(self, report: EpochReport) -> None:
-        super().epoch_end(report)  # observed once stored: a fenced-out copy counts nothing
-        observe_epoch(report.metrics)
+    def stored(self, report: EpochReport) -> None:
+        observe_epoch(report.metrics)  # once stored: a fenced-out copy counts nothing

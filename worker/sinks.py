@@ -1,5 +1,6 @@
 """The SQL-backed sink: one transaction per epoch (metric rows and progress always, a
-checkpoint when the trainer's cadence made one due), stop requests (read from the job's
+checkpoint when the trainer's cadence made one due; an epoch without a checkpoint is written
+on the keeper's writer thread while the next one trains), stop requests (read from the job's
 ``LeaseKeeper``, so ``should_stop`` costs no SQL), and (for sweep trials) the
 early-termination rule. Every write goes through the keeper, fenced by the attempt."""
 
@@ -60,7 +61,14 @@ class SqlSink:
             if report.checkpoint is not None:
                 self._store(session, report.checkpoint, report.epoch, 0, report.is_best)
 
-        self.keeper.write(write)
+        if report.checkpoint is None:  # metric rows only: the next epoch trains meanwhile
+            self.keeper.write_later(write, then=lambda: self.stored(report))
+        else:  # a checkpoint is stored before training goes on (what a resume restarts from)
+            self.keeper.write(write)
+            self.stored(report)
+
+    def stored(self, report: EpochReport) -> None:
+        """Called once an epoch's rows are stored (on the writer thread when deferred)."""
 
     def save_checkpoint(self, blob: bytes, epoch: int, step: int) -> None:
         """A mid-epoch checkpoint (preemption, timeout) outside the epoch transaction."""
