@@ -88,7 +88,7 @@ def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
 
 
 UPLOAD_ROUTES = {("POST", "/v1/datasets")}  # multipart: the dataset cap, not the JSON one
-PREDICT_PATH = re.compile(r"/v1/jobs/[^/]+/predict")  # rows to predict: their own cap
+PREDICT_PATH = re.compile(r"/v1/(?:jobs|experiments)/[^/]+/predict")  # rows: own cap
 TENANT_SCOPE_KEY = "trainyard.tenant"  # set by Gate, read by deps.current_tenant
 
 

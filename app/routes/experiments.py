@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import experiment_spec as e
+from app.config import Limits
 from app.deps import SessionDep, SettingsDep, TenantDep
+from app.prediction_schemas import EnsemblePredictResponse
 from app.routes import responses
 from app.routes.jobs import TagQuery
+from app.routes.models import PREDICT_BODY, parse_body
 from app.run_metadata import MetadataPatch
 from app.schemas import ExperimentOut, ExperimentPage, JobItem, JobListPage, error_responses
 from app.services import deletion, tagging
+from app.services import ensemble_predict as ensembles
 from app.services import experiments as service
 from app.statuses import ExperimentStatus
 
@@ -91,3 +97,27 @@ def delete_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep
     exports). A running experiment, or one whose children are still stopping, gets 409."""
     deletion.delete_experiment(session, tenant, experiment_id)
     return Response(status_code=204)
+
+
+@router.post("/{experiment_id}/predict", response_model=EnsemblePredictResponse,
+             openapi_extra={"requestBody": PREDICT_BODY}, responses={**NOT_FOUND, 409: {
+                 "model": error_responses(409)[409]["model"],
+                 "description": "The experiment has not succeeded, its kind produces no "
+                                "model (the message names it), a member's model is being "
+                                "exported (model_pending, Retry-After) or its export failed."}})
+async def predict(experiment_id: str, request: Request, session: SessionDep,
+                  settings: SettingsDep, tenant: TenantDep) -> Any:
+    """Predictions of the model the experiment produced, for raw ``rows`` or named
+    ``records`` (the body and its limits as for a job's predict): bagging's soft vote (mean
+    of the members' probabilities, or values), boosting's SAMME vote or gradient sum, a
+    sweep's retrained best. ``members`` names the children combined and their weights."""
+    raw = await request.body()
+    answer = await run_in_threadpool(_predict, raw, experiment_id, session, tenant,
+                                     settings.limits)
+    return Response(answer.to_json(), media_type="application/json")
+
+
+def _predict(raw: bytes, experiment_id: str, session: Session, tenant: str,
+             limits: Limits) -> EnsemblePredictResponse:
+    return ensembles.predict_experiment(session, tenant_id=tenant, experiment_id=experiment_id,
+                                        body=parse_body(raw), limits=limits)

@@ -48,11 +48,16 @@ async def predict(job_id: str, request: Request, session: SessionDep, settings: 
 
 def _predict(raw: bytes, job_id: str, session: Session, tenant: str,
              limits: Limits) -> PredictResponse:
+    return predictor.predict(session, tenant_id=tenant, job_id=job_id, body=parse_body(raw),
+                             limits=limits)
+
+
+def parse_body(raw: bytes) -> PredictRequest:
+    """A predict body, parsed (in the caller's worker thread); a bad one is a 422 by path."""
     try:
-        body = PredictRequest.model_validate_json(raw)
+        return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    return predictor.predict(session, tenant_id=tenant, job_id=job_id, body=body, limits=limits)
 
 
 @router.get("/{job_id}/model", response_class=Response, responses={

@@ -30,13 +30,21 @@ def _bad(loc: str, message: str) -> Unprocessable:
 
 def predict(session: Session, *, tenant_id: str, job_id: str, body: PredictRequest,
             limits: Limits) -> PredictResponse:
+    check_count(body, limits)
+    loaded = model(session, tenant_id, job_id)
+    return answer(job_id, loaded, run(loaded, matrix(body, loaded)))
+
+
+def check_count(body: PredictRequest, limits: Limits) -> None:
     if body.count > limits.max_predict_rows:
         field = "rows" if body.rows is not None else "records"
         raise _bad(field, f"{body.count:,} rows exceed the limit max_predict_rows "
                    f"{limits.max_predict_rows:,}")
-    loaded = model(session, tenant_id, job_id)
-    x = matrix(body, loaded)
-    return answer(job_id, loaded, loaded.session.run(None, {loaded.manifest.input_name: x}))
+
+
+def run(loaded: Loaded, x: np.ndarray) -> list[np.ndarray]:
+    """The graph's outputs for rows ``x``, in ``loaded.manifest.outputs`` order."""
+    return loaded.session.run(None, {loaded.manifest.input_name: x})
 
 
 def model(session: Session, tenant_id: str, job_id: str) -> Loaded:
@@ -118,7 +126,7 @@ def answer(job_id: str, loaded: Loaded, outputs: list[np.ndarray]) -> PredictRes
     # model_construct: the values come from the graph, typed already (validating 1,000
     # rows of them cost ~10 ms)
     if card.task == "regression":
-        predictions = [ValuePrediction.model_construct(value=_finite(v))
+        predictions = [ValuePrediction.model_construct(value=finite(v))
                        for v in named[VALUE].tolist()]
     else:
         labels = named[LABEL].tolist()
@@ -128,7 +136,7 @@ def answer(job_id: str, loaded: Loaded, outputs: list[np.ndarray]) -> PredictRes
                            predictions=predictions, model_sha256=loaded.sha256)
 
 
-def _finite(value: float) -> float:
+def finite(value: float) -> float:
     """A value too large for float32 (an input far outside the training data) is not JSON."""
     if not math.isfinite(value):
         raise _bad("rows", "the model's output overflowed float32 for this input")

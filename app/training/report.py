@@ -12,6 +12,7 @@ import sklearn
 import torch
 
 from app import spec as s
+from app.training.experiments.ensemble import RECORDED_DECIMALS
 from app.training.metrics import Evaluator, confusion_matrix, macro_f1
 from app.training.models import count_parameters
 from app.training.regularize import BestTracker
@@ -82,7 +83,7 @@ def predictions(ev: Evaluator) -> dict[str, list[Any]]:
             values = torch.cat([1 - p, p], dim=1).cpu().numpy()
         else:
             values = torch.softmax(raw, dim=1).cpu().numpy()
-        out[name] = np.round(values, 6).tolist()
+        out[name] = np.round(values, RECORDED_DECIMALS).tolist()  # what ensembles read
     return out
 
 

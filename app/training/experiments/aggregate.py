@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from app import experiment_spec as e
 from app import spec as s
 from app.statuses import JobStatus
+from app.training.experiments.ensemble import gradient_sum, labels, samme_scores, soft_vote
 from app.training.experiments.plan import Child, ChildPlan, boosting_round, final_retrain
 from app.training.experiments.roles import (
     BatchSizeRole,
@@ -188,7 +189,7 @@ def bagging(exp: e.Bagging, children: list[Child], targets: Targets) -> dict[str
                                                                                  strict=True)],
                               "member_test": summarize(members), "failures": failures(children)}
     if preds:
-        result["ensemble_test"] = score(np.mean(preds, axis=0), targets.y_test, targets.task)
+        result["ensemble_test"] = score(soft_vote(preds), targets.y_test, targets.task)
     if oob_sum is not None and (oob_count > 0).any():
         covered = oob_count > 0
         oob_pred = oob_sum[covered] / (oob_count[covered][:, None] if oob_sum.ndim > 1
@@ -213,10 +214,7 @@ def samme_update(weights: np.ndarray, wrong: np.ndarray,
 
 def samme_predict(votes: list[tuple[float, np.ndarray]], n_classes: int) -> np.ndarray:
     """argmax_k sum_t alpha_t [h_t(x) = k]."""
-    total = np.zeros((len(votes[0][1]), n_classes))
-    for alpha, labels in votes:
-        total[np.arange(len(labels)), labels] += alpha
-    return total.argmax(axis=1)
+    return labels(samme_scores(votes, n_classes))
 
 
 def boosting(exp: e.Boosting, children: list[Child], targets: Targets) -> Step:
@@ -245,7 +243,7 @@ def _samme(exp: e.Boosting, rounds: Rounds, targets: Targets) -> Step:
             stopped = role.round
             break
         weights = new_weights
-        votes.append((alpha, np.asarray(summary.prediction("test")).argmax(axis=1)))
+        votes.append((alpha, labels(np.asarray(summary.prediction("test")))))
         accuracy = float(np.mean(samme_predict(votes, k) == targets.y_test))
         history.append({"round": role.round, "job_id": c.job_id, "learner_weight": alpha,
                         "weighted_error": err, "ensemble_test": {"accuracy": accuracy},
@@ -258,12 +256,13 @@ def _samme(exp: e.Boosting, rounds: Rounds, targets: Targets) -> Step:
 
 def _gradient(exp: e.Boosting, rounds: Rounds, targets: Targets) -> Step:
     f_dev = np.zeros(len(targets.y_dev))
-    f_test = np.zeros(len(targets.y_test))
+    tests: list[tuple[float, np.ndarray]] = []
     history = []
     for c, role, summary in rounds:
         rate = 1.0 if role.round == 0 else exp.learning_rate
         f_dev += rate * np.asarray(summary.prediction("dev"))
-        f_test += rate * np.asarray(summary.prediction("test"))
+        tests.append((rate, np.asarray(summary.prediction("test"))))
+        f_test = gradient_sum(tests)
         history.append({"round": role.round, "job_id": c.job_id, "learner_weight": rate,
                         "ensemble_test": score(f_test, targets.y_test, "regression"),
                         "train_residual_rmse": float(np.sqrt(np.mean((targets.y_dev - f_dev)
