@@ -365,8 +365,9 @@ PREDICT_BATCH = 1000  # rows per request: well under the API's max_predict_rows 
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Rows from a CSV (a header of feature names) or JSON file through a job's model; the
-    labels and probabilities (or values) as CSV, or JSON with --json or -o FILE.json."""
+    """Rows from a CSV (a header of feature names) or JSON file through a job's or an
+    experiment's model; the labels and probabilities (or values) as CSV, or JSON with
+    --json or -o FILE.json."""
     key, rows = read_rows(Path(args.file))
     client = _client()
     answers = [client.predict(args.id, {key: rows[i : i + PREDICT_BATCH]})
@@ -531,8 +532,10 @@ def parser() -> argparse.ArgumentParser:
                     "lists them: loss, metric, lr, grad_norm, confusion_matrix for a job)")
     pl.add_argument("-o", "--output", help="file.svg or file.png (default: ID-NAME.svg)")
     pl.set_defaults(func=cmd_plot)
-    pr = command("predict", "predictions of a job's model for the rows of a CSV or JSON file")
-    pr.add_argument("id", help="job_...")
+    pr = command("predict", "predictions of a job's model, or of the model an experiment "
+                 "produced (bagging, boosting, a sweep's best), for the rows of a CSV or JSON "
+                 "file")
+    pr.add_argument("id", help="job_... or exp_...")
     pr.add_argument("file", help="FILE.csv (a header of feature names) or FILE.json (rows, "
                     "records, or a predict body)")
     pr.add_argument("-o", "--output", help="write FILE.csv or FILE.json instead of printing")

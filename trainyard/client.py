@@ -150,11 +150,13 @@ class Client:
             self._check(response)  # raises with the API's message (a bad name lists the names)
         return name, response.content
 
-    def predict(self, job_id: str, body: dict[str, Any], wait: float = 120.0) -> Any:
-        """``{"rows": ...}`` or ``{"records": ...}`` through the job's model (waiting up to
-        ``wait`` seconds while it is being exported)."""
-        return self._check(self._model_request("POST", f"/v1/jobs/{job_id}/predict", wait,
-                                               json=body))
+    def predict(self, resource_id: str, body: dict[str, Any], wait: float = 120.0) -> Any:
+        """``{"rows": ...}`` or ``{"records": ...}`` through a job's model, or the model an
+        experiment produced (an ensemble, a sweep's best), waiting up to ``wait`` seconds
+        while a model is being exported."""
+        kind = "experiments" if is_experiment_id(resource_id) else "jobs"
+        return self._check(self._model_request("POST", f"/v1/{kind}/{resource_id}/predict",
+                                               wait, json=body))
 
     def model_bundle(self, job_id: str, wait: float = 120.0) -> bytes:
         """The model's zip bundle: model.onnx, model.safetensors, model.json, README.md."""

@@ -144,8 +144,10 @@ class Trainyard:
             bundle.extractall(target)
         return target
 
-    def predict(self, job_id: str, rows: list[list[float]]) -> list[dict[str, Any]]:
-        return list(self.client.predict(job_id, {"rows": rows})["predictions"])
+    def predict(self, resource_id: str, rows: list[list[float]]) -> list[dict[str, Any]]:
+        """Predictions of a job's model, or of an experiment's (``exp_...``: bagging's soft
+        vote, boosting's weighted vote or sum, a sweep's retrained best)."""
+        return list(self.client.predict(resource_id, {"rows": rows})["predictions"])
 
     # ------------------------------------------------------------------ data
 
