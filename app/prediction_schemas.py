@@ -81,6 +81,14 @@ class EnsembleMember(BaseModel):
 
 
 class EnsemblePredictResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "experiment_id": "exp_0123456789abcdef", "kind": "bagging", "combine": "soft_vote",
+        "task": "classification", "classes": ["setosa", "versicolor", "virginica"],
+        "predictions": [{"label": "setosa", "probabilities": [0.97, 0.02, 0.01]}],
+        "members": [{"job_id": "job_0123456789abcdef", "weight": 0.5, "model_sha256": "9f86…"},
+                    {"job_id": "job_fedcba9876543210", "weight": 0.5,
+                     "model_sha256": "60303…"}]}]})
+
     experiment_id: str
     kind: str = Field(examples=["bagging", "boosting", "sweep"])
     combine: str = Field(description="soft_vote (bagging: mean of probabilities or values), "
