@@ -34,7 +34,8 @@ BLOCKS: dict[str, type[BaseModel]] = {
     "model.init_from": s.InitFrom,
 }
 EXPERIMENTS: list[type[BaseModel]] = [e.CrossValidation, e.Sweep, e.Bagging, e.Boosting,
-                                      e.BiasVariance, e.BatchSize, e.OptimizerComparison]
+                                      e.BiasVariance, e.BatchSize, e.OptimizerComparison,
+                                      e.Depth]
 VALUES = ("default", "enum", "const", "examples")  # user data, shown as it is
 KEEP = ("type", "default", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
         "exclusiveMaximum", "minItems", "maxItems", "items", "anyOf", "description", "examples")

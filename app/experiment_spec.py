@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from app.run_metadata import RunMetadata
-from app.spec import Float, Int, JobSpec, Optimizer, Sharpness, Strict, Until
+from app.spec import MAX_LIST_LAYERS, MLP, Float, Int, JobSpec, Optimizer, Sharpness, Strict, Until
 
 
 class ExperimentBase(Strict):
@@ -169,8 +169,31 @@ class OptimizerComparison(ExperimentBase):
     optimizers: list[Optimizer] = Field(min_length=2, max_length=10)
 
 
+class Depth(ExperimentBase):
+    """The depth lesson of ResNet (He et al., 2016): the base MLP at each depth, plain and
+    residual (an identity skip around every hidden layer after the first), reporting train
+    and test error per depth and each layer's gradient norm in the first epoch. Past some
+    depth the plain network fits its own training data worse, while the residual one holds."""
+
+    kind: Literal["depth"]
+    depths: list[Annotated[Int, Field(ge=1, le=MAX_LIST_LAYERS)]] = Field(
+        min_length=2, max_length=12, description="Hidden layers of each pair of children.",
+        examples=[[2, 8, 24]])
+    width: Int = Field(32, ge=1, description="The width of every hidden layer (replaces "
+                       "base.model.hidden; the rest of base.model applies to every child).")
+
+    @model_validator(mode="after")
+    def _an_mlp_at_distinct_depths(self) -> Depth:
+        if not isinstance(self.base.model, MLP):
+            raise ValueError(f"base.model.kind: the depth experiment varies an mlp's hidden "
+                             f"layers; {self.base.model.kind} is not supported")
+        if len(set(self.depths)) != len(self.depths):
+            raise ValueError(f"depths: {self.depths} repeats a depth; list each once")
+        return self
+
+
 Experiment = Annotated[
     CrossValidation | Sweep | Bagging | Boosting | BiasVariance | BatchSize
-    | OptimizerComparison,
+    | OptimizerComparison | Depth,
     Field(discriminator="kind"),
 ]

@@ -261,6 +261,55 @@ def optimizer_curves(res: r.OptimizerComparisonResult, fmt: Format) -> bytes:
                 "training data, dashed on the validation data")
 
 
+# ---------------------------------------------------------------------- depth
+
+VARIANTS = {"plain": ("plain (no skips)", "-", "C3"),
+            "residual": ("residual (identity skips)", "--", "C0")}
+SMALLEST_NORM = 1e-12  # a vanished gradient (exactly 0 in float32) drawn at this floor
+
+
+def depth_errors(res: r.DepthResult, fmt: Format) -> bytes:
+    what = "fraction wrong" if res.error == "1 - accuracy" else "RMSE"
+
+    def build(axes: list[Axes]) -> None:
+        for ax, split, words_split in zip(axes, ("train", "test"), ("training", "test"),
+                                          strict=True):
+            for variant, (label, style, color) in VARIANTS.items():
+                points: list[r.DepthPoint] = getattr(res, variant)
+                if points:
+                    series(ax.plot([p.depth for p in points],
+                                   [getattr(p, f"{split}_error") for p in points], marker="o",
+                                   linestyle=style, color=color, label=label),
+                           f"{variant}_{split}")
+            ax.set_xticks(sorted({p.depth for p in res.plain + res.residual}))
+            ax.set_title(f"Error on the {words_split} data", fontsize=10)
+            ax.set_xlabel("Depth (hidden layers)")
+            ax.set_ylabel(f"{words_split.capitalize()} error ({what})")
+
+    return draw(fmt, build, panels=2, title="Depth: past some depth a plain network fits "
+                "even its training data worse; a residual one should not")
+
+
+def depth_gradients(res: r.DepthResult, fmt: Format) -> bytes:
+    deepest = {variant: next((p for p in reversed(getattr(res, variant)) if p.grad_norms),
+                             None) for variant in VARIANTS}
+
+    def build(axes: list[Axes]) -> None:
+        ax = axes[0]
+        for variant, (label, style, color) in VARIANTS.items():
+            point = deepest[variant]
+            if point is None or point.grad_norms is None:
+                continue
+            norms = [max(layer.norm, SMALLEST_NORM) for layer in point.grad_norms.layers]
+            series(ax.plot(range(1, len(norms) + 1), norms, marker=".", linestyle=style,
+                           color=color, label=f"{label}, depth {point.depth}"), variant)
+        ax.set_yscale("log")
+        ax.set_xlabel("Layer (1 is next to the input; the last is the output layer)")
+        ax.set_ylabel("Gradient norm, first epoch's mean (log scale)")
+
+    return draw(fmt, build, title="Depth: each layer's gradient in the first epoch")
+
+
 # ------------------------------------------------------------------ registry
 
 
@@ -282,4 +331,6 @@ EXPERIMENT_PLOTS: dict[str, dict[str, ExperimentPlot]] = {
     "batch_size": {"sharpness": ExperimentPlot(r.BatchSizeResult, sharpness)},
     "optimizer_comparison": {"curves": ExperimentPlot(r.OptimizerComparisonResult,
                                                       optimizer_curves)},
+    "depth": {"errors": ExperimentPlot(r.DepthResult, depth_errors),
+              "gradients": ExperimentPlot(r.DepthResult, depth_gradients)},
 }

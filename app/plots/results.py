@@ -119,3 +119,25 @@ class Run(Read):
 class OptimizerComparisonResult(Read):
     epochs: list[int]
     runs: list[Run]
+
+
+class LayerNorm(Read):
+    name: str
+    norm: float
+
+
+class GradNorms(Read):
+    layers: list[LayerNorm]
+
+
+class DepthPoint(Read):
+    depth: int
+    train_error: float
+    test_error: float
+    grad_norms: GradNorms | None = None
+
+
+class DepthResult(Read):
+    error: str  # "1 - accuracy" or "rmse"
+    plain: list[DepthPoint]
+    residual: list[DepthPoint]

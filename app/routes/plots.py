@@ -71,5 +71,5 @@ def experiment_plot(experiment_id: str, name: PlotName, fmt: Literal["svg", "png
                     session: SessionDep, tenant: TenantDep) -> Response:
     """Per kind: cross_validation ``folds``; sweep ``trials`` and ``leaderboard``; bagging
     ``members``; boosting ``rounds``; bias_variance ``decomposition``; batch_size
-    ``sharpness``; optimizer_comparison ``curves``."""
+    ``sharpness``; optimizer_comparison ``curves``; depth ``errors`` and ``gradients``."""
     return _image(service.experiment_plot(session, tenant, experiment_id, name, fmt), fmt)

@@ -154,12 +154,16 @@ def test_catalog_lists_every_experiment_kind(client: TestClient) -> None:
     cat = client.get("/v1/catalog").json()
     kinds = cat["experiments"]
     assert set(kinds) == {"cross_validation", "sweep", "bagging", "boosting", "bias_variance",
-                          "batch_size", "optimizer_comparison"}
+                          "batch_size", "optimizer_comparison", "depth"}
     sweep = kinds["sweep"]["parameters"]
     assert "base" not in sweep and "kind" not in sweep
     # example values are user data: shown whole, not filtered like schema keywords
     assert sweep["parameters"]["examples"][0]["optimizer.lr"] == {"log_uniform": [1e-4, 1e-1]}
     assert kinds["cross_validation"]["parameters"]["k"]["minimum"] == 2
+    depth = kinds["depth"]
+    assert "ResNet" in depth["description"] and depth["parameters"]["width"]["default"] == 32
+    assert depth["parameters"]["depths"]["minItems"] == 2
+    assert cat["blocks"]["training"]["parameters"]["record_grad_norms"]["default"] is False
     rule = cat["blocks"]["sweep.early_termination"]
     assert rule["parameters"]["grace_epochs"]["default"] == 3 and "median" in rule["description"]
 

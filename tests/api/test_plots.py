@@ -161,6 +161,10 @@ def expected_series(kind: str, name: str, result: dict[str, Any]) -> int:
         return 4 if result["loss"] == "squared" and "bias2" in result["curve"][0] else 3
     if kind == "batch_size":
         return 3
+    if kind == "depth" and name == "errors":
+        return 2 * sum(bool(result[v]) for v in ("plain", "residual"))  # train and test
+    if kind == "depth":
+        return sum(any(p["grad_norms"] for p in result[v]) for v in ("plain", "residual"))
     runs = result["runs"]
     return sum(1 for run in runs for key in run["curves"]
                if key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy",

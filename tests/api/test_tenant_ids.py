@@ -30,6 +30,7 @@ MINIMAL: dict[str, Body] = {
     "bias_variance": {"values": [[4]]},
     "batch_size": {"batch_sizes": [8, 16]},
     "optimizer_comparison": {"optimizers": [{"kind": "sgd"}, {"kind": "adam"}]},
+    "depth": {"depths": [1, 2]},
 }
 # Dotted paths through which a value can set the data source.
 SOURCE_PATHS: dict[str, Callable[[str], Any]] = {

@@ -43,6 +43,7 @@ EVERY_KIND = [
      "sharpness": {"power_iterations": 2, "ascent_steps": 1}},
     {"kind": "optimizer_comparison", "base": MOONS,
      "optimizers": [{"kind": "sgd", "lr": 0.1}, {"kind": "adam"}]},
+    {"kind": "depth", "base": MOONS, "depths": [1, 3], "width": 8},
 ]
 # Long enough to be watched training on a fast machine too (it is cancelled once it has been).
 LIVE = tiny_spec(name="live digits", data={"source": {"builtin": "digits"}},

@@ -31,10 +31,11 @@ EVERY_KIND = [
      "sharpness": {"power_iterations": 3, "ascent_steps": 2}},
     {"kind": "optimizer_comparison", "base": MOONS,
      "optimizers": [{"kind": "sgd", "lr": 0.1}, {"kind": "adam"}]},
+    {"kind": "depth", "base": MOONS, "depths": [1, 3], "width": 8},
 ]
 RESULT_KEY = {"cross_validation": "val", "sweep": "final", "bagging": "ensemble_test",
               "boosting": "rounds", "bias_variance": "curve", "batch_size": "curve",
-              "optimizer_comparison": "runs"}
+              "optimizer_comparison": "runs", "depth": "residual"}
 
 
 def wait_experiment(http: httpx.Client, exp_id: str, timeout: float) -> dict[str, Any]:
@@ -63,6 +64,8 @@ def run_every_kind(stack: Stack) -> None:
             assert job["status"] == "succeeded"
             if request["kind"] == "sweep":
                 assert_stopped_trials_consistent(exp["result"], kids)
+            if request["kind"] == "depth":  # the children's summaries carried them through
+                assert [len(p["grad_norms"]["layers"]) for p in exp["result"]["plain"]] == [2, 4]
 
 
 def assert_stopped_trials_consistent(result: dict[str, Any], kids: list[dict[str, Any]]) -> None:

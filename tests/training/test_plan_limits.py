@@ -27,6 +27,7 @@ DESIGNS: list[dict[str, Any]] = [
     {"kind": "bias_variance", "values": [[2], [4], [8]], "replicates": 2},
     {"kind": "batch_size", "batch_sizes": [8, 16, "full"]},
     {"kind": "optimizer_comparison", "optimizers": [{"kind": "sgd"}, {"kind": "adam"}]},
+    {"kind": "depth", "depths": [1, 3, 6], "width": 4},
 ]
 
 

@@ -23,6 +23,7 @@ from app.training.experiments.ensemble import gradient_sum, labels, samme_scores
 from app.training.experiments.plan import Child, ChildPlan, boosting_round, final_retrain
 from app.training.experiments.roles import (
     BatchSizeRole,
+    DepthRole,
     FinalRole,
     FoldRole,
     MemberRole,
@@ -391,6 +392,49 @@ def optimizer_comparison(children: list[Child]) -> dict[str, Any]:
     return {"epochs": list(range(1, epochs + 1)), "runs": runs, "failures": failures(children)}
 
 
+# ---------------------------------------------------------------------- depth
+
+# A variant "degrades" when its training error at the deepest depth exceeds its best by more
+# than this fraction of the best plus DEGRADES_ABOVE (one seed's run-to-run noise is below).
+DEGRADES_BY, DEGRADES_ABOVE = 0.1, 0.01
+
+
+def error_of(metrics: dict[str, float], task: str) -> float:
+    """Classification: the fraction predicted wrong; regression: the RMSE."""
+    return 1.0 - metrics["accuracy"] if task == "classification" else metrics["rmse"]
+
+
+def depth_point(child: Child, role: DepthRole, summary: Summary) -> dict[str, Any]:
+    norms = summary.grad_norms
+    return {"depth": role.depth, "job_id": child.job_id,
+            "train_error": error_of(summary.train, summary.task),
+            "test_error": error_of(summary.test, summary.task), "train": summary.train,
+            "test": summary.test, "epochs": summary.epochs_completed,
+            "grad_norms": norms.model_dump(include={"steps", "layers"}) if norms else None}
+
+
+def degradation(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How far the deepest network's training error sits above the variant's best."""
+    if not points:
+        return None
+    best, deepest = min(points, key=lambda p: p["train_error"]), points[-1]
+    rise = deepest["train_error"] - best["train_error"]
+    return {"best_depth": best["depth"], "best_train_error": best["train_error"],
+            "deepest": deepest["depth"], "deepest_train_error": deepest["train_error"],
+            "rise": rise, "degrades": rise > DEGRADES_BY * best["train_error"] + DEGRADES_ABOVE}
+
+
+def depth(children: list[Child]) -> dict[str, Any]:
+    done = sorted(ok(children, DepthRole), key=lambda d: d[1].depth)
+    task = done[0][2].task if done else "classification"
+    variants = {name: [depth_point(c, role, summary) for c, role, summary in done
+                       if role.residual == residual]
+                for name, residual in (("plain", False), ("residual", True))}
+    return {"error": "1 - accuracy" if task == "classification" else "rmse", **variants,
+            "degradation": {name: degradation(points) for name, points in variants.items()},
+            "failures": failures(children)}
+
+
 def advance(exp: Any, children: list[Child], targets: TargetLoader) -> Step:
     """The next stage, or the result, once every current child has ended."""
     match exp:
@@ -408,4 +452,6 @@ def advance(exp: Any, children: list[Child], targets: TargetLoader) -> Step:
             return Step(result=batch_size(exp, children))
         case e.OptimizerComparison():
             return Step(result=optimizer_comparison(children))
+        case e.Depth():
+            return Step(result=depth(children))
     raise ValueError(f"unknown experiment kind {exp!r}")

@@ -19,6 +19,7 @@ from app.spec import JobSpec
 from app.statuses import JobStatus
 from app.training.experiments.roles import (
     BatchSizeRole,
+    DepthRole,
     FinalRole,
     FoldRole,
     MemberRole,
@@ -145,6 +146,8 @@ def child_count(exp: Any) -> int:
             return len(exp.batch_sizes)
         case e.OptimizerComparison():
             return len(exp.optimizers)
+        case e.Depth():
+            return 2 * len(exp.depths)
     raise ValueError(f"unknown experiment kind {exp!r}")
 
 
@@ -156,6 +159,8 @@ def child_bytes_bound(exp: Any) -> int:
         lists = [v for v in exp.parameters.values() if isinstance(v, list)]
     elif isinstance(exp, e.BiasVariance):
         lists = [exp.values]
+    elif isinstance(exp, e.Depth):
+        lists = [[[exp.width] * max(exp.depths)]]
     size = len(json.dumps(exp.base.model_dump(mode="json")))
     return size + sum(max(len(json.dumps(v)) for v in values) for values in lists)
 
@@ -215,7 +220,19 @@ def first_stage(exp: Any) -> list[ChildPlan]:
             return [ChildPlan(OptimizerRole(optimizer=o.kind, index=i), child_spec(
                 base, f"{name}-{o.kind}{i}", {"optimizer": o.model_dump(mode="json")}))
                 for i, o in enumerate(exp.optimizers)]
+        case e.Depth():
+            return depth_stage(exp)
     raise ValueError(f"unknown experiment kind {exp!r}")
+
+
+def depth_stage(exp: e.Depth) -> list[ChildPlan]:
+    """At each depth, the plain network and the residual one; each records the first
+    epoch's gradient norms, where a plain network's vanishing gradient shows."""
+    return [ChildPlan(DepthRole(depth=d, residual=r), child_spec(
+        exp.base, f"{exp.name}-d{d}-{'residual' if r else 'plain'}", {
+            "model.hidden": [exp.width] * d, "model.residual": r,
+            "training.record_grad_norms": True}))
+        for d in exp.depths for r in (False, True)]
 
 
 def sweep_stage(exp: e.Sweep) -> list[ChildPlan]:

@@ -64,8 +64,15 @@ class OptimizerRole(_Role):
     index: int
 
 
+class DepthRole(_Role):
+    """The network at one depth, plain or residual."""
+
+    depth: int
+    residual: bool
+
+
 Role = (FoldRole | TrialRole | FinalRole | MemberRole | RoundRole | SettingRole | BatchSizeRole
-        | OptimizerRole)
+        | OptimizerRole | DepthRole)
 
 _ROLE: TypeAdapter[Role] = TypeAdapter(Role)
 
