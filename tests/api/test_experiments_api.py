@@ -209,3 +209,37 @@ def test_a_large_value_swept_against_many_is_refused_from_its_size(client: TestC
     assert error["fields"][0]["loc"] == "parameters"
     assert peak < 40, f"{peak:.1f} MiB"
     assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_depth_study_plans_a_plain_and_a_residual_child_per_depth(client: TestClient) -> None:
+    r = post(client, {"kind": "depth", "depths": [1, 3], "width": 8, "base": tiny_spec()})
+    assert r.status_code == 201, r.text
+    kids = client.get(f"/v1/experiments/{r.json()['id']}/jobs").json()["items"]
+    specs = {(k["role"]["depth"], k["role"]["residual"]):
+             client.get(f"/v1/jobs/{k['id']}").json()["spec"] for k in kids}
+    assert sorted(specs) == [(1, False), (1, True), (3, False), (3, True)]
+    assert specs[(3, True)]["model"]["hidden"] == [8, 8, 8] and specs[(3, True)]["model"][
+        "residual"] is True
+    assert all(spec["training"]["record_grad_norms"] for spec in specs.values())
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"depths": [2, 4], "base": tiny_spec(model={"kind": "cnn"})}, "base.model.kind"),
+    ({"depths": [2, 40]}, "in child {'depth': 40, 'residual': False}"),
+    ({"depths": [2, 4], "width": 5000}, "width 5,000 exceeds the limit"),
+])
+def test_a_depth_study_that_cannot_run_is_refused_naming_why(client: TestClient,
+                                                             body: dict[str, Any],
+                                                             message: str) -> None:
+    r = post(client, {"kind": "depth", "base": tiny_spec(), **body})
+    assert r.status_code == 422 and message in r.json()["error"]["message"], r.text
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_depth_study_counts_two_children_per_depth_against_the_cap(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    monkeypatch.setattr(get_settings().limits, "max_experiment_children", 5)
+    r = post(client, {"kind": "depth", "depths": [1, 2, 3], "base": tiny_spec()})
+    assert r.status_code == 422 and "6 child jobs" in r.json()["error"]["message"]

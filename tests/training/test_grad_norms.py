@@ -77,3 +77,29 @@ def test_a_resumed_run_reports_the_same_norms(stop_after: int) -> None:
     torch.testing.assert_close(torch.tensor([n.norm for n in unbroken.layers]),
                                torch.tensor([n.norm for n in resumed.summary.grad_norms.layers]),
                                rtol=0, atol=0)
+
+
+SEQUENCES = {"source": {"synthetic": "motif_order", "n_samples": 120, "n_features": 2,
+                        "length": 8}}
+
+
+@pytest.mark.parametrize(("data", "model", "precision"), [
+    ({"source": {"builtin": "digits"}, "input_shape": [1, 8, 8]},
+     {"kind": "cnn", "channels": [4], "residual": True}, "fp32"),
+    (SEQUENCES, {"kind": "rnn", "cell": "lstm", "hidden": 8}, "fp32"),
+    (SEQUENCES, {"kind": "transformer", "d_model": 8, "heads": 2, "ff": 8}, "fp32"),
+    ({"source": {"synthetic": "moons", "n_samples": 200}}, {"kind": "mlp", "hidden": [8]},
+     "bf16"),
+], ids=["cnn", "rnn", "transformer", "bf16"])
+def test_every_model_kind_reports_every_layer_that_owns_parameters(
+        data: dict[str, Any], model: dict[str, Any], precision: str) -> None:
+    spec = make_spec(DEEP, data=data, model=model, training={"epochs": 1,
+                                                            "precision": precision})
+    t = trainer(spec)
+    outcome = t.run()
+    assert outcome.summary is not None and outcome.summary.grad_norms is not None
+    layers = outcome.summary.grad_norms.layers
+    owners = list(dict.fromkeys(layer_of(n) for n, _ in t.model.named_parameters()))
+    assert [layer.name for layer in layers] == owners
+    assert all(math.isfinite(layer.norm) and layer.norm >= 0 for layer in layers)
+    assert layers[-1].norm > 0
