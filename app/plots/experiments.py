@@ -269,7 +269,7 @@ SMALLEST_NORM = 1e-12  # a vanished gradient (exactly 0 in float32) drawn at thi
 
 
 def depth_errors(res: r.DepthResult, fmt: Format) -> bytes:
-    what = "fraction wrong" if res.error == "1 - accuracy" else "RMSE"
+    what = {"1 - accuracy": "fraction wrong", "rmse": "RMSE"}.get(res.error or "", "loss")
 
     def build(axes: list[Axes]) -> None:
         for ax, split, words_split in zip(axes, ("train", "test"), ("training", "test"),

@@ -138,6 +138,6 @@ class DepthPoint(Read):
 
 
 class DepthResult(Read):
-    error: str  # "1 - accuracy" or "rmse"
+    error: str | None = None  # "1 - accuracy", "rmse" or "loss"; None when no child ran
     plain: list[DepthPoint]
     residual: list[DepthPoint]

@@ -11,6 +11,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from app import experiment_spec as e
+from app.plots.experiments import EXPERIMENT_PLOTS
 from app.statuses import JobStatus
 from app.training.experiments.aggregate import advance, depth
 from app.training.experiments.plan import Child, child_count, first_stage
@@ -104,12 +105,24 @@ def test_degradation_is_the_deepest_error_above_the_best_and_failures_are_named(
     assert [f["role"] for f in result["failures"]] == [{"depth": 16, "residual": True}]
 
 
-def test_regression_error_is_the_rmse() -> None:
+@pytest.mark.parametrize(("task", "metrics", "error"), [
+    ("regression", {"loss": 0.1, "rmse": 0.4}, "rmse"),
+    ("reconstruction", {"loss": 0.4, "mse": 0.4}, "loss"),
+])
+def test_error_without_classes_is_the_rmse_else_the_loss(task: str, metrics: dict[str, float],
+                                                         error: str) -> None:
     child = Child(DepthRole(depth=2, residual=False), {}, JobStatus.SUCCEEDED,
-                  summary_of(task="regression", train={"rmse": 0.3}, test={"rmse": 0.4}))
+                  summary_of(task=task, train=metrics, test=metrics))
     result = depth([child])
-    assert result["error"] == "rmse" and result["plain"][0]["test_error"] == 0.4
+    assert result["error"] == error and result["plain"][0]["test_error"] == 0.4
     assert result["residual"] == [] and result["degradation"]["residual"] is None
+
+
+def test_no_child_succeeded_is_a_result_the_plots_still_read() -> None:
+    result = depth([point(2, False, 0.0, JobStatus.FAILED)])
+    assert result["error"] is None and result["plain"] == result["residual"] == []
+    for plot in EXPERIMENT_PLOTS["depth"].values():
+        assert plot.draw(plot.result.model_validate(result), "svg").startswith(b"<?xml")
 
 
 def test_each_depth_plans_a_plain_and_a_residual_child_recording_grad_norms() -> None:

@@ -399,16 +399,25 @@ def optimizer_comparison(children: list[Child]) -> dict[str, Any]:
 DEGRADES_BY, DEGRADES_ABOVE = 0.1, 0.01
 
 
-def error_of(metrics: dict[str, float], task: str) -> float:
-    """Classification: the fraction predicted wrong; regression: the RMSE."""
-    return 1.0 - metrics["accuracy"] if task == "classification" else metrics["rmse"]
+# What "error" means, by the metric a task logs: the fraction predicted wrong
+# (classification), the RMSE (regression), or the loss (a reconstruction pretext task).
+ERRORS = (("1 - accuracy", "accuracy"), ("rmse", "rmse"), ("loss", "loss"))
+
+
+def error_name(metrics: dict[str, float]) -> str:
+    return next(name for name, needs in ERRORS if needs in metrics)
+
+
+def error_of(metrics: dict[str, float]) -> float:
+    name = error_name(metrics)
+    return 1.0 - metrics["accuracy"] if name == "1 - accuracy" else metrics[name]
 
 
 def depth_point(child: Child, role: DepthRole, summary: Summary) -> dict[str, Any]:
     norms = summary.grad_norms
     return {"depth": role.depth, "job_id": child.job_id,
-            "train_error": error_of(summary.train, summary.task),
-            "test_error": error_of(summary.test, summary.task), "train": summary.train,
+            "train_error": error_of(summary.train), "test_error": error_of(summary.test),
+            "train": summary.train,
             "test": summary.test, "epochs": summary.epochs_completed,
             "grad_norms": norms.model_dump(include={"steps", "layers"}) if norms else None}
 
@@ -426,11 +435,10 @@ def degradation(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def depth(children: list[Child]) -> dict[str, Any]:
     done = sorted(ok(children, DepthRole), key=lambda d: d[1].depth)
-    task = done[0][2].task if done else "classification"
     variants = {name: [depth_point(c, role, summary) for c, role, summary in done
                        if role.residual == residual]
                 for name, residual in (("plain", False), ("residual", True))}
-    return {"error": "1 - accuracy" if task == "classification" else "rmse", **variants,
+    return {"error": error_name(done[0][2].train) if done else None, **variants,
             "degradation": {name: degradation(points) for name, points in variants.items()},
             "failures": failures(children)}
 
