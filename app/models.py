@@ -108,6 +108,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_updated", "status", "updated_at"),
         Index("ix_jobs_tenant_status", "tenant_id", "status"),  # the per-tenant active count
+        Index("ix_jobs_status_queue_created", "status", "queue", "created_at"),  # the scrape
         UniqueConstraint("tenant_id", "idempotency_key"),
         # one keyset index per ?order_by= key (app/run_metadata.ORDER_KEYS)
         *(Index(f"ix_jobs_tenant_ord_{key}", "tenant_id", f"ord_{key}", "id")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Select, and_, case, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,7 +29,7 @@ from app.models import (
     Worker,
 )
 from app.run_metadata import order_columns
-from app.statuses import ACTIVE, ExperimentStatus, FailureReason, JobStatus
+from app.statuses import ACTIVE, ExperimentStatus, FailureReason, JobStatus, ModelStatus
 
 
 class LeaseLost(RuntimeError):
@@ -94,6 +94,46 @@ def add_job(session: Session, job: Job) -> None:
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).first()
+
+
+class JobState(NamedTuple):
+    """The job's columns a poller's ETag is computed from, read without the rest of the row.
+    A JobOut changes only through them: every other field is fixed at submission, or (summary,
+    error) written once together with a terminal ``status`` and ``updated_at``; ``event_seq``
+    moves with every metric row inserted or changed (the triggers of migration 0006)."""
+
+    id: str
+    status: JobStatus
+    attempt: int
+    cancel_requested: bool
+    epoch: int
+    total_epochs: int
+    lease_owner: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    event_seq: int
+    model_status: ModelStatus | None
+    model_error: str | None
+    model_updated_at: datetime | None
+    tags: list[str]
+    note: str | None
+    keep: bool
+
+
+_JOB_STATE = tuple(getattr(Job, name) for name in JobState._fields)
+
+
+def job_state(session: Session, tenant_id: str, job_id: str) -> JobState | None:
+    """The tenant's job's JobState, one indexed row read into a tuple (no ORM object)."""
+    stmt = select(*_JOB_STATE).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    row = session.execute(stmt).first()
+    return JobState(*row) if row is not None else None
+
+
+def state_of(job: Job) -> JobState:
+    """The same JobState from a loaded job (equal to job_state's for the same row)."""
+    return JobState(*(getattr(job, name) for name in JobState._fields))
 
 
 def get_job_any_tenant(session: Session, job_id: str) -> Job | None:
@@ -320,14 +360,25 @@ def cancelled_while_queued(session: Session, job_id: str, now: datetime) -> None
 # ---------------------------------------------------------------------- metrics
 
 
+class MetricRow(NamedTuple):
+    id: int
+    epoch: int
+    split: str
+    name: str
+    value: float
+
+
 def metrics_page(session: Session, job_id: str, *, after: int, limit: int,
-                 names: Sequence[str], splits: Sequence[str]) -> Sequence[Metric]:
-    stmt = select(Metric).where(Metric.job_id == job_id, Metric.id > after)
+                 names: Sequence[str], splits: Sequence[str]) -> list[MetricRow]:
+    """Rows newer than ``after`` in id order: the five columns as tuples, not ORM objects
+    (hydrating a Metric per row was most of a full page's cost)."""
+    stmt = select(Metric.id, Metric.epoch, Metric.split, Metric.name, Metric.value).where(
+        Metric.job_id == job_id, Metric.id > after)
     if names:
         stmt = stmt.where(Metric.name.in_(names))
     if splits:
         stmt = stmt.where(Metric.split.in_(splits))
-    return session.scalars(stmt.order_by(Metric.id).limit(limit)).all()
+    return [MetricRow(*row) for row in session.execute(stmt.order_by(Metric.id).limit(limit))]
 
 
 # ------------------------------------------------------------------ checkpoints

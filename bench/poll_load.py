@@ -8,8 +8,8 @@ generator against 127.0.0.1 only: C client processes (each one httpx.Client with
 keep-alive, so the generator is not one GIL) alternate GET /v1/jobs/{id} and
 GET /v1/jobs/{id}/metrics?after=<last id>, for a fixed duration and at most
 ``--max-requests`` each. Reported per level: req/s (all clients), p50 and p99 latency,
-non-200/304 count. ``--etag`` makes the job GET send If-None-Match (a poller that
-already has the job).
+non-200/304 count. ``--etag`` makes each GET send If-None-Match with the ETag its URL
+last answered with (a poller that already has the job, or the empty page past its cursor).
 
 Then, unless --no-training: one longer training job alone, and the same job with C
 pollers hammering it, reporting samples/s from the job's started_at..finished_at.
@@ -59,22 +59,25 @@ def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: i
     """One polling client: alternate the job and its metrics page; latencies in ms."""
     lat: list[float] = []
     bad = 0
-    after, tag = 0, None
+    after, tags = 0, {}
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         deadline = time.perf_counter() + seconds
         i = 0
         while time.perf_counter() < deadline and i < max_requests:
             t0 = time.perf_counter()
-            if i % 2 == 0:
-                extra: dict[str, str] = {"If-None-Match": tag} if etag and tag else {}
-                r = client.get(f"/v1/jobs/{job_id}", headers=extra)
-                tag = r.headers.get("etag", tag)
-            else:
-                r = client.get(f"/v1/jobs/{job_id}/metrics", params={"after": after})
-                if r.status_code == 200 and r.json()["points"]:
-                    # a poller keeps its cursor; a finished job's page then stays empty
-                    after = r.json()["next_after"]
+            # the job, then its metrics page from the cursor; with --etag each GET sends
+            # the ETag its URL last answered with (a server without one ignores it)
+            path = f"/v1/jobs/{job_id}" if i % 2 == 0 else f"/v1/jobs/{job_id}/metrics"
+            params = {} if i % 2 == 0 else {"after": after}
+            key_ = f"{path}?{after if params else ''}"
+            extra = {"If-None-Match": tags[key_]} if etag and key_ in tags else {}
+            r = client.get(path, params=params, headers=extra)
+            if "etag" in r.headers:
+                tags[key_] = r.headers["etag"]
+            if params and r.status_code == 200 and r.json()["points"]:
+                # a poller keeps its cursor; a finished job's page then stays empty
+                after = r.json()["next_after"]
             lat.append(1e3 * (time.perf_counter() - t0))
             bad += r.status_code not in (200, 304)
             i += 1
@@ -173,7 +176,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     p.add_argument("--seconds", type=float, default=10.0, help="per level")
     p.add_argument("--max-requests", type=int, default=50_000, help="per client, a bound")
-    p.add_argument("--etag", action="store_true", help="send If-None-Match on the job GET")
+    p.add_argument("--etag", action="store_true",
+                   help="send If-None-Match (the last ETag of that URL)")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--train-poll-interval", type=float, default=0.0,
                    help="seconds each poller waits between requests during the training "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,8 +10,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response
 from app.clock import as_utc
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.errors import Unprocessable
-from app.models import Job
-from app.repository import JobFilter
+from app.repository import JobFilter, JobState, state_of
 from app.routes import responses
 from app.run_metadata import MAX_TAGS, ORDER_KEYS, MetadataPatch, Tag
 from app.schemas import (
@@ -20,7 +18,6 @@ from app.schemas import (
     JobItem,
     JobListPage,
     JobOut,
-    MetricPoint,
     MetricsPage,
     error_responses,
 )
@@ -32,6 +29,8 @@ from app.statuses import JobStatus
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = error_responses(404)
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+IfNoneMatch = Annotated[str | None, Header(max_length=2000, description=(
+    "ETags of earlier answers (comma-separated): 304 with no body while one still holds."))]
 # An epoch has at most 9 digits (max_epochs): a longer number is a 422, never int() on
 # thousands of digits (Python refuses over 4300: that was a 500).
 CheckpointRef = Annotated[str, Path(pattern=r"^(best|latest|[0-9]{1,9})$",
@@ -100,30 +99,21 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
 @router.get("/{job_id}", response_model=JobOut,
             responses={304: {"description": "Unchanged since the ETag sent in If-None-Match "
                                             "(no body)."}, **NOT_FOUND})
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep, response: Response,
-            if_none_match: Annotated[str | None, Header(max_length=2000)] = None) -> Any:
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep,
+            if_none_match: IfNoneMatch = None) -> Any:
     """With ``If-None-Match: <the ETag of an earlier answer>``: 304 and no body while the
-    job is unchanged, so a poller costs one indexed lookup."""
+    job is unchanged, so a poller costs one indexed read of a few columns."""
+    if if_none_match is not None:
+        tag = job_etag(service.state(session, tenant, job_id))
+        if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
+            return unchanged
     job = service.get(session, tenant, job_id)
-    tag = job_etag(job)
-    if if_none_match is not None and tag in _etags(if_none_match):
-        return Response(status_code=304, headers={"ETag": tag})
-    response.headers["ETag"] = tag
-    return JobOut.of(job)
+    # the tag of the row this body is built from: one read after the check above may be newer
+    return responses.model_json(JobOut.of(job), job_etag(state_of(job)))
 
 
-def job_etag(job: Job) -> str:
-    """Every column a JobOut shows that changes after submission moves ``updated_at``
-    or is itself in the tag (the lease owner changes with a claim that also moves it)."""
-    state = (job.id, job.updated_at.isoformat(), job.status, job.epoch, job.attempt,
-             job.cancel_requested, job.lease_owner, job.finished_at and job.finished_at.isoformat(),
-             job.model_status)
-    return '"' + hashlib.blake2b(repr(state).encode(), digest_size=12).hexdigest() + '"'
-
-
-def _etags(header: str) -> set[str]:
-    """If-None-Match's list; a weak tag matches too (RFC 9110 weak comparison for GET)."""
-    return {t.strip().removeprefix("W/") for t in header.split(",")}
+def job_etag(state: JobState) -> str:
+    return responses.etag(*state)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=NOT_FOUND)
@@ -149,20 +139,30 @@ def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPage, responses=NOT_FOUND)
+@router.get("/{job_id}/metrics", response_model=MetricsPage,
+            responses={304: {"description": "No point newer than the page sent with this "
+                                            "ETag, and the same job status (no body)."},
+                       **NOT_FOUND})
 def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
                 name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
                 split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
                 after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> MetricsPage:
-    """Points newer than ``after`` (a cursor), optionally filtered by name and split."""
-    job, points = service.metrics(session, tenant, job_id, after=after, limit=limit,
-                                  names=name, splits=split)
-    return MetricsPage(
-        job_status=job.status,
-        points=[MetricPoint(id=p.id, epoch=p.epoch, split=p.split, name=p.name, value=p.value)
-                for p in points],
-        next_after=points[-1].id if points else after)
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                if_none_match: IfNoneMatch = None) -> Any:
+    """Points newer than ``after`` (a cursor), optionally filtered by name and split. With
+    ``If-None-Match``: 304 while no metric row of the job was written or changed and its
+    status is the same (a poller past the last point costs one indexed read)."""
+    job = service.state(session, tenant, job_id)
+    # the page is a function of the query and of the job's event sequence, which every
+    # metric row written or changed moves, and of its status; the tag read before the
+    # points can only be older than them, so a later poll is answered 200, never a stale 304
+    tag = responses.etag(job.id, job.status, job.event_seq, after, limit, name, split)
+    if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
+        return unchanged
+    points = service.metrics(session, job, after=after, limit=limit, names=name, splits=split)
+    return responses.rows_json({"job_status": job.status,
+                                "points": [point._asdict() for point in points],
+                                "next_after": points[-1].id if points else after}, tag)
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut], responses=NOT_FOUND)

@@ -1,12 +1,48 @@
-"""Response shapes shared by the routes that create resources."""
+"""Response shapes shared by the routes: created resources, JSON bodies, ETags and 304."""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+import orjson
+from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
+JSON = "application/json"
 
 
 def created(body: BaseModel, was_created: bool, location: str) -> JSONResponse:
     """201 for a new resource, 200 for an idempotent replay of it; Location either way."""
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if was_created else 200,
                         headers={"Location": location})
+
+
+def model_json(body: BaseModel, etag: str | None = None) -> Response:
+    """A model built by the route itself, serialized once by pydantic: returning it to FastAPI
+    would validate it again against the response model first."""
+    return Response(body.model_dump_json(), media_type=JSON,
+                    headers={"ETag": etag} if etag else None)
+
+
+def rows_json(content: Any, etag: str | None = None) -> Response:
+    """Plain dicts and lists (rows read as tuples) encoded by orjson; NaN and infinities
+    become null, as pydantic writes them."""
+    return Response(orjson.dumps(content), media_type=JSON,
+                    headers={"ETag": etag} if etag else None)
+
+
+def etag(*validator: Any) -> str:
+    """A strong ETag: a digest of values that change whenever the representation does
+    (their repr: enums, datetimes and None are told apart)."""
+    return '"' + hashlib.blake2b(repr(validator).encode(), digest_size=12).hexdigest() + '"'
+
+
+def not_modified(if_none_match: str | None, tag: str) -> Response | None:
+    """304 with the ETag when If-None-Match names it (``*`` too, the resource exists); a
+    weak tag matches as well (RFC 9110 weak comparison, which GET uses)."""
+    if if_none_match is None:
+        return None
+    sent = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return Response(status_code=304, headers={"ETag": tag}) if tag in sent or "*" in sent else None

@@ -13,7 +13,7 @@ from app import spec as s
 from app.clock import new_id, utcnow
 from app.config import Settings
 from app.errors import NotFound, TooMany, Unprocessable
-from app.models import Checkpoint, Job, Metric
+from app.models import Checkpoint, Job
 from app.queue import enqueue_job
 from app.services import checkpoint_files, cursors, dataset_refs, tagging, usage, warm_start
 from app.services.idempotency import create_once, request_hash
@@ -44,7 +44,7 @@ def validate(session: Session, tenant_id: str, spec: s.JobSpec,
     info = data_info(session, tenant_id, spec.data.source)
     check_spec(spec, info, settings.limits)
     warm_start.pin(session, tenant_id, spec, info)  # model.init_from: checked, sha256 pinned
-    return info
+    return shapes.job_info(spec.task, info)  # what the job learns: jobs.task
 
 
 def new_job(tenant_id: str, spec: s.JobSpec, info: shapes.DataInfo, settings: Settings, *,
@@ -142,11 +142,16 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def metrics(session: Session, tenant_id: str, job_id: str, *, after: int, limit: int,
-            names: Sequence[str], splits: Sequence[str]) -> tuple[Job, Sequence[Metric]]:
-    job = get(session, tenant_id, job_id)
-    return job, repo.metrics_page(session, job_id, after=after, limit=limit, names=names,
-                                  splits=splits)
+def state(session: Session, tenant_id: str, job_id: str) -> repo.JobState:
+    """What a poller's ETag is computed from, without loading the job (404 as ``get``)."""
+    return found(repo.job_state(session, tenant_id, job_id), "job", job_id)
+
+
+def metrics(session: Session, job: repo.JobState, *, after: int, limit: int,
+            names: Sequence[str], splits: Sequence[str]) -> list[repo.MetricRow]:
+    """The page of a job whose state the tenant has read (so the job is theirs)."""
+    return repo.metrics_page(session, job.id, after=after, limit=limit, names=names,
+                             splits=splits)
 
 
 def checkpoints(session: Session, tenant_id: str, job_id: str) -> Sequence[Any]:

@@ -1,13 +1,18 @@
-"""The polling read path: the API-key cache's revocation bound, and ETag / 304 on a job."""
+"""The polling read path: the API-key cache's revocation bound; ETag / 304 on a job and on
+its metrics page (never hiding a change, never across tenants); the bodies built without
+FastAPI's response model (rows as tuples, orjson) equal to the models' own serialization."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.statuses import JobStatus
 from tests.api.conftest import make_key
 from tests.conftest import tiny_spec
 
@@ -89,3 +94,167 @@ def test_etag_does_not_leak_another_tenants_job(client: TestClient,
     tag = client.get(f"/v1/jobs/{job_id}").headers["etag"]
     theirs = other_client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": tag})
     assert theirs.status_code == 404
+
+
+def write_epoch(job_id: str, epoch: int, value: float, *, attempt: int = 1) -> None:
+    """What a worker writes per epoch: progress and the metric rows (upserted by epoch)."""
+    from app import repository as repo
+    from app.clock import utcnow
+    from app.db import session_scope
+
+    rows = [{"job_id": job_id, "epoch": epoch, "split": split, "name": "loss", "value": value,
+             "attempt": attempt} for split in ("train", "val")]
+    with session_scope() as s:
+        repo.record_epoch(s, job_id=job_id, attempt=attempt, epoch=epoch, rows=rows,
+                          now=utcnow(), lease=60)
+
+
+def claimed_job(client: TestClient) -> str:
+    from app import repository as repo
+    from app.clock import utcnow
+    from app.db import session_scope
+
+    job_id: str = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
+    with session_scope() as s:
+        assert repo.claim(s, job_id, "w", utcnow(), 60) is not None
+    return job_id
+
+
+def page(client: TestClient, job_id: str, after: int, tag: str | None = None) -> Any:
+    return client.get(f"/v1/jobs/{job_id}/metrics", params={"after": after},
+                      headers={"If-None-Match": tag} if tag else {})
+
+
+def test_a_metrics_page_is_304_until_a_row_is_written_then_200_with_it(
+        client: TestClient) -> None:
+    job_id = claimed_job(client)
+    write_epoch(job_id, 1, 0.9)
+    first = page(client, job_id, 0)
+    cursor = first.json()["next_after"]
+    assert first.status_code == 200 and len(first.json()["points"]) == 2
+
+    empty = page(client, job_id, cursor)
+    tag = empty.headers["etag"]
+    assert empty.json()["points"] == [] and empty.json()["next_after"] == cursor
+    same = page(client, job_id, cursor, tag)
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == tag
+
+    write_epoch(job_id, 2, 0.5)
+    newer = page(client, job_id, cursor, tag)
+    assert newer.status_code == 200 and newer.headers["etag"] != tag
+    assert [(p["epoch"], p["value"]) for p in newer.json()["points"]] == [(2, 0.5), (2, 0.5)]
+
+
+def test_a_rewritten_value_or_a_new_status_is_never_hidden_by_a_304(
+        client: TestClient) -> None:
+    """A resumed job upserts its epoch's rows in place (same ids, new values), and a job's
+    end changes only job_status: both answer 200 to the tag of the page before them."""
+    from app import repository as repo
+    from app.clock import utcnow
+    from app.db import session_scope
+
+    job_id = claimed_job(client)
+    write_epoch(job_id, 1, 0.9)
+    before = page(client, job_id, 0)
+    ids = [p["id"] for p in before.json()["points"]]
+    write_epoch(job_id, 1, 0.7)
+    rewritten = page(client, job_id, 0, before.headers["etag"])
+    assert rewritten.status_code == 200
+    assert [(p["id"], p["value"]) for p in rewritten.json()["points"]] == [(i, 0.7) for i in ids]
+
+    tag = page(client, job_id, ids[-1]).headers["etag"]
+    with session_scope() as s:
+        repo.finish(s, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED, now=utcnow())
+    ended = page(client, job_id, ids[-1], tag)
+    assert ended.status_code == 200 and ended.json()["job_status"] == "succeeded"
+    assert ended.json()["points"] == []
+
+
+def test_a_metrics_etag_holds_only_for_its_own_query(client: TestClient) -> None:
+    """The tag names the page it came with: sent with another cursor, limit or filter it is
+    not a match (the client does not hold that page)."""
+    job_id = claimed_job(client)
+    write_epoch(job_id, 1, 0.9)
+    tag = page(client, job_id, 0).headers["etag"]
+    assert page(client, job_id, 0, tag).status_code == 304
+    assert page(client, job_id, 1, tag).status_code == 200
+    for params in ({"after": 0, "limit": 1}, {"after": 0, "split": "val"}):
+        other = client.get(f"/v1/jobs/{job_id}/metrics", params=params,
+                           headers={"If-None-Match": tag})
+        assert other.status_code == 200, params
+
+
+def test_each_kind_of_write_to_a_job_changes_its_etag(client: TestClient) -> None:
+    """Claim (status, worker), an epoch (progress), the end, PATCH (note), the model
+    export's end, and its retry's end with another reason seen only after both."""
+    from app import export_repository as exports
+    from app import repository as repo
+    from app.clock import utcnow
+    from app.db import session_scope
+
+    job_id = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
+    tags = [client.get(f"/v1/jobs/{job_id}").headers["etag"]]
+
+    def changed(write: Any) -> None:
+        with session_scope() as s:
+            write(s)
+        answer = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": tags[-1]})
+        assert answer.status_code == 200 and answer.headers["etag"] not in tags
+        assert client.get(f"/v1/jobs/{job_id}", headers={
+            "If-None-Match": answer.headers["etag"]}).status_code == 304
+        tags.append(answer.headers["etag"])
+
+    changed(lambda s: repo.claim(s, job_id, "w", utcnow(), 60))
+    changed(lambda s: write_epoch(job_id, 1, 0.5))
+    changed(lambda s: repo.finish(s, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED,
+                                  now=utcnow()))
+    assert client.patch(f"/v1/jobs/{job_id}", json={"note": "n"}).status_code == 200
+    changed(lambda s: None)
+    changed(lambda s: exports.mark_pending(s, job_id, utcnow()))
+    changed(lambda s: exports.fail(s, job_id, "first reason", utcnow()))
+    # a retried export that failed again, unseen in between: the same status, a new reason
+    changed(lambda s: (exports.mark_pending(s, job_id, utcnow()),
+                       exports.fail(s, job_id, "second reason", utcnow())))
+    assert client.get(f"/v1/jobs/{job_id}").json()["model"]["reason"] == "second reason"
+
+
+def test_a_metrics_etag_does_not_leak_another_tenants_job(
+        client: TestClient, other_client: TestClient) -> None:
+    job_id = claimed_job(client)
+    tag = page(client, job_id, 0).headers["etag"]
+    theirs = page(other_client, job_id, 0, tag)
+    assert theirs.status_code == 404 and "etag" not in theirs.headers
+    star = other_client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": "*"})
+    assert star.status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": "*"}).status_code == 304
+
+
+def test_the_bodies_equal_the_response_models_serialization(client: TestClient) -> None:
+    """What FastAPI wrote before from the response models (JobOut, MetricsPage of ORM rows),
+    value for value: infinities as null, the status as its string. (NaN is not stored: the
+    column is NOT NULL and SQLite stores NaN as NULL.)"""
+    from sqlalchemy import select
+
+    from app import repository as repo
+    from app.db import session_scope
+    from app.models import Metric
+    from app.schemas import JobOut, MetricPoint, MetricsPage
+
+    job_id = claimed_job(client)
+    write_epoch(job_id, 1, float("-inf"))
+    write_epoch(job_id, 2, float("inf"))
+    write_epoch(job_id, 3, 0.1)
+    with session_scope() as s:
+        job = repo.get_job(s, "alice", job_id)
+        assert job is not None
+        expected_job = json.loads(JobOut.of(job).model_dump_json())
+        rows = s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)).all()
+        expected_page = MetricsPage(
+            job_status=job.status, next_after=rows[-1].id,
+            points=[MetricPoint(id=r.id, epoch=r.epoch, split=r.split, name=r.name,
+                                value=r.value) for r in rows]).model_dump_json()
+    assert client.get(f"/v1/jobs/{job_id}").json() == expected_job
+    got = page(client, job_id, 0)
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == json.loads(expected_page)
+    assert [p["value"] for p in got.json()["points"]] == [None, None, None, None, 0.1, 0.1]

@@ -1,5 +1,6 @@
-"""The read path's queries use an index on Postgres, checked with EXPLAIN on the statements the
-repository really sends, over tables large enough that the planner has a choice.
+"""The read path's queries (polling, listing, the Prometheus scrape) use an index on Postgres,
+checked with EXPLAIN on the statements the repository really sends, over tables large enough
+that the planner has a choice.
 
 A plan, not a timing: bench/README.md measures the latency; this keeps a missing index (or a
 query the index cannot serve) from landing.
@@ -96,6 +97,26 @@ def test_counting_a_tenants_active_jobs_reads_its_index(big_db: sa.Engine) -> No
     plan = plan_of(big_db, lambda s: repo.count_active_jobs(s, "t"))
     assert "ix_jobs_tenant_status" in plan, plan
     assert '"Seq Scan"' not in plan, plan
+
+
+def test_the_scrapes_oldest_queued_job_reads_the_status_queue_index(big_db: sa.Engine) -> None:
+    from app import repository as repo
+
+    plan = plan_of(big_db, repo.oldest_queued)
+    assert "ix_jobs_status_queue_created" in plan, plan
+    assert '"Seq Scan"' not in plan, plan
+
+
+def test_the_scrapes_job_counts_read_the_status_queue_index_alone(big_db: sa.Engine) -> None:
+    """Counting every job per (status, queue) reads the index, not the table's rows (an
+    index-only scan, once VACUUM has set the visibility map as autovacuum would)."""
+    from app import repository as repo
+
+    with big_db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE jobs"))
+    plan = plan_of(big_db, repo.job_counts)
+    assert "ix_jobs_status_queue_created" in plan, plan
+    assert '"Index Only Scan"' in plan and '"Seq Scan"' not in plan, plan
 
 
 @pytest.fixture(scope="module")
