@@ -31,7 +31,7 @@ BLOCKS: dict[str, type[BaseModel]] = {
     "data": s.Data, "data.split": s.Split, "regularization": s.Regularization,
     "regularization.early_stopping": s.EarlyStopping, "regularization.mixup": s.Mix,
     "regularization.cutmix": s.Mix, "regularization.augment": s.Augment, "training": s.Training,
-    "model.init_from": s.InitFrom,
+    "model.init_from": s.InitFrom, "data.labels": s.Labels,
 }
 EXPERIMENTS: list[type[BaseModel]] = [e.CrossValidation, e.Sweep, e.Bagging, e.Boosting,
                                       e.BiasVariance, e.BatchSize, e.OptimizerComparison,
@@ -96,6 +96,9 @@ def catalog() -> dict[str, Any]:
     experiments = {_option_name(m, "kind"): {
         "description": _summary(m),
         "parameters": parameters(m, "kind", "base")} for m in EXPERIMENTS}
+    blocks["task"] = {"description": "What a job learns: its data's target, or its own inputs "
+                      "(a self-supervised pretext task); the spec's top-level field.",
+                      "parameters": {"task": parameters(s.JobSpec)["task"]}}
     blocks["sweep.objective"] = {"description": _summary(e.Objective),
                                  "parameters": parameters(e.Objective)}
     blocks["sweep.early_termination"] = {"description": _summary(e.MedianStopping),

@@ -27,7 +27,10 @@ from app.run_metadata import RunMetadata
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 Norm = Literal["none", "batch", "layer", "group", "instance"]
-Task = Literal["classification", "regression"]
+# What a job learns: the data's target (classification, regression) or its own inputs
+# (reconstruction). "unlabeled" is the task of an uploaded dataset without a target column:
+# only a reconstruction job can use it.
+Task = Literal["classification", "regression", "reconstruction", "unlabeled"]
 # JSON true/false is not a number: lax int/float would turn `"min_lr": false` into 0.0.
 # Strict per type (not model-wide strict, which refuses JSON arrays for tuples); a float
 # still accepts an integer.
@@ -266,6 +269,16 @@ Rows = Annotated[
 ]
 
 
+class Labels(Strict):
+    """Few labels: train on a subset of the training split's rows only (stratified by class
+    for classification; at least 2 rows and one per class), chosen by a seed. The other
+    training rows and their labels are not used; validation and test rows are unchanged."""
+
+    fraction: Float = Field(gt=0.0, le=1.0, description="Share of the training rows whose "
+                            "labels are used (rounded up).", examples=[0.05])
+    seed: Int = Field(0, ge=0, description="Which rows: the subset is a pure function of it.")
+
+
 class Data(Strict):
     """Where the rows come from, how they are split, and how each row is shaped."""
 
@@ -297,6 +310,10 @@ class Data(Strict):
         None, max_length=MAX_DEV_ROWS,
         description="Regression: subtract these values (one per development row, sorted by "
         "row index, original units) from the targets; gradient boosting fits residuals so.")
+    labels: Labels | None = Field(
+        None, description="Use the labels of only a fraction of the training rows (a "
+        "semi-supervised setting: pretrain on every row with task reconstruction, then "
+        "fine-tune on these).", examples=[{"fraction": 0.05, "seed": 0}])
 
     @model_validator(mode="after")
     def _shape_positive(self) -> Data:
@@ -524,6 +541,7 @@ Loss = Annotated[
     _kind_or("cross_entropy"),
 ]
 CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "nll", "bce"})
+JobTask = Literal["supervised", "reconstruction"]
 
 # ---------------------------------------------------------------------- optimizer
 
@@ -736,6 +754,10 @@ class Regularization(Strict):
     l1: Float = Field(0.0, ge=0.0, le=10.0, description="Adds l1 * sum|w| to the loss.")
     l2: Float = Field(0.0, ge=0.0, le=10.0, description="Adds l2 * sum w^2 to the loss.")
     input_noise: Float = Field(0.0, ge=0.0, le=10.0, description="Std of Gaussian input noise.")
+    input_mask: Float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of each training row's features set to 0 "
+        "(the training mean, after standardization), drawn afresh per step and not rescaled; "
+        "with task reconstruction this is masked-feature prediction.")
     weight_noise: Float = Field(
         0.0, ge=0.0, le=1.0, description="Std of Gaussian noise on weights during each step."
     )
@@ -850,6 +872,14 @@ class JobSpec(Strict):
 
     name: str = Field("job", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$",
                       examples=["digits-mlp-adam"])
+    task: JobTask = Field(
+        "supervised", description="supervised: learn the data's target (classification or "
+        "regression, as the data says); reconstruction: a self-supervised pretext task that "
+        "needs no labels: the model outputs its own standardized input features (loss mse; an "
+        "autoencoder, denoising with regularization.input_noise, masked-feature prediction "
+        "with regularization.input_mask), on an uploaded dataset without a target or on the "
+        "features of a labelled one (split as a supervised job would split it). Its weights "
+        "start a supervised job through model.init_from with head: reinit.")
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=MLP)
     loss: Loss = Field(default_factory=CrossEntropy)

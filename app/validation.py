@@ -27,7 +27,25 @@ class SpecRejected(ValueError):
         self.problems, self.status = problems, status
 
 
+def _reconstruction_problems(spec: s.JobSpec) -> list[Problem]:
+    """A pretext job predicts its own inputs: squared error, no labels, no pasted patches."""
+    problems = []
+    if spec.loss.kind != "mse":
+        problems.append(Problem(("loss", "kind"), f"task reconstruction predicts the input "
+                                f"features with loss mse, not {spec.loss.kind}"))
+    if spec.data.labels is not None:
+        problems.append(Problem(("data", "labels"), "task reconstruction uses no labels; "
+                                "leave data.labels out (it pretrains on every training row)"))
+    if spec.regularization.cutmix is not None:
+        problems.append(Problem(("regularization", "cutmix"), "task reconstruction would "
+                                "need the pasted patch in its targets too; use mixup, "
+                                "input_noise or input_mask"))
+    return problems
+
+
 def _task_problems(spec: s.JobSpec, info: shapes.DataInfo) -> list[Problem]:
+    if info.task == "reconstruction":
+        return _reconstruction_problems(spec)
     loss = spec.loss
     wants = "classification" if loss.kind in s.CLASSIFICATION_LOSSES else "regression"
     if wants != info.task:
@@ -247,9 +265,14 @@ def _memory_problems(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> 
 
 
 def check_spec(spec: s.JobSpec, info: shapes.DataInfo, limits: Limits) -> None:
-    """Raise SpecRejected listing every problem (empty list: the spec can run)."""
-    problems = _task_problems(spec, info) + _shape_problems(spec, info)
-    problems += _training_problems(spec, info) + _split_problems(spec, info)
+    """Raise SpecRejected listing every problem (empty list: the spec can run). ``info`` is
+    the source's: it splits the rows whatever the task; ``shapes.job_info`` gives the rest."""
+    if info.task == "unlabeled" and spec.task != "reconstruction":
+        raise SpecRejected([Problem(("task",), "the dataset was uploaded without a target "
+                                    "(task unlabeled): only task reconstruction can use it")])
+    job = shapes.job_info(spec.task, info)
+    problems = _task_problems(spec, job) + _shape_problems(spec, job)
+    problems += _training_problems(spec, job) + _split_problems(spec, info)
     if not problems:  # the layers' sizes need a consistent shape
         problems += _norm_problems(spec, info)
     if not problems:  # counting parameters needs a consistent shape

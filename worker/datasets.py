@@ -20,6 +20,6 @@ def dataset_loader(sessions: sessionmaker[Session], tenant_id: str) -> ArrayLoad
             raise DataError(f"dataset {dataset_id} no longer exists")
         x, y = stored_arrays(row.blob)
         shape = (row.info or {}).get("input_shape")
-        return Uploaded(x, y, tuple(shape) if shape else None)
+        return Uploaded(x, y, tuple(shape) if shape else None, row.task)  # type: ignore[arg-type]
 
     return load

@@ -27,6 +27,8 @@ from app.training.export import (
     DataNames,
     ExportMismatch,
     JobFacts,
+    NotExportable,
+    check_exportable,
     export,
     final_weights,
     held_out_rows,
@@ -64,7 +66,7 @@ def export_model(job_id: str, sessions: sessionmaker[Session], settings: Setting
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, ExportMismatch | DataError | NothingToExport):
+    if isinstance(exc, ExportMismatch | DataError | NothingToExport | NotExportable):
         return str(exc)
     log.error("model export failed", exc_info=exc)
     return f"export error: {public_message(exc)}"
@@ -82,6 +84,7 @@ def build(job: Job, sessions: sessionmaker[Session]) -> Bundle:
     """The job's data re-derived (a pure function of its spec), its final weights from its
     last checkpoint, and the export checked on its test rows; on CPU."""
     spec = s.JobSpec.model_validate(job.spec)
+    check_exportable(spec)
     summary = Summary.model_validate(job.summary)
     checkpoint = newest_good_checkpoint(sessions, job.id)
     if checkpoint is None:

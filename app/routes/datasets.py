@@ -22,7 +22,9 @@ def upload_dataset(
     session: SessionDep, settings: SettingsDep, tenant: TenantDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with X and y.")],
     target: Annotated[str | None, Form(max_length=200, description="CSV target column.")] = None,
-    task: Annotated[Literal["auto", "classification", "regression"], Form()] = "auto",
+    task: Annotated[Literal["auto", "classification", "regression", "unlabeled"], Form(
+        description="unlabeled: every column (CSV) or X alone (NPZ) is a feature and there "
+        "is no target; only task reconstruction jobs can use it.")] = "auto",
     format: Annotated[Literal["csv", "npz"] | None, Form()] = None,
     input_shape: Annotated[str | None, Form(max_length=100, examples=["[1, 8, 8]"])] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,

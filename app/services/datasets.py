@@ -32,6 +32,8 @@ from app.services.rows import found
 from app.training.blobs import sha256
 
 MAX_AUTO_CLASSES = 50  # task=auto: an integer target with at most this many values is a class
+UNLABELED = "unlabeled"  # features only, no target: for task reconstruction (pretext) jobs
+NO_TARGET = -1  # the target's column index in an unlabeled CSV
 
 
 def _bad(field: str, message: str) -> Unprocessable:
@@ -78,13 +80,18 @@ def check_size(rows: int, features: int, limits: Limits) -> None:
                    f"{limits.max_dataset_decoded_bytes:,}")
 
 
-def _csv_header(rows: Iterator[list[str]], target: str | None,
-                limits: Limits) -> tuple[list[str], int]:
+def _csv_header(rows: Iterator[list[str]], target: str | None, limits: Limits,
+                labelled: bool = True) -> tuple[list[str], int]:
     header = next(rows, None)
     if header is None:
         raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
     header = [h.strip() for h in header]
-    check_size(0, len(header) - 1, limits)
+    check_size(0, len(header) - labelled, limits)
+    if not labelled:
+        if target:
+            raise _bad("target", "task unlabeled reads every column as a feature; leave "
+                       "target out (or upload with the target and use its features)")
+        return header, NO_TARGET
     if not target:
         raise _bad("target", "name the CSV's target column (form field 'target')")
     if target not in header:
@@ -109,7 +116,8 @@ def bounded_lines(lines: Iterator[str], limits: Limits) -> Iterator[str]:
         yield line
 
 
-def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
+def parse_csv(content: bytes, target: str | None, limits: Limits,
+              labelled: bool = True) -> Parsed:
     """Streams the rows: counts are checked against the caps as they are read, and values
     go into one flat float64 buffer (no list of rows of strings)."""
     try:
@@ -120,21 +128,23 @@ def parse_csv(content: bytes, target: str | None, limits: Limits) -> Parsed:
     lines = bounded_lines(io.StringIO(text, newline=""), limits)
     rows = (r for r in csv.reader(lines) if any(c.strip() for c in r))
     try:
-        header, t = _csv_header(rows, target, limits)
+        header, t = _csv_header(rows, target, limits, labelled)
+        width = len(header) - labelled
         values, y = array("d"), []
         for i, row in enumerate(rows, start=2):
             if len(row) != len(header):
                 raise _bad("file", f"row {i} has {len(row)} fields but the header has "
                            f"{len(header)}")
-            check_size(i - 1, len(header) - 1, limits)
-            y.append(row[t].strip())
+            check_size(i - 1, width, limits)
+            y.append(row[t].strip() if labelled else "")
             values.extend(_float(v, i, header[j]) for j, v in enumerate(row) if j != t)
     except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
         raise _bad("file", f"not a readable CSV: {exc}") from None
     if not y:
         raise _bad("file", "CSV is empty: it needs a header row and at least one data row")
-    x = np.frombuffer(values, dtype=np.float64).reshape(len(y), len(header) - 1)
-    return Parsed(x, np.array(y), [h for i, h in enumerate(header) if i != t], header[t])
+    x = np.frombuffer(values, dtype=np.float64).reshape(len(y), width)
+    return Parsed(x, np.array(y), [h for i, h in enumerate(header) if i != t],
+                  header[t] if labelled else "")
 
 
 NPZ_KINDS = {"X": "biuf", "y": "biufUS"}  # numeric features; numeric or text labels
@@ -152,14 +162,18 @@ def check_compression(archive: zipfile.ZipFile) -> None:
                        f"{info.compress_type}; use numpy.savez or numpy.savez_compressed")
 
 
-def npz_headers(archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
-    """Shape and dtype of X and y from their .npy headers, without decoding any data."""
+def npz_headers(archive: zipfile.ZipFile,
+                labelled: bool = True) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of X and y (X only when unlabeled) from their .npy headers, without
+    decoding any data."""
     names = {n.removesuffix(".npy") for n in archive.namelist()}
-    if "X" not in names or "y" not in names:
-        raise _bad("file", f"NPZ needs arrays 'X' and 'y'; it has {sorted(names)[:20]}")
+    wanted = NPZ_KINDS if labelled else {"X": NPZ_KINDS["X"]}
+    if not set(wanted) <= names:
+        raise _bad("file", f"NPZ needs arrays {' and '.join(map(repr, wanted))}; it has "
+                   f"{sorted(names)[:20]}")
     check_compression(archive)
     out = {}
-    for name, kinds in NPZ_KINDS.items():
+    for name, kinds in wanted.items():
         with archive.open(f"{name}.npy") as member:
             version = npy.read_magic(member)
             read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
@@ -173,24 +187,31 @@ def npz_headers(archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np
 
 def check_npz_shapes(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]],
                      limits: Limits) -> None:
-    (xs, _), (ys, ydtype) = headers["X"], headers["y"]
-    if len(xs) < 2 or len(ys) != 1:
+    xs = headers["X"][0]
+    if len(xs) < 2:
+        raise _bad("file", f"X must be (rows, features...); got X{xs}")
+    check_size(xs[0], math.prod(xs[1:]), limits)
+    if "y" not in headers:
+        return
+    ys, ydtype = headers["y"]
+    if len(ys) != 1:
         raise _bad("file", f"X must be (rows, features...) and y (rows,); got X{xs}, y{ys}")
     if xs[0] != ys[0]:
         raise _bad("file", f"X has {xs[0]} rows but y has {ys[0]}")
-    check_size(xs[0], math.prod(xs[1:]), limits)
     if ys[0] * ydtype.itemsize > limits.max_dataset_decoded_bytes:
         raise _bad("file", f"y decodes to {ys[0] * ydtype.itemsize:,} bytes, over the limit "
                    f"max_dataset_decoded_bytes {limits.max_dataset_decoded_bytes:,}")
 
 
-def parse_npz(content: bytes, limits: Limits) -> Parsed:
-    """Checks the members' headers (dtype, shape, decoded size) before loading anything."""
+def parse_npz(content: bytes, limits: Limits, labelled: bool = True) -> Parsed:
+    """Checks the members' headers (dtype, shape, decoded size) before loading anything; an
+    unlabeled upload reads X only."""
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            check_npz_shapes(npz_headers(archive), limits)
+            check_npz_shapes(npz_headers(archive, labelled), limits)
         with np.load(io.BytesIO(content), allow_pickle=False) as npz:
-            x, y = npz["X"], npz["y"]
+            x = npz["X"]
+            y = npz["y"] if labelled else np.zeros(x.shape[0], dtype=np.float32)
     except ValueError as exc:  # a malformed header, or data shorter than its header says
         if isinstance(exc, Unprocessable):
             raise
@@ -200,7 +221,8 @@ def parse_npz(content: bytes, limits: Limits) -> Parsed:
         raise _bad("file", "not a readable NPZ archive") from None
     natural = list(x.shape[1:]) if x.ndim > 2 else None
     flat = x.reshape(x.shape[0], -1).astype(np.float64)
-    return Parsed(flat, y, [f"x{i}" for i in range(flat.shape[1])], "y", natural)
+    return Parsed(flat, y, [f"x{i}" for i in range(flat.shape[1])], "y" if labelled else "",
+                  natural)
 
 
 def _is_number_array(values: np.ndarray) -> np.ndarray | None:
@@ -270,12 +292,17 @@ def build_dataset(*, content: bytes, filename: str | None, fmt: str | None, targ
     kind = fmt or ("npz" if label.lower().endswith(".npz") else "csv")
     if kind not in ("csv", "npz"):
         raise _bad("format", "format must be 'csv' or 'npz'")
-    parsed = parse_csv(content, target, limits) if kind == "csv" else parse_npz(content, limits)
+    labelled = task != UNLABELED
+    parsed = (parse_csv(content, target, limits, labelled) if kind == "csv"
+              else parse_npz(content, limits, labelled))
     check_values(parsed)
-    decided, numeric = decide_task(parsed.y_raw, task)
-    info: dict[str, Any] = {"target": parsed.target, "feature_names": parsed.feature_names,
+    decided, numeric = decide_task(parsed.y_raw, task) if labelled else (UNLABELED, None)
+    info: dict[str, Any] = {"target": parsed.target or None,
+                            "feature_names": parsed.feature_names,
                             "original_filename": label, "original_sha256": sha256(content)}
-    if decided == "classification":
+    if decided == UNLABELED:  # no target: y is stored as zeros, never read as labels
+        y, n_classes = np.zeros(parsed.x.shape[0], dtype=np.float32), 0
+    elif decided == "classification":
         y, info["classes"] = encode_labels(parsed.y_raw, numeric)
         n_classes = len(info["classes"])
     else:

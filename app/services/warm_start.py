@@ -75,6 +75,7 @@ def _header_shapes(row: Checkpoint) -> shapes.Shapes:
 
 def _fit_problems(spec: s.JobSpec, info: shapes.DataInfo, init: s.InitFrom,
                   source: shapes.Shapes) -> list[Problem]:
+    info = shapes.job_info(spec.task, info)
     wanted = shapes.state_shapes(spec.model, shapes.effective_input_shape(spec.data, info),
                                  shapes.output_dim(info, spec.loss))
     reinit = init.head == "reinit"

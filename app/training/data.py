@@ -18,9 +18,16 @@ from sklearn.model_selection import train_test_split
 
 from app import spec as s
 from app.training.errors import DataError as DataError  # its home; imported from here too
+from app.training.labels import labelled_subset
 from app.training.resample import resample
 from app.training.sequences import motif_order
-from app.training.shapes import BUILTIN_INFO, DataInfo, effective_input_shape, train_rows
+from app.training.shapes import (
+    BUILTIN_INFO,
+    DataInfo,
+    effective_input_shape,
+    job_info,
+    train_rows,
+)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Uploaded:
     x: np.ndarray
     y: np.ndarray
     input_shape: tuple[int, ...] | None = None
+    task: s.Task | None = None  # the dataset's own (a reconstruction job splits by it)
 
 
 # Uploaded datasets are resolved by the caller (the worker reads them from SQL).
@@ -138,7 +146,7 @@ def load_arrays(source: s.BuiltinSource | s.GeneratorBase | s.DatasetSource,
             raise DataError(f"dataset {source.dataset} cannot be resolved here")
         loaded = uploaded(source.dataset)
         x, y = loaded.x, loaded.y
-        info = arrays_info(x, y, task, loaded.input_shape)
+        info = arrays_info(x, y, loaded.task or task, loaded.input_shape)
     else:
         from app.training.shapes import synthetic_info
 
@@ -225,8 +233,12 @@ def _check_shape(data: s.Data, info: DataInfo) -> tuple[int, ...]:
 
 
 def prepare(data: s.Data, arrays: Arrays, device: torch.device,
-            keep_dev: bool = False) -> Prepared:
-    """Split, standardize on train only, and move every split to ``device`` once."""
+            keep_dev: bool = False, task: s.JobTask = "supervised") -> Prepared:
+    """Split, standardize on train only, and move every split to ``device`` once.
+
+    The split is the source's own (stratified by its labels when it has classes) whatever
+    the task, so a reconstruction job pretrains on exactly the training rows a supervised
+    job on the same data and split trains on, never on its validation or test rows."""
     info, x, y = arrays.info, arrays.x, arrays.y
     shape = _check_shape(data, info)
     idx = split_indices(y, data.split, info)
@@ -240,17 +252,23 @@ def prepare(data: s.Data, arrays: Arrays, device: torch.device,
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         idx = SplitIndices(train, val, idx.test)
+    if data.labels is not None:
+        idx.train = labelled_subset(idx.train, y, data.labels, info.task == "classification",
+                                    info.n_classes)
     width = x.shape[1]
     features = Standardizer.fit(x[idx.train]) if data.standardize else Standardizer.identity(width)
     regression = info.task == "regression" and data.standardize_target
     target = Standardizer.fit(y[idx.train, None]) if regression else Standardizer.identity(1)
+    info = job_info(task, info)
 
     def to_device(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = torch.from_numpy(features.apply(x[rows])).to(device)
+        if info.task == "reconstruction":  # the targets are the inputs (one tensor)
+            return xs, xs
         ys = y[rows]
         if info.task == "regression":
             ys = target.apply(ys[:, None])[:, 0]
-        return (torch.from_numpy(features.apply(x[rows])).to(device),
-                torch.from_numpy(ys).to(device))
+        return xs, torch.from_numpy(ys).to(device)
 
     (xt, yt), (xv, yv), (xs, ys) = (to_device(i) for i in (idx.train, idx.val, idx.test))
     x_dev = torch.from_numpy(features.apply(x[dev])).to(device) if keep_dev else None

@@ -57,9 +57,10 @@ def trivial_loss(loss: LossSpec, y_train: torch.Tensor, n_classes: int,
 
 
 def _regression(mean: bool, y: torch.Tensor, loss_fn: LossFn) -> Trivial:
-    """The net fits standardized targets: the mean (MSE) or the median (MAE, Huber)."""
-    center = y.mean() if mean else y.median()
-    out = center.expand(y.shape[0]).unsqueeze(1)
+    """The net fits standardized targets: the mean (MSE) or the median (MAE, Huber), per
+    column for reconstruction's (rows, features) targets."""
+    center = y.mean(dim=0) if mean else y.median(dim=0).values
+    out = center.expand(y.shape)
     return Trivial(float(loss_fn(out, y)), "the mean" if mean else "the median")
 
 

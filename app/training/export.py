@@ -49,6 +49,19 @@ class ExportMismatch(RuntimeError):
     """The ONNX graph does not compute what the torch model computes; it must not be kept."""
 
 
+class NotExportable(ValueError):
+    """A job whose model is not served: the reason says what to export instead."""
+
+
+def check_exportable(spec: s.JobSpec) -> None:
+    """A reconstruction (pretext) model outputs its own inputs: nothing a prediction asks
+    for, so it is not exported; the job it starts (model.init_from) is."""
+    if spec.task == "reconstruction":
+        raise NotExportable("a reconstruction (pretext) model is not exported: it predicts "
+                            "its own input features; fine-tune it in a supervised job "
+                            "(model.init_from) and export that job")
+
+
 class Servable(nn.Module):
     """The net between its preprocessing and postprocessing, as one module to export.
 

@@ -80,7 +80,7 @@ class Trainer:
         self.trivial = trivial_loss(spec.loss, data.y_train, data.info.n_classes, self.loss_fn)
         self.optimizer = build_optimizer(spec.optimizer, self.model)
         self.schedule = LrSchedule(spec.schedule, spec.optimizer.lr, tr.epochs)
-        self.batch = BatchRegularizer(reg, data.input_shape, data.info.task == "regression",
+        self.batch = BatchRegularizer(reg, data.input_shape, data.info.task != "classification",
                                       self.loss_fn, self.gen, self.np_rng)
         self.decayed = decayed_parameters(self.model, spec.optimizer.decay_all_parameters)
         self.weight_noise = (WeightNoise(self.decayed, reg.weight_noise, self.gen)

@@ -42,11 +42,13 @@ def build_loss(spec: s.CrossEntropy | s.NLL | s.BCE | s.MSE | s.MAE | s.Huber,
             pos = torch.tensor(spec.pos_weight, device=device)
             return lambda out, y: F.binary_cross_entropy_with_logits(
                 out.squeeze(1), y.to(out.dtype), pos_weight=pos)
+        # the outputs as the targets are shaped: (rows,) for regression, (rows, features)
+        # for reconstruction
         case s.MSE():
-            return lambda out, y: F.mse_loss(out.squeeze(1), y)
+            return lambda out, y: F.mse_loss(out.reshape(y.shape), y)
         case s.MAE():
-            return lambda out, y: F.l1_loss(out.squeeze(1), y)
+            return lambda out, y: F.l1_loss(out.reshape(y.shape), y)
         case s.Huber():
             delta = spec.delta
-            return lambda out, y: F.huber_loss(out.squeeze(1), y, delta=delta)
+            return lambda out, y: F.huber_loss(out.reshape(y.shape), y, delta=delta)
     raise ValueError(f"unknown loss {spec!r}")

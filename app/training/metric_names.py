@@ -11,6 +11,8 @@ from __future__ import annotations
 EVAL: dict[str, tuple[str, ...]] = {
     "classification": ("loss", "accuracy"),
     "regression": ("loss", "rmse", "mae", "r2"),
+    # mean squared error per standardized feature (the loss, named for comparisons)
+    "reconstruction": ("loss", "mse"),
 }
 # The training split's per-epoch metrics: measured on the device, then on the host.
 TRAIN_DEVICE = ("loss", "grad_norm", "weight_norm")

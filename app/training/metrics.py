@@ -70,6 +70,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Prepared,
     loss = loss_fn(out, y)
     if data.info.task == "classification":
         return classification_metrics(out, y, loss, binary_logit)
+    if data.info.task == "reconstruction":
+        return {"loss": loss, "mse": (out - y).pow(2).mean()}
     return regression_metrics(out, y, loss, data)
 
 

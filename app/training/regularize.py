@@ -33,6 +33,12 @@ def add_input_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.
     return x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
 
 
+def mask_features(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Each value kept with probability 1 - fraction, else 0 (the standardized mean)."""
+    keep = torch.rand(x.shape, generator=gen, device=x.device) >= fraction
+    return x * keep
+
+
 def mixup(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
     """x' = lam * x + (1 - lam) * x[perm] (Zhang et al., 2018)."""
     return lam * x + (1 - lam) * x[perm]
@@ -163,7 +169,7 @@ class BatchRegularizer:
 
     spec: s.Regularization
     input_shape: tuple[int, ...]
-    regression: bool
+    values: bool  # targets are values (regression, reconstruction): mixed like the inputs
     loss_fn: LossFn
     gen: torch.Generator
     np_rng: np.random.Generator
@@ -175,6 +181,8 @@ class BatchRegularizer:
             xb = shift_and_flip(xb, self.input_shape, reg.augment, self.gen)
         if reg.input_noise > 0:
             xb = add_input_noise(xb, reg.input_noise, self.gen)
+        if reg.input_mask > 0:
+            xb = mask_features(xb, reg.input_mask, self.gen)
         if (mix := reg.mixup or reg.cutmix) is not None:
             return self.mix(xb, mix.alpha)
         return xb, 1.0, None
@@ -191,6 +199,6 @@ class BatchRegularizer:
              partner: torch.Tensor | None) -> torch.Tensor:
         if partner is None:
             return self.loss_fn(out, yb)
-        if self.regression:
+        if self.values:
             return self.loss_fn(out, lam * yb + (1 - lam) * yb[partner])
         return lam * self.loss_fn(out, yb) + (1 - lam) * self.loss_fn(out, yb[partner])

@@ -37,7 +37,7 @@ def summarize(spec: s.JobSpec, ev: Evaluator, device: torch.device, run: RunFact
               "test": (data.x_test, data.y_test)}
     final = {name: {k: float(v) for k, v in ev.metrics(x, y).items()}
              for name, (x, y) in splits.items() if x.shape[0] > 0}
-    main = "accuracy" if task == "classification" else "rmse"
+    main = {"classification": "accuracy", "reconstruction": "mse"}.get(task, "rmse")
     summary = Summary(
         task=task, epochs_completed=run.epochs_completed,
         best_epoch=run.best.best_epoch if run.best.best_epoch > 0 else None,
@@ -78,6 +78,9 @@ def predictions(ev: Evaluator) -> dict[str, list[Any]]:
         if data.info.task == "regression":
             scale = data.target
             values = raw.squeeze(1).cpu().double().numpy() * scale.std[0] + scale.mean[0]
+        elif data.info.task == "reconstruction":  # the features, in their original units
+            scale = data.features
+            values = raw.cpu().double().numpy() * scale.std + scale.mean
         elif ev.binary_logit:
             p = torch.sigmoid(raw)
             values = torch.cat([1 - p, p], dim=1).cpu().numpy()

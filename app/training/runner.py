@@ -17,7 +17,8 @@ def run_spec(spec: s.JobSpec, sink: Sink, resume: bytes | None = None,
     which then replaces the weights; the frozen parameters stay frozen either way)."""
     device = resolve_device(spec.training.device)
     arrays = load_arrays(spec.data.source, uploaded, task)
-    data = prepare(spec.data, arrays, device, keep_dev=spec.training.record_predictions)
+    data = prepare(spec.data, arrays, device, keep_dev=spec.training.record_predictions,
+                   task=spec.task)
     trainer = Trainer(spec, data, sink, device)
     init = spec.model.init_from
     if init is not None:

@@ -59,11 +59,20 @@ def synthetic_info(src: s.GeneratorBase) -> DataInfo:
 LossSpec = s.CrossEntropy | s.NLL | s.BCE | s.MSE | s.MAE | s.Huber
 
 
+def job_info(task: s.JobTask, info: DataInfo) -> DataInfo:
+    """The data as a job with this task sees it: a reconstruction job's targets are its own
+    input features, whatever the source's target (or none)."""
+    if task != "reconstruction":
+        return info
+    return DataInfo("reconstruction", info.n_rows, info.n_features, 0, info.input_shape)
+
+
 def output_dim(info: DataInfo, loss: LossSpec) -> int:
-    """Width of the model's last layer: one logit per class, or one output."""
+    """Width of the model's last layer: one logit per class, one value per input feature
+    (reconstruction), or one output."""
     if info.task == "classification" and loss.kind != "bce":
         return info.n_classes
-    return 1
+    return info.n_features if info.task == "reconstruction" else 1
 
 
 def effective_input_shape(data: s.Data, info: DataInfo) -> tuple[int, ...]:
@@ -131,6 +140,7 @@ def transformer_parameters(model: s.Transformer, shape: tuple[int, ...], n_out: 
 
 
 def parameter_count(spec: s.JobSpec, info: DataInfo) -> int:
+    info = job_info(spec.task, info)
     n_out, shape = output_dim(info, spec.loss), effective_input_shape(spec.data, info)
     match spec.model:
         case s.MLP():
@@ -172,6 +182,12 @@ def train_rows(info: DataInfo, split: s.Split) -> int:
     rest = info.n_rows - n_test
     n_val = math.ceil(rest * split.val / (1 - split.test)) if split.val > 0 else 0
     return rest - n_val
+
+
+def labelled_rows(labels: s.Labels, n_train: int, n_classes: int) -> int:
+    """Training rows kept by data.labels: the fraction rounded up, but at least 2 and one
+    per class (batch norm and a stratified subset need them), never more than there are."""
+    return min(n_train, max(math.ceil(labels.fraction * n_train), 2, n_classes))
 
 
 # --------------------------------------------------------------------- memory
@@ -399,6 +415,8 @@ def _input_copies(reg: s.Regularization, shape: tuple[int, ...]) -> int:
             total += 2 * n * FLOAT + 1
     if reg.input_noise > 0:
         total += 2 * n * FLOAT
+    if reg.input_mask > 0:  # the uniform draw, the boolean mask and the masked copy
+        total += 2 * n * FLOAT + n
     if reg.mixup is not None or reg.cutmix is not None:
         total += 4 * n * FLOAT + INDEX
     return total
@@ -509,6 +527,7 @@ def _rows(spec: s.JobSpec, info: DataInfo) -> tuple[int, int, int]:
 
 
 def memory_estimate(spec: s.JobSpec, info: DataInfo) -> MemoryEstimate:
+    info = job_info(spec.task, info)
     shape, n_out = effective_input_shape(spec.data, info), output_dim(info, spec.loss)
     train, dev, largest = _rows(spec, info)
     rows = batch_rows(spec, train)
@@ -516,7 +535,7 @@ def memory_estimate(spec: s.JobSpec, info: DataInfo) -> MemoryEstimate:
     sharp_rows = min(spec.training.sharpness.max_rows, train) if spec.training.sharpness else 0
     sharp = 3 * train_batch_bytes(spec, shape, n_out, sharp_rows)
     chunk = min(max(step, EVAL_MIN_BUDGET), largest * eval_row_bytes(spec, shape, n_out))
-    columns = (2 if n_out == 1 else n_out) if info.task == "classification" else 1
+    columns = (2 if n_out == 1 else n_out) if info.task == "classification" else n_out
     kept_dev = dev * info.n_features * FLOAT if spec.training.record_predictions else 0
     return MemoryEstimate(
         batch_rows=rows, train_batch=step, sharpness_rows=sharp_rows, sharpness=sharp,

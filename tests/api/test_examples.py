@@ -1,9 +1,17 @@
-"""Every ready spec in examples/ is accepted by the API as it is."""
+"""Every ready spec in examples/ is accepted by the API as it is.
+
+A fine-tune example starts from another example's job: where its ``model.init_from.job``
+needs that job's id it says ``<job id of NAME.json>``, and the test submits and runs that
+example first (one epoch, in this process, with the worker's code) and puts its id there,
+as a user does with the id the first submission returned.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,10 +23,43 @@ JOBS = sorted(EXAMPLES.glob("*.json"))
 EXPERIMENTS = sorted((EXAMPLES / "experiments").glob("*.json"))
 
 
+PLACEHOLDER = re.compile(r"^<job id of (?P<example>[\w.-]+\.json)>$")
+
+
+def _ran(client: TestClient, example: str) -> str:
+    """The id of a succeeded job of ``example`` (trained for one epoch: only its weights'
+    names and shapes matter to the submission that starts from them)."""
+    from app.config import get_settings
+    from app.db import get_sessionmaker
+    from worker.execution import execute
+
+    body = json.loads((EXAMPLES / example).read_text())
+    body["training"]["epochs"] = 1
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    assert execute(r.json()["id"], get_sessionmaker(), get_settings()) == "succeeded"
+    return str(r.json()["id"])
+
+
+def with_sources(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with each ``<job id of NAME.json>`` replaced by a run of that example."""
+    init = body.get("model", {}).get("init_from")
+    if init is not None and (named := PLACEHOLDER.match(init["job"])):
+        init["job"] = _ran(client, named["example"])
+    return body
+
+
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_job_example_is_accepted(client: TestClient, path: Path) -> None:
-    r = client.post("/v1/jobs", json=json.loads(path.read_text()))
+    r = client.post("/v1/jobs", json=with_sources(client, json.loads(path.read_text())))
     assert r.status_code == 201, r.text
+
+
+def test_the_fine_tune_example_starts_from_the_pretext_example() -> None:
+    body = json.loads((EXAMPLES / "digits-finetune-few-labels.json").read_text())
+    named = PLACEHOLDER.match(body["model"]["init_from"]["job"])
+    assert named is not None and (EXAMPLES / named["example"]).is_file()
+    assert json.loads((EXAMPLES / named["example"]).read_text())["task"] == "reconstruction"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)

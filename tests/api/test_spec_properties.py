@@ -245,7 +245,8 @@ schedules = st.one_of(
 @st.composite
 def regularizations(draw: Any) -> Spec:
     reg: Spec = {"l1": draw(floats(0, 10)), "l2": draw(floats(0, 10)),
-                 "input_noise": draw(floats(0, 10)), "weight_noise": draw(floats(0, 1))}
+                 "input_noise": draw(floats(0, 10)), "weight_noise": draw(floats(0, 1)),
+                 "input_mask": draw(floats(0, 1, hi_open=True))}
     if draw(st.booleans()):
         reg["early_stopping"] = {"monitor": draw(st.sampled_from(["val_loss", "train_loss"])),
                                  "patience": draw(st.integers(0, 50))}
@@ -280,6 +281,11 @@ def valid_specs(draw: Any) -> Spec:
     if image and draw(st.booleans()):
         spec["regularization"]["augment"] = {"shift": draw(st.integers(0, 4)),
                                              "flip": draw(st.booleans())}
+    if draw(st.integers(0, 5)) == 0:  # a sixth: the reconstruction pretext task (no labels)
+        spec["task"], spec["loss"] = "reconstruction", {"kind": "mse"}
+    elif draw(st.integers(0, 3)) == 0:  # few labels
+        spec["data"]["labels"] = {"fraction": draw(floats(0, 1, lo_open=True)),
+                                  "seed": draw(st.integers(0, 2**31))}
     return spec
 
 

@@ -52,7 +52,7 @@ def make_spec(base: dict[str, Any] | None = None, **over: Any) -> s.JobSpec:
 
 
 def prepared(spec: s.JobSpec) -> Prepared:
-    return prepare(spec.data, load_arrays(spec.data.source), CPU)
+    return prepare(spec.data, load_arrays(spec.data.source), CPU, task=spec.task)
 
 
 def trainer(spec: s.JobSpec, sink: MemorySink | None = None,

@@ -131,11 +131,13 @@ def sequence_models(draw: Any) -> Spec:
 
 
 @st.composite
-def regularizations(draw: Any, shaped: bool) -> Spec:
+def regularizations(draw: Any, shaped: bool, pretext: bool = False) -> Spec:
     reg: Spec = {"input_noise": draw(st.sampled_from([0.0, 0.1])),
+                 "input_mask": draw(st.sampled_from([0.0, 0.5])),
                  "weight_noise": draw(st.sampled_from([0.0, 0.01])),
                  "l2": draw(st.sampled_from([0.0, 1e-3]))}
-    mixing = draw(st.sampled_from(["none", "mixup"] + (["cutmix"] if shaped else [])))
+    cutmix = shaped and not pretext  # a pretext job's targets would need the patch too
+    mixing = draw(st.sampled_from(["none", "mixup"] + (["cutmix"] if cutmix else [])))
     if mixing != "none":
         reg[mixing] = {"alpha": 0.4}
     if shaped and draw(st.booleans()):
@@ -166,6 +168,11 @@ def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
         data["rows"] = {"kind": "fold", "k": k, "index": draw(st.integers(0, k - 1))}
     elif rows == "bootstrap":
         data["rows"] = {"kind": "bootstrap", "seed": draw(st.integers(0, 5))}
+    # a fifth: the reconstruction pretext task; else a quarter train on few labels
+    pretext = draw(st.integers(0, 4)) == 0
+    if not pretext and draw(st.integers(0, 3)) == 0:
+        data["labels"] = {"fraction": draw(st.sampled_from([1e-4, 0.05, 0.5, 1.0])),
+                          "seed": draw(st.integers(0, 3))}
     parsed = s.Data.model_validate(data)
     src = parsed.source
     info = (shapes.BUILTIN_INFO[src.builtin] if isinstance(src, s.BuiltinSource)
@@ -180,9 +187,10 @@ def specs_near_the_caps(draw: Any) -> tuple[s.JobSpec, shapes.DataInfo]:
         training["sharpness"] = {"max_rows": draw(near(1000)), "power_iterations": 2,
                                  "ascent_steps": 2}
     spec = s.JobSpec.model_validate({
-        "data": data, "model": model, "loss": draw(loss_blocks(info)),
+        "task": "reconstruction" if pretext else "supervised", "data": data, "model": model,
+        "loss": {"kind": "mse"} if pretext else draw(loss_blocks(info)),
         "optimizer": draw(optimizers()) | {"lr": 1e-3},
-        "regularization": draw(regularizations(shaped or "input_shape" in data)),
+        "regularization": draw(regularizations(shaped or "input_shape" in data, pretext)),
         "training": training})
     return spec, info
 
@@ -209,7 +217,7 @@ def test_every_accepted_spec_runs_within_its_memory_estimate(
     event("accepted")
     est = shapes.memory_estimate(spec, info)
     data = prepare(spec.data, load_arrays(spec.data.source), CPU,
-                   keep_dev=spec.training.record_predictions)
+                   keep_dev=spec.training.record_predictions, task=spec.task)
     t = Trainer(spec, data, MemorySink(), CPU)
     assert shapes.parameter_count(spec, info) == sum(p.numel() for p in t.model.parameters())
     assert est.batch_rows >= t.batch_size  # equal unless data.rows resamples the rows
@@ -217,7 +225,7 @@ def test_every_accepted_spec_runs_within_its_memory_estimate(
     assert step <= est.train_batch + est.parameters
     chunk = data.x_train[: t.eval_rows]
     _, chunk_peak = peak_bytes(lambda: predict(t.model, chunk, t.autocast, t.eval_rows))
-    n_out = shapes.output_dim(info, spec.loss)
+    n_out = shapes.output_dim(shapes.job_info(spec.task, info), spec.loss)
     casts = 2 * est.parameters // shapes.PARAMETER_COPIES // shapes.FLOAT  # bf16 weights
     rows_bytes = chunk.shape[0] * shapes.eval_row_bytes(spec, data.input_shape, n_out)
     assert chunk_peak <= rows_bytes + (casts if spec.training.precision == "bf16" else 0)
