@@ -57,8 +57,9 @@ class GradNormRecorder:
         present = [(i, p.grad) for i, p in zip(self.slot, self.params, strict=True)
                    if p.grad is not None]  # frozen parameters have none
         if present:
-            squares = torch.stack([torch.linalg.vector_norm(g.detach().float()) ** 2
-                                   for _, g in present])
+            # one fused kernel for every tensor's norm (what clip_grad_norm_ uses)
+            norms = torch._foreach_norm([g.detach() for _, g in present])
+            squares = torch.stack(norms).float() ** 2
             index = torch.tensor([i for i, _ in present], device=self.sums.device)
             per_layer = torch.zeros_like(self.sums).index_add_(0, index, squares)
             self.sums += per_layer.sqrt()
