@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app import experiment_spec as e
 from app.config import Limits
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.prediction_schemas import EnsemblePredictResponse
+from app.prediction_schemas import EnsemblePredictions, EnsemblePredictResponse
 from app.routes import responses
 from app.routes.jobs import TagQuery
 from app.routes.models import PREDICT_BODY, parse_body
@@ -118,6 +118,6 @@ async def predict(experiment_id: str, request: Request, session: SessionDep,
 
 
 def _predict(raw: bytes, experiment_id: str, session: Session, tenant: str,
-             limits: Limits) -> EnsemblePredictResponse:
+             limits: Limits) -> EnsemblePredictions:
     return ensembles.predict_experiment(session, tenant_id=tenant, experiment_id=experiment_id,
                                         body=parse_body(raw), limits=limits)

@@ -13,7 +13,18 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Limits
 from app.deps import SessionDep, SettingsDep, TenantDep
-from app.prediction_schemas import ModelState, PredictRequest, PredictResponse
+from app.errors import Unprocessable
+from app.prediction_schemas import (
+    NPY,
+    BadBody,
+    ModelState,
+    PredictBody,
+    Predictions,
+    PredictRequest,
+    PredictResponse,
+    read_json,
+    read_npy,
+)
 from app.schemas import error_responses
 from app.services import models as service
 from app.services import predict as predictor
@@ -23,41 +34,59 @@ REFUSED = {**error_responses(404), 409: {
     "model": error_responses(409)[409]["model"],
     "description": "The job has not succeeded, its model is being exported (Retry-After), "
                    "its export failed, or it has none (export it on request)."}}
-PREDICT_BODY = {"required": True, "content": {"application/json": {
+JSON_BODY: dict[str, Any] = {"application/json": {
     "schema": PredictRequest.model_json_schema(),
     "examples": {"rows": {"value": {"rows": [[5.1, 3.5, 1.4, 0.2]]}},
                  "records": {"value": {"records": [{"sepal length (cm)": 5.1,
                                                     "sepal width (cm)": 3.5,
                                                     "petal length (cm)": 1.4,
-                                                    "petal width (cm)": 0.2}]}}}}}}
+                                                    "petal width (cm)": 0.2}]}}}}}
+PREDICT_BODY = {"required": True, "content": JSON_BODY}
+# the job's predict also reads a float32 .npy matrix (no JSON to parse or to build)
+JOB_PREDICT_BODY = {"required": True, "content": {**JSON_BODY, NPY: {"schema": {
+    "type": "string", "format": "binary", "description": "A .npy file (numpy.save) of float32 "
+    "rows, shape [n, input_width], columns in model.json's feature order; no pickle."}}}}
 
 
 @router.post("/{job_id}/predict", response_model=PredictResponse, responses=REFUSED,
-             openapi_extra={"requestBody": PREDICT_BODY})
+             openapi_extra={"requestBody": JOB_PREDICT_BODY})
 async def predict(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                   tenant: TenantDep) -> Any:
-    """Predictions of the job's ONNX model for raw ``rows`` or named ``records``: the label
-    and every class's probability, or the value in the target's original units. Up to
+    """Predictions of the job's ONNX model for raw ``rows`` or named ``records``, or for a
+    float32 ``.npy`` matrix of rows (``Content-Type: application/x-npy``): the label and
+    every class's probability, or the value in the target's original units. Up to
     ``max_predict_rows`` rows and ``max_predict_bytes`` per request.
 
     The body is read here and parsed in a worker thread, never on the event loop."""
     raw = await request.body()
-    answer = await run_in_threadpool(_predict, raw, job_id, session, tenant, settings.limits)
+    npy = request.headers.get("content-type", "").split(";")[0].strip().lower() == NPY
+    answer = await run_in_threadpool(_predict, raw, npy, job_id, session, tenant,
+                                     settings.limits)
     return Response(answer.to_json(), media_type="application/json")
 
 
-def _predict(raw: bytes, job_id: str, session: Session, tenant: str,
-             limits: Limits) -> PredictResponse:
-    return predictor.predict(session, tenant_id=tenant, job_id=job_id, body=parse_body(raw),
+def _predict(raw: bytes, npy: bool, job_id: str, session: Session, tenant: str,
+             limits: Limits) -> Predictions:
+    body = parse_npy(raw) if npy else parse_body(raw)
+    return predictor.predict(session, tenant_id=tenant, job_id=job_id, body=body,
                              limits=limits)
 
 
-def parse_body(raw: bytes) -> PredictRequest:
-    """A predict body, parsed (in the caller's worker thread); a bad one is a 422 by path."""
+def parse_body(raw: bytes) -> PredictBody:
+    """A JSON predict body, parsed (in the caller's worker thread); a bad one is a 422 by
+    path."""
     try:
-        return PredictRequest.model_validate_json(raw)
+        return read_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
+
+
+def parse_npy(raw: bytes) -> PredictBody:
+    try:
+        return read_npy(raw)
+    except BadBody as exc:
+        raise Unprocessable(f"body: {exc}", fields=[{"loc": "body", "message": str(exc)}]
+                            ) from None
 
 
 @router.get("/{job_id}/model", response_class=Response, responses={

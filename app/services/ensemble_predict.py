@@ -16,13 +16,7 @@ from sqlalchemy.orm import Session
 from app import export_repository as exports
 from app.config import Limits
 from app.models import Experiment
-from app.prediction_schemas import (
-    ClassPrediction,
-    EnsembleMember,
-    EnsemblePredictResponse,
-    PredictRequest,
-    ValuePrediction,
-)
+from app.prediction_schemas import ClassRow, EnsemblePredictions, PredictBody, ValueRow
 from app.services import experiments, models, predict
 from app.services.inference import Loaded
 from app.services.rows import found
@@ -45,7 +39,7 @@ class Members:
 
 
 def predict_experiment(session: Session, *, tenant_id: str, experiment_id: str,
-                       body: PredictRequest, limits: Limits) -> EnsemblePredictResponse:
+                       body: PredictBody, limits: Limits) -> EnsemblePredictions:
     predict.check_count(body, limits)
     exp = experiments.get(session, tenant_id, experiment_id)
     members = members_of(exp)
@@ -53,11 +47,11 @@ def predict_experiment(session: Session, *, tenant_id: str, experiment_id: str,
     loaded = [predict.model(session, tenant_id, job_id) for job_id in members.job_ids]
     x = predict.matrix(body, loaded[0])  # every member reads the same raw rows
     outputs = [dict(zip(m.manifest.outputs, predict.run(m, x), strict=True)) for m in loaded]
-    return EnsemblePredictResponse(
+    return EnsemblePredictions(
         experiment_id=exp.id, kind=exp.kind, combine=members.combine,
         task=loaded[0].manifest.task, classes=loaded[0].manifest.classes,
         predictions=combined(members, loaded, outputs),
-        members=[EnsembleMember(job_id=j, weight=w, model_sha256=m.sha256)
+        members=[{"job_id": j, "weight": w, "model_sha256": m.sha256}
                  for j, w, m in zip(members.job_ids, members.weights, loaded, strict=True)])
 
 
@@ -104,7 +98,7 @@ def refuse_unless_all_ready(session: Session, tenant_id: str, job_ids: list[str]
 
 
 def combined(members: Members, loaded: list[Loaded],
-             outputs: list[dict[str, np.ndarray]]) -> list[ClassPrediction] | list[ValuePrediction]:
+             outputs: list[dict[str, np.ndarray]]) -> list[ClassRow] | list[ValueRow]:
     card = loaded[0].manifest
     if members.combine == "retrained_best":  # one model: exactly the job's own predictions
         return predict.answer(members.job_ids[0], loaded[0],
@@ -113,8 +107,7 @@ def combined(members: Members, loaded: list[Loaded],
         values = [ensemble.as_recorded(o[VALUE].astype(np.float64)) for o in outputs]
         combined_values = (ensemble.soft_vote(values) if members.combine == "soft_vote" else
                            ensemble.gradient_sum(list(zip(members.weights, values, strict=True))))
-        return [ValuePrediction.model_construct(value=predict.finite(v))
-                for v in combined_values.tolist()]
+        return predict.values(combined_values)
     probabilities = [ensemble.as_recorded(o[PROBABILITIES]) for o in outputs]
     if members.combine == "soft_vote":
         shares = ensemble.soft_vote(probabilities)
@@ -125,5 +118,4 @@ def combined(members: Members, loaded: list[Loaded],
         k = len(card.classes or [])
         winners = ensemble.labels(ensemble.samme_scores(votes, k))
         shares = ensemble.samme_shares(votes, k)
-    return [ClassPrediction.model_construct(label=card.label_of(int(i)), probabilities=p)
-            for i, p in zip(winners.tolist(), shares.tolist(), strict=True)]
+    return predict.classes(card.classes or [], winners, shares)

@@ -1,9 +1,10 @@
 """POST /v1/jobs/{id}/predict: raw rows or named records through the job's ONNX graph, in the
-API process (onnxruntime; never torch). Every refusal names the row and column at fault."""
+API process (onnxruntime; never torch). Every refusal names the row and column at fault.
+
+Per request: one SQL read (the job's state and its graph's sha256), the cached session, the
+rows as one float32 array and the answer as plain values for orjson (bench/predict.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -11,40 +12,35 @@ from sqlalchemy.orm import Session
 from app import export_repository as exports
 from app.config import Limits
 from app.errors import Conflict, NotFound, Unprocessable
-from app.prediction_schemas import (
-    ClassPrediction,
-    PredictRequest,
-    PredictResponse,
-    ValuePrediction,
-)
+from app.prediction_schemas import ClassRow, PredictBody, Predictions, ValueRow
 from app.services import models
 from app.services.inference import Loaded, sessions
 from app.services.rows import found
 from app.training.blobs import CorruptBlob, verify
-from app.training.manifest import LABEL, PROBABILITIES, VALUE, ModelManifest
+from app.training.manifest import LABEL, PROBABILITIES, VALUE, Label, ModelManifest
 
 
 def _bad(loc: str, message: str) -> Unprocessable:
     return Unprocessable(f"{loc}: {message}", fields=[{"loc": loc, "message": message}])
 
 
-def predict(session: Session, *, tenant_id: str, job_id: str, body: PredictRequest,
-            limits: Limits) -> PredictResponse:
+def predict(session: Session, *, tenant_id: str, job_id: str, body: PredictBody,
+            limits: Limits) -> Predictions:
     check_count(body, limits)
     loaded = model(session, tenant_id, job_id)
     return answer(job_id, loaded, run(loaded, matrix(body, loaded)))
 
 
-def check_count(body: PredictRequest, limits: Limits) -> None:
+def check_count(body: PredictBody, limits: Limits) -> None:
     if body.count > limits.max_predict_rows:
-        field = "rows" if body.rows is not None else "records"
-        raise _bad(field, f"{body.count:,} rows exceed the limit max_predict_rows "
+        raise _bad(body.field, f"{body.count:,} rows exceed the limit max_predict_rows "
                    f"{limits.max_predict_rows:,}")
 
 
 def run(loaded: Loaded, x: np.ndarray) -> list[np.ndarray]:
     """The graph's outputs for rows ``x``, in ``loaded.manifest.outputs`` order."""
-    return loaded.session.run(None, {loaded.manifest.input_name: x})
+    outputs: list[np.ndarray] = loaded.session.run(None, {loaded.manifest.input_name: x})
+    return outputs
 
 
 def model(session: Session, tenant_id: str, job_id: str) -> Loaded:
@@ -70,19 +66,19 @@ def model(session: Session, tenant_id: str, job_id: str) -> Loaded:
     return cache.load(job_id, graph, meta.onnx_sha256, manifest)
 
 
-def matrix(body: PredictRequest, loaded: Loaded) -> np.ndarray:
+def matrix(body: PredictBody, loaded: Loaded) -> np.ndarray:
     x = from_rows(body.rows, loaded) if body.rows is not None else from_records(body, loaded)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
-        field = "rows" if body.rows is not None else "records"
+    if not np.isfinite(x).all():
+        r, c = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
         name = loaded.manifest.feature_names[c] if c < len(loaded.manifest.feature_names) else c
-        raise _bad(f"{field}.{r}", f"feature '{name}' is NaN, infinite or beyond float32's "
-                   "range")
+        raise _bad(f"{body.field}.{r}", f"feature '{name}' is NaN, infinite or beyond "
+                   "float32's range")
     return x
 
 
-def from_rows(rows: list[list[float | int]], loaded: Loaded) -> np.ndarray:
+def from_rows(rows: np.ndarray | list[list[float]], loaded: Loaded) -> np.ndarray:
+    if isinstance(rows, np.ndarray):  # parsed as one array already: every row is as wide
+        return _checked_width(rows, loaded)
     width = loaded.manifest.input_width
     wrong = next((i for i, row in enumerate(rows) if len(row) != width), None)
     if wrong is not None:
@@ -94,7 +90,17 @@ def from_rows(rows: list[list[float | int]], loaded: Loaded) -> np.ndarray:
         return np.asarray(rows, dtype=np.float32)
 
 
-def from_records(body: PredictRequest, loaded: Loaded) -> np.ndarray:
+def _checked_width(rows: np.ndarray, loaded: Loaded) -> np.ndarray:
+    width = loaded.manifest.input_width
+    if len(rows) == 0:
+        raise _bad("rows", "no rows to predict")
+    if rows.shape[1] != width:
+        raise _bad("rows.0", f"has {rows.shape[1]} values; the model takes {width} "
+                   "(model.json's feature_names, in order)")
+    return rows
+
+
+def from_records(body: PredictBody, loaded: Loaded) -> np.ndarray:
     records = body.records or []
     columns = loaded.columns
     if columns is None:
@@ -119,25 +125,32 @@ def _check_names(i: int, record: dict[str, float | int], columns: dict[str, int]
     raise _bad(f"records.{i}", f"missing feature '{missing}'")
 
 
-def answer(job_id: str, loaded: Loaded, outputs: list[np.ndarray]) -> PredictResponse:
+def answer(job_id: str, loaded: Loaded, outputs: list[np.ndarray]) -> Predictions:
     card = loaded.manifest
     named = dict(zip(card.outputs, outputs, strict=True))
-    predictions: list[ClassPrediction] | list[ValuePrediction]
-    # model_construct: the values come from the graph, typed already (validating 1,000
-    # rows of them cost ~10 ms)
+    predictions: list[ClassRow] | list[ValueRow]
+    # plain values straight from the graph's arrays: they are typed already (validating
+    # 1,000 rows of pydantic models cost ~10 ms)
     if card.task == "regression":
-        predictions = [ValuePrediction.model_construct(value=finite(v))
-                       for v in named[VALUE].tolist()]
+        predictions = values(named[VALUE])
     else:
-        labels = named[LABEL].tolist()
-        predictions = [ClassPrediction.model_construct(label=card.label_of(k), probabilities=p)
-                       for k, p in zip(labels, named[PROBABILITIES].tolist(), strict=True)]
-    return PredictResponse(job_id=job_id, task=card.task, classes=card.classes,
-                           predictions=predictions, model_sha256=loaded.sha256)
+        predictions = classes(card.classes or [], named[LABEL], named[PROBABILITIES])
+    return Predictions(job_id=job_id, task=card.task, classes=card.classes,
+                       predictions=predictions, model_sha256=loaded.sha256)
 
 
-def finite(value: float) -> float:
+def values(value: np.ndarray) -> list[ValueRow]:
+    return [{"value": v} for v in finite(value).tolist()]
+
+
+def classes(names: list[Label], labels: np.ndarray, probabilities: np.ndarray) -> list[ClassRow]:
+    """Each row's label as the data names it, and every class's probability."""
+    return [{"label": names[k], "probabilities": p}
+            for k, p in zip(labels.tolist(), probabilities.tolist(), strict=True)]
+
+
+def finite(value: np.ndarray) -> np.ndarray:
     """A value too large for float32 (an input far outside the training data) is not JSON."""
-    if not math.isfinite(value):
+    if not np.isfinite(value).all():
         raise _bad("rows", "the model's output overflowed float32 for this input")
     return value
