@@ -142,9 +142,22 @@ def check_objective(sweep: e.Sweep, task: Task) -> None:
                                     f"not logged for a {task} task; choose one of {logged}")])
 
 
+# Kinds that score their members' predictions against the data's target (targets.py).
+SCORES_PREDICTIONS = frozenset({"bagging", "boosting", "bias_variance"})
+
+
+def check_task(exp: Any) -> None:
+    """A reconstruction (pretext) job predicts its inputs: there is no target to score."""
+    if exp.kind in SCORES_PREDICTIONS and exp.base.task == "reconstruction":
+        raise SpecRejected([Problem(("base", "task"), f"a {exp.kind} experiment scores its "
+                                    "members' predictions against the data's target; task "
+                                    "reconstruction has none: use task supervised")])
+
+
 def new_experiment(session: Session, tenant_id: str, exp: Any,
                    settings: Settings) -> tuple[Experiment, list[Job]]:
     """The experiment's row and its first stage's, every child validated (none added yet)."""
+    check_task(exp)
     dataset_refs.resolve_experiment(session, tenant_id, exp)  # before anything reads data
     plans = plan_children(exp, settings)
     now = utcnow()

@@ -115,3 +115,16 @@ def test_the_catalog_lists_the_task_few_labels_and_input_mask(client: TestClient
     assert blocks["data.labels"]["parameters"]["fraction"]["exclusiveMinimum"] == 0.0
     assert "labels" in blocks["data"]["parameters"]
     assert blocks["regularization"]["parameters"]["input_mask"]["default"] == 0.0
+
+
+def test_an_ensemble_of_pretext_jobs_is_refused_naming_base_task(client: TestClient) -> None:
+    for kind, extra in (("bagging", {"n_models": 2}), ("boosting", {"rounds": 2})):
+        body = {"kind": kind, **extra, "base": tiny_spec(**PRETEXT)}
+        r = client.post("/v1/experiments", json=body)
+        assert r.status_code == 422, r.text
+        assert [f["loc"] for f in r.json()["error"]["fields"]] == ["base.task"]
+    sweep = {"kind": "sweep", "base": tiny_spec(**PRETEXT),
+             "parameters": {"optimizer.lr": [0.01, 0.1]},
+             "objective": {"metric": "val_mse", "direction": "min"}}
+    r = client.post("/v1/experiments", json=sweep)
+    assert r.status_code == 201, r.text
