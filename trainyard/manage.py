@@ -59,21 +59,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
     current = ty.experiment(args.id) if args.id.startswith("exp_") else ty.job(args.id)
     tags = [t for t in current.tags if t not in (args.remove or [])]
     tags += [t for t in (args.add or []) if t not in tags]
-    patch: dict[str, Any] = {"tags": tags}
-    if args.note is not None or args.clear_note:
-        patch["note"] = None if args.clear_note else args.note
-    if args.keep is not None:
-        patch["keep"] = args.keep
-    found = ty.client._check(ty.client.send("PATCH", _resource_path(args.id), json=patch))
-    print(f"{found['id']} tags={','.join(found['tags']) or '-'} keep={found['keep']}"
-          + (f" note={found['note']!r}" if found["note"] else ""))
+    found = ty.tag(args.id, tags=tags, note=args.note, clear_note=args.clear_note,
+                   keep=args.keep)
+    print(f"{found.id} tags={','.join(found.tags) or '-'} keep={found.keep}"
+          + (f" note={found.note!r}" if found.note else ""))
     return 0
-
-
-def _resource_path(resource_id: str) -> str:
-    from trainyard.sdk import _path_of
-
-    return _path_of(resource_id)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

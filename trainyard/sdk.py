@@ -89,14 +89,18 @@ class Trainyard:
 
     def delete(self, resource_id: str) -> None:
         """A job, an experiment (with its children) or a dataset, by its id's prefix."""
-        self.client._check_empty(self.client.send("DELETE", _path_of(resource_id)))
+        self.client._check_empty(self.client.send("DELETE", path_of(resource_id)))
 
     def tag(self, resource_id: str, *, tags: list[str] | None = None,
-            note: str | None = None, keep: bool | None = None) -> Job | Experiment:
-        """Replace what is given (tags, note, keep); leave the rest."""
-        patch = {k: v for k, v in (("tags", tags), ("note", note), ("keep", keep))
-                 if v is not None}
-        found = self._call("PATCH", _path_of(resource_id), json=patch)
+            note: str | None = None, clear_note: bool = False,
+            keep: bool | None = None) -> Job | Experiment:
+        """Replace what is given (tags, note, keep); leave the rest. ``clear_note``
+        removes the note (``note=None`` means: leave it as it is)."""
+        patch: dict[str, Any] = {k: v for k, v in (("tags", tags), ("note", note),
+                                                   ("keep", keep)) if v is not None}
+        if clear_note:
+            patch["note"] = None
+        found = self._call("PATCH", path_of(resource_id), json=patch)
         return (Experiment.model_validate(found) if is_experiment_id(resource_id)
                 else Job.model_validate(found))
 
@@ -179,7 +183,8 @@ class Trainyard:
                 return
 
 
-def _path_of(resource_id: str) -> str:
+def path_of(resource_id: str) -> str:
+    """The API path of a job, experiment or dataset, by its id's prefix."""
     kind = ("experiments" if is_experiment_id(resource_id)
             else "datasets" if resource_id.startswith("ds_") else "jobs")
     return f"/v1/{kind}/{resource_id}"

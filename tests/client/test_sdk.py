@@ -42,6 +42,7 @@ def test_a_session_in_a_notebook(embedded: Stack, tmp_path: Path) -> None:
         done, key=lambda j: (j.summary or {})["test"]["accuracy"], reverse=True)] or \
         len({(j.summary or {})["test"]["accuracy"] for j in done}) == 1
     assert ty.tag(first.id, keep=True).keep and ty.job(first.id).note == "first"
+    assert ty.tag(first.id, clear_note=True).note is None and ty.job(first.id).keep
     assert ty.compare([first.id, second.id])["spec_differences"][0]["path"] == "optimizer.lr"
 
     bundle = ty.download(first.id, tmp_path / "model")
