@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # 5 M-parameter cap is ~20 MB), and onnxruntime's threads per prediction
     predict_cache_bytes: int = Field(default=256 * 1024**2, ge=0)
     predict_threads: int = Field(default=1, ge=1, le=64)
+    # an API process trusts a job's ready model (its graph's sha256) this long without
+    # reading SQL again: a deleted job stops predicting within this bound (0: read each time)
+    model_state_seconds: float = Field(default=5.0, ge=0, le=300)
     # finished jobs and experiments unchanged this many days are deleted by the reaper
     # (`keep: true` exempts one); unset: kept forever. At most retention_batch a pass.
     retention_days: float | None = Field(default=None, gt=0)

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Predictions of the digits MLP three ways, side by side in one run:
 
-- **HTTP**: ``POST /v1/jobs/{id}/predict`` on a real ``trainyard api`` process (one uvicorn
-  process) of the embedded default (SQLite, filesystem broker), from one keep-alive client;
+- **HTTP**: ``POST /v1/jobs/{id}/predict`` on a real ``trainyard api`` (``--api-workers``
+  uvicorn processes; several counts, one after the other) of the embedded default (SQLite,
+  filesystem broker), its body JSON ``{"rows": ...}`` or a float32 ``.npy`` matrix
+  (``Content-Type: application/x-npy``), from 1 keep-alive client and from ``--clients``
+  client processes at once;
 - **onnxruntime in-process**: the same stored ``model.onnx`` in an InferenceSession with the
   API's options (``TRAINYARD_PREDICT_THREADS``, 1 by default): the limit HTTP can approach;
 - **torch eager**: the same weights as the exported torch module (standardization and
@@ -11,12 +14,16 @@
 The model is examples/digits.json (MLP 64-256-256-10), trained and exported by the worker's
 own code (``worker.execution.execute``, ``worker.export.export_model``) into a temporary
 TRAINYARD_HOME; the API process then serves it. For each way: single-row latency (p50, p95)
-over ``--single`` calls, rows/s in batches of 1 (the same calls), and rows/s in batches of
-1,000 over ``--batches`` calls. The API's resident memory (its process group) is read from
-/proc when idle after start (onnxruntime not imported yet) and after the predictions.
+over ``--single`` calls, rows/s in batches of 1 (the same calls; with several clients, all
+their rows over the wall time from the first call's start to the last one's end), and rows/s
+in batches of 1,000 over ``--batches`` calls. Request bodies are encoded once, before the
+clock starts (the client's own ``json.dumps`` of 1,000 x 64 rows is not the server's cost).
+The API's resident memory (its process group) is read from /proc when idle after start
+(onnxruntime not imported yet) and after the predictions.
 
-    .venv/bin/python bench/predict.py               # 1,000 single rows, 50 batches
-    .venv/bin/python bench/predict.py --quick       # a smoke run
+    .venv/bin/python bench/predict.py                       # 1 and 2 API processes
+    .venv/bin/python bench/predict.py --api-workers 1 --clients 8
+    .venv/bin/python bench/predict.py --quick               # a smoke run
 """
 
 from __future__ import annotations
@@ -81,10 +88,10 @@ def group_rss_mb(pgid: int) -> float:
     return sum(int(v) for v in out.split()) / 1024
 
 
-def start_api(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TRAINYARD_HOME": str(home), "TRAINYARD_API_WORKERS": "1"}
+def start_api(home: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TRAINYARD_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "api", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, cwd=ROOT,
+                             "--port", str(port), "--workers", str(workers)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     import httpx
@@ -99,8 +106,9 @@ def start_api(home: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the API did not start")
 
 
-def timed(call: Callable[[], Any], n: int) -> list[float]:
-    call()  # warm-up (first-run allocations, a cache miss)
+def timed(call: Callable[[], Any], n: int, warm: bool = True) -> list[float]:
+    if warm:
+        call()  # warm-up (first-run allocations, a cache miss)
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -117,19 +125,61 @@ def figures(single: list[float], batch: list[float], batch_rows: int) -> dict[st
             f"rows_s_batch{batch_rows}": batch_rows * len(batch) / sum(batch)}
 
 
-def way_http(url: str, key: str, job_id: str, rows: np.ndarray, n: int,
-             batches: int) -> dict[str, float]:
+def encoded(rows: np.ndarray, kind: str) -> tuple[bytes, str]:
+    """A predict body and its content type, encoded once."""
+    import io
+
+    import orjson
+
+    if kind == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, rows)
+        return buffer.getvalue(), "application/x-npy"
+    return orjson.dumps({"rows": rows.tolist()}), "application/json"
+
+
+def client_calls(url: str, key: str, path: str, body: bytes, content_type: str, n: int,
+                 start_at: float) -> tuple[list[float], float, float]:
+    """One client's ``n`` calls, the first at ``start_at`` (time.time(), the same for every
+    client): their latencies, and when the first started and the last ended."""
     import httpx
 
-    one, many = {"rows": rows[:1].tolist()}, {"rows": rows.tolist()}
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                      timeout=30) as client:
-        def post(body: dict[str, Any]) -> None:
-            reply = client.post(f"/v1/jobs/{job_id}/predict", json=body)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        def post() -> None:
+            reply = client.post(path, content=body)
             assert reply.status_code == 200, reply.text
 
-        return figures(timed(lambda: post(one), n), timed(lambda: post(many), batches),
-                       len(rows))
+        post()  # warm-up: the connection, this process's first request
+        time.sleep(max(0.0, start_at - time.time()))
+        began = time.time()
+        latencies = timed(post, n, warm=False)
+        return latencies, began, time.time()
+
+
+def way_http(url: str, key: str, job_id: str, rows: np.ndarray, kind: str, clients: int,
+             n: int, batches: int) -> dict[str, float]:
+    """One body kind from ``clients`` client processes at once (spawned: the bench process
+    holds torch and its threads)."""
+    import multiprocessing
+
+    path = f"/v1/jobs/{job_id}/predict"
+    out: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(clients) as pool:
+        for size, calls in ((1, n), (len(rows), batches)):
+            body, content_type = encoded(rows[:size], kind)
+            start_at = time.time() + 3.0  # every client spawned and warmed up by then
+            runs = pool.starmap(client_calls, [(url, key, path, body, content_type,
+                                                max(1, calls // clients), start_at)] * clients)
+            latencies = sorted(t for run in runs for t in run[0])
+            wall = max(run[2] for run in runs) - min(run[1] for run in runs)
+            out[f"rows_s_batch{size}"] = size * len(latencies) / wall
+            if size == 1:
+                out["p50_ms"] = 1000 * statistics.median(latencies)
+                out["p95_ms"] = 1000 * latencies[int(0.95 * (len(latencies) - 1))]
+    return {k: out[k] for k in ("p50_ms", "p95_ms", "rows_s_batch1",
+                                f"rows_s_batch{len(rows)}")}
 
 
 def way_onnxruntime(graph: bytes, rows: np.ndarray, n: int, batches: int,
@@ -175,15 +225,21 @@ def way_torch(job_id: str, rows: np.ndarray, n: int, batches: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--single", type=int, default=1000, help="single-row calls per way")
     parser.add_argument("--batches", type=int, default=50, help="1,000-row calls per way")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client processes "
+                        "(besides the single client)")
+    parser.add_argument("--api-workers", default="1,2", help="API process counts to serve "
+                        "with, comma-separated (trainyard api --workers)")
+    parser.add_argument("--kinds", default="json,npy", help="request bodies to send, "
+                        "comma-separated (json; npy: Content-Type application/x-npy)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (the model's "
                         "accuracy does not change the cost of a prediction)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.single, args.batches, args.epochs = 100, 5, 1
+        args.single, args.batches, args.epochs = 100, 8, 1
     threads = int(os.environ.get("TRAINYARD_PREDICT_THREADS", "1"))
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
@@ -197,36 +253,51 @@ def main() -> None:
         assert graph is not None
         x, _ = load_builtin("digits")
         rows = np.ascontiguousarray(np.resize(x, (1000, 64)), dtype=np.float32)
-        port = free_port()
-        api = start_api(home, port)
-        try:
-            time.sleep(2.0)  # let it settle before reading its idle memory
-            idle = group_rss_mb(api.pid)
-            http = way_http(f"http://127.0.0.1:{port}", key, job_id, rows, args.single,
-                            args.batches)
-            served = group_rss_mb(api.pid)
-        finally:
-            os.killpg(api.pid, signal.SIGTERM)
-            api.wait(timeout=30)
-        results = {"http": http,
-                   "onnxruntime_in_process": way_onnxruntime(graph, rows, args.single,
-                                                             args.batches, threads),
-                   "torch_eager": way_torch(job_id, rows, args.single, args.batches, threads)}
-    report(results, idle, served, threads, len(graph))
+        results: dict[str, dict[str, float]] = {}
+        memory: dict[str, tuple[float, float]] = {}
+        for workers in (int(w) for w in args.api_workers.split(",")):
+            results |= served_by(home, workers, key, job_id, rows, args, memory)
+        results["onnxruntime in-process"] = way_onnxruntime(graph, rows, args.single,
+                                                            args.batches, threads)
+        results["torch eager"] = way_torch(job_id, rows, args.single, args.batches, threads)
+    report(results, memory, threads, len(graph))
 
 
-def report(results: dict[str, dict[str, float]], idle: float, served: float, threads: int,
-           graph_bytes: int) -> None:
+def served_by(home: Path, workers: int, key: str, job_id: str, rows: np.ndarray,
+              args: argparse.Namespace,
+              memory: dict[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """Every HTTP way against one ``trainyard api --workers N``; its idle and served RSS."""
+    port = free_port()
+    api = start_api(home, port, workers)
+    results = {}
+    try:
+        time.sleep(2.0)  # let it settle before reading its idle memory
+        idle = group_rss_mb(api.pid)
+        for kind in args.kinds.split(","):
+            for clients in (1, args.clients):
+                way = f"HTTP {kind}, {workers} API proc, {clients} client(s)"
+                results[way] = way_http(f"http://127.0.0.1:{port}", key, job_id, rows, kind,
+                                        clients, args.single, args.batches)
+        memory[f"{workers} API process(es)"] = (idle, group_rss_mb(api.pid))
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(timeout=30)
+    return results
+
+
+def report(results: dict[str, dict[str, float]], memory: dict[str, tuple[float, float]],
+           threads: int, graph_bytes: int) -> None:
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"digits MLP 64-256-256-10, model.onnx {graph_bytes / 1024:.0f} KiB, "
-          f"{threads} inference thread(s), {os.cpu_count()} cores")
+          f"{threads} inference thread(s), {os.cpu_count()} cores, load average {load}")
     columns = list(next(iter(results.values())))
-    print(f"{'way':<24}" + "".join(f"{c:>18}" for c in columns))
+    print(f"{'way':<40}" + "".join(f"{c:>18}" for c in columns))
     for way, row in results.items():
-        print(f"{way:<24}" + "".join(f"{row[c]:>18,.2f}" for c in columns))
-    print(f"API process RSS: {idle:.0f} MB idle after start (onnxruntime not yet imported), "
-          f"{served:.0f} MB after serving")
-    print(json.dumps({"results": results, "api_rss_mb": {"idle": idle, "served": served}}))
-
+        print(f"{way:<40}" + "".join(f"{row[c]:>18,.2f}" for c in columns))
+    for api, (idle, served) in memory.items():
+        print(f"RSS of {api}: {idle:.0f} MB idle after start (onnxruntime not yet imported), "
+              f"{served:.0f} MB after serving")
+    print(json.dumps({"results": results, "api_rss_mb": memory, "load_average": load}))
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -125,3 +126,35 @@ def test_a_npy_body_answers_as_json_rows_do_and_its_refusals_name_the_problem(
             (npy(np.zeros((700_000, 6), dtype=np.float32)), 413, "max_predict_bytes")]:
         refused = post(content)
         assert refused.status_code == status and words in refused.text, refused.text
+
+
+def test_a_ready_model_is_trusted_for_model_state_seconds_per_tenant(
+        client: TestClient, other_client: TestClient, bird_job: tuple[str, np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read once, then no SQL: a state changed behind the API's back is seen only when the
+    trust runs out (instantly with 0); another tenant never reaches the cached model."""
+    from app.config import get_settings
+    from app.services import predict
+    from app.services.predict import ReadyModels
+    from tests.api.test_models_api import set_model
+
+    job_id, url, row = bird_job[0], f"/v1/jobs/{bird_job[0]}/predict", {"rows": [[0.0] * 6]}
+    assert client.post(url, json=row).status_code == 200  # read and trusted
+    set_model(job_id, "pending")
+    assert client.post(url, json=row).status_code == 200  # trusted: SQL not read again
+    assert other_client.post(url, json=row).status_code == 404
+    monkeypatch.setenv("TRAINYARD_MODEL_STATE_SECONDS", "0")  # as an API process started so
+    get_settings.cache_clear()
+    monkeypatch.setattr(predict, "ready", ReadyModels())
+    set_model(job_id, "ready")
+    assert client.post(url, json=row).status_code == 200  # read again, not trusted now
+    set_model(job_id, "pending")
+    assert client.post(url, json=row).status_code == 409
+    monkeypatch.setenv("TRAINYARD_MODEL_STATE_SECONDS", "5")
+    get_settings.cache_clear()
+    stale = ReadyModels()
+    stale.put("alice", job_id, "sha", read_at=time.monotonic() - 5.1)  # read 5.1 s ago
+    fresh = ReadyModels()
+    fresh.put("alice", job_id, "sha", read_at=time.monotonic())
+    assert stale.get("alice", job_id) is None and fresh.get("alice", job_id) == "sha"
+    assert fresh.get("bob", job_id) is None
