@@ -41,13 +41,14 @@ class JobCurves:
 
 
 def main_metric(task: str) -> str:
-    return "accuracy" if task == "classification" else "rmse"
+    return {"classification": "accuracy", "reconstruction": "mse"}.get(task, "rmse")
 
 
 METRIC_WORDS = {
     "loss": "Loss (lower is better)",
     "accuracy": "Accuracy (fraction of rows predicted right)",
     "rmse": "RMSE: typical error, in the target's units",
+    "mse": "MSE per standardized input feature",
     "lr": "Learning rate (the step size)",
     "grad_norm": "Gradient norm (size of the last step's gradient)",
 }
@@ -99,7 +100,8 @@ def confusion_plot(data: JobCurves, fmt: Format) -> bytes:
 
 def metric_plot(data: JobCurves, fmt: Format) -> bytes:
     metric = main_metric(data.task)
-    what = "Accuracy" if metric == "accuracy" else "Prediction error (RMSE)"
+    what = {"accuracy": "Accuracy", "mse": "Reconstruction error (MSE)"}.get(
+        metric, "Prediction error (RMSE)")
     return curve_plot(metric, f"{what} per epoch")(data, fmt)
 
 
@@ -118,5 +120,5 @@ def plot_names(task: str) -> list[str]:
 
 
 # The metric names each curve plot reads (the service fetches only these).
-CURVE_METRICS = {"loss": ("loss",), "metric": ("accuracy", "rmse"), "lr": ("lr",),
+CURVE_METRICS = {"loss": ("loss",), "metric": ("accuracy", "rmse", "mse"), "lr": ("lr",),
                  "grad_norm": ("grad_norm",)}

@@ -128,3 +128,15 @@ def test_an_ensemble_of_pretext_jobs_is_refused_naming_base_task(client: TestCli
              "objective": {"metric": "val_mse", "direction": "min"}}
     r = client.post("/v1/experiments", json=sweep)
     assert r.status_code == 201, r.text
+
+
+def test_a_pretext_jobs_metric_plot_draws_its_mse(client: TestClient) -> None:
+    from tests.api.test_plots import series_in
+
+    job = client.post("/v1/jobs", json=tiny_spec(**PRETEXT)).json()
+    assert run(job["id"]) == "succeeded"
+    names = [p["name"] for p in client.get(f"/v1/jobs/{job['id']}/plots").json()["plots"]]
+    assert "confusion_matrix" not in names
+    r = client.get(f"/v1/jobs/{job['id']}/plots/metric.svg")
+    assert r.status_code == 200, r.text
+    assert series_in(r.content) == {"val_mse"}  # training logs its loss, the same number
