@@ -27,6 +27,11 @@ import stamina
 TERMINAL = {"succeeded", "failed", "cancelled"}
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0  # a server asking for longer is waited on by the caller, not here
+# A client that has never reached its server retries a refused connection this long: enough
+# for a server that is starting (`trainyard run &` then a command), short for a wrong
+# TRAINYARD_URL or no server at all. Once it has had an answer, a refused connection is a
+# restart and gets the full retry budget.
+FIRST_CONTACT_SECONDS = 3.0
 
 
 class ApiFailure(RuntimeError):
@@ -64,15 +69,25 @@ class Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=30)
         self.attempts, self.retry_timeout = attempts, retry_timeout
+        self.reached = False  # has any request of this client had an answer?
 
     def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, retried (bounded by attempts and total time) while it fails
         transiently; the last transient answer is returned for ``_check`` to report."""
+        started = time.monotonic()
+
+        def retryable(exc: Exception) -> bool | float:
+            never_reached = isinstance(exc, httpx.ConnectError) and not self.reached
+            if never_reached and time.monotonic() - started >= FIRST_CONTACT_SECONDS:
+                return False
+            return backoff(exc)
+
         try:
-            for attempt in stamina.retry_context(on=backoff, attempts=self.attempts,
+            for attempt in stamina.retry_context(on=retryable, attempts=self.attempts,
                                                  timeout=self.retry_timeout, wait_max=10.0):
                 with attempt:
                     response = self.http.request(method, path, **kwargs)
+                    self.reached = True
                     if response.status_code in TRANSIENT_STATUSES:
                         raise TransientStatus(response)
         except TransientStatus as exc:

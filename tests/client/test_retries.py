@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
-from trainyard.client import ApiFailure, Client
+from trainyard.client import FIRST_CONTACT_SECONDS, ApiFailure, Client
 
 JOB = {"id": "job_1", "status": "running"}
 
@@ -106,4 +107,46 @@ def test_a_refused_connection_is_retried_until_the_server_comes_up() -> None:
     late.start()
     assert Client(f"http://127.0.0.1:{port}", "key", retry_timeout=30).get_job("job_1") == JOB
     assert len(script.seen) == 1
+    servers[0].shutdown()
+
+
+class CountingTransport(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return super().handle_request(request)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_server_never_reached_is_given_up_on_after_the_first_contact_window() -> None:
+    """A wrong TRAINYARD_URL (nobody listening) fails after a few tries, not the whole
+    retry budget: 8 attempts took ~13 s before."""
+    client = Client(f"http://127.0.0.1:{_free_port()}", "key")
+    client.http = httpx.Client(base_url=client.base, transport=(counting := CountingTransport()))
+    with pytest.raises(httpx.ConnectError):
+        client.get_job("job_1")
+    assert 2 <= counting.requests <= 6 < client.attempts  # backoff 0.1 s doubling, 3 s window
+
+
+def test_once_reached_a_refused_connection_is_a_restart_and_is_waited_for() -> None:
+    port = _free_port()
+    script = Script([])
+    first = serve(script, port)
+    client = Client(f"http://127.0.0.1:{port}", "key")
+    assert client.get_job("job_1") == JOB
+    first.shutdown()
+    first.server_close()
+    servers: list[ThreadingHTTPServer] = []
+    late = threading.Timer(FIRST_CONTACT_SECONDS + 1, lambda: servers.append(serve(script, port)))
+    late.start()
+    assert client.get_job("job_1") == JOB  # past the first-contact window: still retried
+    assert len(script.seen) == 2
     servers[0].shutdown()
