@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # (`keep: true` exempts one); unset: kept forever. At most retention_batch a pass.
     retention_days: float | None = Field(default=None, gt=0)
     retention_batch: int = Field(default=100, ge=1, le=10_000)
+    # A reaper pass runs every few seconds; retention's queries need not, once per interval
+    # per worker process is plenty for something measured in days.
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
     limits: Limits = Field(default_factory=Limits)
 
     @property

@@ -124,7 +124,7 @@ def reap_once(sessions: sessionmaker[Session], settings: Settings, *,
         report["failed"] += fail_jobs_without_worker(sessions, settings)
     report["exports"] = resend_stale_exports(sessions, settings)
     report["advanced"] = advance_stalled_experiments(sessions, settings)
-    collected = retention.collect_once(sessions, settings)
+    collected = retention.collect_if_due(sessions, settings)
     report["deleted_jobs"], report["deleted_experiments"] = (collected["jobs"],
                                                              collected["experiments"])
     if report["enqueued"] or report["failed"] or report["cancelled"]:

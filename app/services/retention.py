@@ -1,5 +1,6 @@
 """Retention: finished jobs and experiments left unchanged for ``TRAINYARD_RETENTION_DAYS``
-are deleted, in bounded batches, by every reaper pass (and by ``trainyard gc``).
+are deleted, in bounded batches, by a reaper pass at most every
+``TRAINYARD_RETENTION_INTERVAL_SECONDS`` (and by ``trainyard gc``, at once).
 
 "Unchanged" is ``updated_at``: the finish, or a later PATCH of tags or note. A job or an
 experiment with ``keep: true`` is never collected, nor is an experiment's child on its own
@@ -9,6 +10,8 @@ DELETE removes, retention removes, and the space is handed back the same way."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +21,33 @@ from app.clock import utcnow
 from app.config import Settings
 
 log = logging.getLogger("trainyard.retention")
+
+
+class Schedule:
+    """When a reaper pass last collected, in this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last: float | None = None
+
+    def due(self, interval: float) -> bool:
+        now = self.clock()
+        if self.last is not None and now - self.last < interval:
+            return False
+        self.last = now
+        return True
+
+
+SCHEDULE = Schedule()
+
+
+def collect_if_due(sessions: sessionmaker[Session], settings: Settings,
+                   schedule: Schedule = SCHEDULE) -> dict[str, list[str]]:
+    """The reaper's call: ``collect_once`` when retention is on and its interval passed."""
+    if settings.retention_days is None or not schedule.due(
+            settings.retention_interval_seconds):
+        return {"jobs": [], "experiments": []}
+    return collect_once(sessions, settings)
 
 
 def collect_once(sessions: sessionmaker[Session], settings: Settings) -> dict[str, list[str]]:

@@ -167,3 +167,36 @@ def test_retention_deletes_what_is_old_unkept_and_finished(
     assert client.get(f"/v1/experiments/{exp}").status_code == 404
     for alive in (kept, fresh, queued):
         assert client.get(f"/v1/jobs/{alive}").status_code == 200
+
+
+def test_the_reaper_collects_at_most_once_per_retention_interval(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention's queries run in a reaper pass only when its interval has passed (a pass
+    comes every few seconds; retention is measured in days)."""
+    from sqlalchemy import update
+
+    from app import config
+    from app.clock import utcnow
+    from app.db import get_sessionmaker, session_scope
+    from app.models import Job
+    from app.services import retention
+
+    def age(job_id: str) -> None:
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id)
+                            .values(updated_at=utcnow() - timedelta(days=40)))
+
+    monkeypatch.setenv("TRAINYARD_RETENTION_DAYS", "30")
+    monkeypatch.setenv("TRAINYARD_RETENTION_INTERVAL_SECONDS", "300")
+    config.get_settings.cache_clear()
+    settings, now = config.get_settings(), [1000.0]
+    schedule = retention.Schedule(clock=lambda: now[0])
+    first, second = trained(client), trained(client)
+    age(first)
+    assert retention.collect_if_due(get_sessionmaker(), settings, schedule)["jobs"] == [first]
+    age(second)
+    now[0] += 299  # within the interval: nothing is even looked at
+    assert retention.collect_if_due(get_sessionmaker(), settings, schedule)["jobs"] == []
+    assert client.get(f"/v1/jobs/{second}").status_code == 200
+    now[0] += 1
+    assert retention.collect_if_due(get_sessionmaker(), settings, schedule)["jobs"] == [second]
