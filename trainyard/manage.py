@@ -181,7 +181,8 @@ def add_commands(command: Command) -> None:
     ds.add_argument("target_or_file", nargs="?", metavar="FILE_OR_ID")
     ds.add_argument("--target", help="upload: the CSV's target column")
     ds.add_argument("--name")
-    ds.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    ds.add_argument("--task", default="auto",
+                    choices=["auto", "classification", "regression", "unlabeled"])
     ds.add_argument("--yes", action="store_true", help="delete: do not ask")
     ds.add_argument("--json", action="store_true")
     ds.set_defaults(func=cmd_datasets)

@@ -70,6 +70,11 @@ def test_managing_runs_from_the_command_line(embedded: Stack, tmp_path: Path) ->
     assert "--yes" in refused.stderr
     run(embedded, "delete", slow["id"], "--yes")
     run(embedded, "datasets", "delete", uploaded["id"], "--yes")
+    features_only = json.loads(run(embedded, "datasets", "upload", str(tmp_path / "d.csv"),
+                                   "--task", "unlabeled", "--json").stdout)
+    assert features_only["task"] == "unlabeled"  # every column a feature, label included
+    assert features_only["features"] == uploaded["features"] + 1
+    run(embedded, "datasets", "delete", features_only["id"], "--yes")
     busy = run(embedded, "delete", queued["id"], "--yes", ok=False)
     assert "cancel" in busy.stderr  # the API's 409 reason, as it wrote it
     assert run(embedded, "cancel", queued["id"]).stdout.split()[0] == queued["id"]
