@@ -4,10 +4,7 @@ The ensemble's predictions on the held-out rows reproduce the reported ensemble 
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.test_models_api import CLASSES, ROOT, bird_csv, held_out, set_model
+from tests.api.test_models_api import (
+    CLASSES,
+    bird_csv,
+    held_out,
+    modules_after_predicting,
+    set_model,
+)
 from tests.conftest import tiny_spec
 
 SINE = {"source": {"synthetic": "function", "n_samples": 200, "noise": 0.1}}
@@ -196,19 +199,7 @@ def test_the_api_process_serves_an_ensemble_without_importing_torch(
     """A fresh interpreter: the app built, an ensemble's prediction served, no torch loaded."""
     from tests.api.conftest import make_key
 
-    key, exp_id = make_key("alice"), bagged["exp"]["id"]
-    script = (
-        "import sys, json\n"
-        "from fastapi.testclient import TestClient\n"
-        "from app.main import create_app\n"
-        "with TestClient(create_app()) as c:\n"
-        f"    r = c.post('/v1/experiments/{exp_id}/predict', json={{'rows': [[0.5] * 6]}},\n"
-        f"               headers={{'Authorization': 'Bearer {key}'}})\n"
-        "    assert r.status_code == 200 and len(r.json()['members']) == 3, r.text\n"
-        "print(json.dumps({n: n in sys.modules for n in ('torch', 'sklearn', 'onnxruntime')}))\n")
-    env = {"TRAINYARD_HOME": str(app_home), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = modules_after_predicting(
+        app_home, make_key("alice"), f"/v1/experiments/{bagged['exp']['id']}/predict",
+        "r.status_code == 200 and len(r.json()['members']) == 3")
     assert seen == {"torch": False, "sklearn": False, "onnxruntime": True}

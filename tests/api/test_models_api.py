@@ -245,26 +245,33 @@ def test_a_job_from_before_exports_is_exported_on_request(
     assert client.post(f"/v1/jobs/{job_id}/predict", json={"rows": [[0] * 6]}).status_code == 200
 
 
-def test_the_api_process_predicts_without_importing_torch(
-        client: TestClient, birds: dict[str, Any], app_home: Path) -> None:
-    """A fresh interpreter: the app built, a prediction served, and no torch loaded."""
-    from tests.api.conftest import make_key
-
-    key, job_id = make_key("alice"), birds["job"]["id"]
+def modules_after_predicting(app_home: Path, key: str, path: str, check: str) -> Any:
+    """A fresh interpreter builds the app and serves one prediction at ``path`` (``check``:
+    a Python condition on ``r``); which of torch, sklearn and onnxruntime it loaded."""
     script = (
         "import sys, json\n"
         "from fastapi.testclient import TestClient\n"
         "from app.main import create_app\n"
         "with TestClient(create_app()) as c:\n"
-        f"    r = c.post('/v1/jobs/{job_id}/predict', json={{'rows': [[0.5] * 6]}},\n"
+        f"    r = c.post('{path}', json={{'rows': [[0.5] * 6]}},\n"
         f"               headers={{'Authorization': 'Bearer {key}'}})\n"
-        "    assert r.status_code == 200, r.text\n"
+        f"    assert {check}, r.text\n"
         "print(json.dumps({n: n in sys.modules for n in ('torch', 'sklearn', 'onnxruntime')}))\n")
     env = {"TRAINYARD_HOME": str(app_home), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_api_process_predicts_without_importing_torch(
+        client: TestClient, birds: dict[str, Any], app_home: Path) -> None:
+    """A fresh interpreter: the app built, a prediction served, and no torch loaded."""
+    from tests.api.conftest import make_key
+
+    seen = modules_after_predicting(app_home, make_key("alice"),
+                                    f"/v1/jobs/{birds['job']['id']}/predict",
+                                    "r.status_code == 200")
     assert seen == {"torch": False, "sklearn": False, "onnxruntime": True}
 
 
