@@ -20,7 +20,7 @@ from app.training.export import held_out_rows, split_indices
 from tests.api.test_models_api import CLASSES, bird_csv
 from tests.conftest import Stack, tiny_spec, wait_for
 from tests.integration.test_experiments import SINE, wait_experiment
-from tests.integration.test_models_stacks import NAMES, bird_test_rows
+from tests.integration.test_models_stacks import bird_test_rows, rows_csv
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +55,7 @@ def test_ensembles_reproduce_their_reported_test_metrics(embedded: Stack,
     assert bagging["status"] == boosting["status"] == "succeeded", (bagging, boosting)
 
     rows, y = bird_test_rows(birds)
-    table = tmp_path / "rows.csv"
-    with table.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(NAMES)
-        writer.writerows(rows.tolist())
+    table = rows_csv(tmp_path / "rows.csv", rows)
     served(client, bagging["id"], rows[:1])  # every member exported
     embedded.cli("predict", bagging["id"], str(table), "-o", str(tmp_path / "out.csv"))
     with (tmp_path / "out.csv").open() as handle:

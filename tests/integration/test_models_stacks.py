@@ -48,6 +48,15 @@ def model_ready(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return wait_for(ready, 120, 0.3, f"the model of {job_id}")  # type: ignore[no-any-return]
 
 
+def rows_csv(path: Path, rows: np.ndarray) -> Path:
+    """The rows as a CSV with the feature names as its header (what `trainyard predict` reads)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(NAMES)
+        writer.writerows(rows.tolist())
+    return path
+
+
 def bird_test_rows(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The job's held-out rows, re-derived here from the CSV it was trained on."""
     lines = list(csv.reader(bird_csv().decode().splitlines()))[1:]
@@ -72,11 +81,7 @@ def test_predict_and_download_reproduce_the_jobs_test_metrics(stack: Stack,
     job = model_ready(client, ids[0])
 
     rows, y = bird_test_rows(birds)
-    table = tmp_path / "rows.csv"
-    with table.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(NAMES)
-        writer.writerows(rows.tolist())
+    table = rows_csv(tmp_path / "rows.csv", rows)
     stack.cli("predict", job["id"], str(table), "-o", str(tmp_path / "out.csv"))
     with (tmp_path / "out.csv").open() as handle:
         predicted = list(csv.DictReader(handle))
