@@ -82,6 +82,21 @@ def train_and_export(home: Path, epochs: int) -> tuple[str, str]:
     return job.id, key
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every process in the group (the API's workers): its
+    cost per request, which the machine's other load does not inflate as it does latency."""
+    out = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True,
+                         text=True).stdout
+    ticks = 0
+    for pid in out.split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def group_rss_mb(pgid: int) -> float:
     out = subprocess.run(["ps", "-o", "rss=", "-g", str(pgid)], capture_output=True,
                          text=True).stdout
@@ -158,9 +173,10 @@ def client_calls(url: str, key: str, path: str, body: bytes, content_type: str, 
 
 
 def way_http(url: str, key: str, job_id: str, rows: np.ndarray, kind: str, clients: int,
-             n: int, batches: int) -> dict[str, float]:
+             n: int, batches: int, api_pgid: int) -> dict[str, float]:
     """One body kind from ``clients`` client processes at once (spawned: the bench process
-    holds torch and its threads)."""
+    holds torch and its threads); with the API's CPU per call, and the rows/s that one core
+    of it would serve at that cost."""
     import multiprocessing
 
     path = f"/v1/jobs/{job_id}/predict"
@@ -170,16 +186,24 @@ def way_http(url: str, key: str, job_id: str, rows: np.ndarray, kind: str, clien
         for size, calls in ((1, n), (len(rows), batches)):
             body, content_type = encoded(rows[:size], kind)
             start_at = time.time() + 3.0  # every client spawned and warmed up by then
+            # the clients' warm-up calls are counted too: one each
+            cpu = group_cpu_s(api_pgid)
             runs = pool.starmap(client_calls, [(url, key, path, body, content_type,
                                                 max(1, calls // clients), start_at)] * clients)
+            cpu = group_cpu_s(api_pgid) - cpu
             latencies = sorted(t for run in runs for t in run[0])
             wall = max(run[2] for run in runs) - min(run[1] for run in runs)
             out[f"rows_s_batch{size}"] = size * len(latencies) / wall
+            per_call = cpu / (len(latencies) + clients)
+            out[f"api_cpu_ms_batch{size}"] = 1000 * per_call
+            out[f"rows_s_per_core_batch{size}"] = size / per_call if per_call else float("inf")
             if size == 1:
                 out["p50_ms"] = 1000 * statistics.median(latencies)
                 out["p95_ms"] = 1000 * latencies[int(0.95 * (len(latencies) - 1))]
     return {k: out[k] for k in ("p50_ms", "p95_ms", "rows_s_batch1",
-                                f"rows_s_batch{len(rows)}")}
+                                f"rows_s_batch{len(rows)}", "api_cpu_ms_batch1",
+                                f"api_cpu_ms_batch{len(rows)}", "rows_s_per_core_batch1",
+                                f"rows_s_per_core_batch{len(rows)}")}
 
 
 def way_onnxruntime(graph: bytes, rows: np.ndarray, n: int, batches: int,
@@ -277,7 +301,7 @@ def served_by(home: Path, workers: int, key: str, job_id: str, rows: np.ndarray,
             for clients in (1, args.clients):
                 way = f"HTTP {kind}, {workers} API proc, {clients} client(s)"
                 results[way] = way_http(f"http://127.0.0.1:{port}", key, job_id, rows, kind,
-                                        clients, args.single, args.batches)
+                                        clients, args.single, args.batches, api.pid)
         memory[f"{workers} API process(es)"] = (idle, group_rss_mb(api.pid))
     finally:
         os.killpg(api.pid, signal.SIGTERM)
@@ -291,9 +315,11 @@ def report(results: dict[str, dict[str, float]], memory: dict[str, tuple[float, 
     print(f"digits MLP 64-256-256-10, model.onnx {graph_bytes / 1024:.0f} KiB, "
           f"{threads} inference thread(s), {os.cpu_count()} cores, load average {load}")
     columns = list(next(iter(results.values())))
-    print(f"{'way':<40}" + "".join(f"{c:>18}" for c in columns))
+    short = [c.replace("_batch", " b").replace("rows_s_per_core", "/core").replace("_", " ")
+             for c in columns]
+    print(f"{'way':<38}" + "".join(f"{c:>13}" for c in short))
     for way, row in results.items():
-        print(f"{way:<40}" + "".join(f"{row[c]:>18,.2f}" for c in columns))
+        print(f"{way:<38}" + "".join(f"{row.get(c, float('nan')):>13,.1f}" for c in columns))
     for api, (idle, served) in memory.items():
         print(f"RSS of {api}: {idle:.0f} MB idle after start (onnxruntime not yet imported), "
               f"{served:.0f} MB after serving")
