@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app import experiment_spec as e
-from app.config import Limits
+from app.config import get_settings
+from app.db import get_sessionmaker
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.prediction_schemas import EnsemblePredictions, EnsemblePredictResponse
 from app.routes import responses
 from app.routes.jobs import TagQuery
-from app.routes.models import PREDICT_BODY, parse_body
+from app.routes.models import PREDICT_BODY, is_npy, parse_body, parse_npy
 from app.run_metadata import MetadataPatch
 from app.schemas import ExperimentOut, ExperimentPage, JobItem, JobListPage, error_responses
 from app.services import deletion, tagging
@@ -105,19 +105,20 @@ def delete_experiment(experiment_id: str, session: SessionDep, tenant: TenantDep
                  "description": "The experiment has not succeeded, its kind produces no "
                                 "model (the message names it), a member's model is being "
                                 "exported (model_pending, Retry-After) or its export failed."}})
-async def predict(experiment_id: str, request: Request, session: SessionDep,
-                  settings: SettingsDep, tenant: TenantDep) -> Any:
-    """Predictions of the model the experiment produced, for raw ``rows`` or named
-    ``records`` (the body and its limits as for a job's predict): bagging's soft vote (mean
+async def predict(experiment_id: str, request: Request, tenant: TenantDep) -> Any:
+    """Predictions of the model the experiment produced, for raw ``rows``, named
+    ``records`` or a float32 ``.npy`` matrix (the body and its limits as for a job's
+    predict, parsed and answered in one worker thread): bagging's soft vote (mean
     of the members' probabilities, or values), boosting's SAMME vote or gradient sum, a
     sweep's retrained best. ``members`` names the children combined and their weights."""
     raw = await request.body()
-    answer = await run_in_threadpool(_predict, raw, experiment_id, session, tenant,
-                                     settings.limits)
+    answer = await run_in_threadpool(_predict, raw, is_npy(request), experiment_id, tenant)
     return Response(answer.to_json(), media_type="application/json")
 
 
-def _predict(raw: bytes, experiment_id: str, session: Session, tenant: str,
-             limits: Limits) -> EnsemblePredictions:
-    return ensembles.predict_experiment(session, tenant_id=tenant, experiment_id=experiment_id,
-                                        body=parse_body(raw), limits=limits)
+def _predict(raw: bytes, npy: bool, experiment_id: str, tenant: str) -> EnsemblePredictions:
+    body = parse_npy(raw) if npy else parse_body(raw)
+    with get_sessionmaker()() as session:
+        return ensembles.predict_experiment(session, tenant_id=tenant,
+                                            experiment_id=experiment_id, body=body,
+                                            limits=get_settings().limits)

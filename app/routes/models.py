@@ -41,15 +41,14 @@ JSON_BODY: dict[str, Any] = {"application/json": {
                                                     "sepal width (cm)": 3.5,
                                                     "petal length (cm)": 1.4,
                                                     "petal width (cm)": 0.2}]}}}}}
-PREDICT_BODY = {"required": True, "content": JSON_BODY}
-# the job's predict also reads a float32 .npy matrix (no JSON to parse or to build)
-JOB_PREDICT_BODY = {"required": True, "content": {**JSON_BODY, NPY: {"schema": {
+# a predict also reads a float32 .npy matrix (no JSON to parse or to build)
+PREDICT_BODY = {"required": True, "content": {**JSON_BODY, NPY: {"schema": {
     "type": "string", "format": "binary", "description": "A .npy file (numpy.save) of float32 "
     "rows, shape [n, input_width], columns in model.json's feature order; no pickle."}}}}
 
 
 @router.post("/{job_id}/predict", response_model=PredictResponse, responses=REFUSED,
-             openapi_extra={"requestBody": JOB_PREDICT_BODY})
+             openapi_extra={"requestBody": PREDICT_BODY})
 async def predict(job_id: str, request: Request, tenant: TenantDep) -> Any:
     """Predictions of the job's ONNX model for raw ``rows`` or named ``records``, or for a
     float32 ``.npy`` matrix of rows (``Content-Type: application/x-npy``): the label and
@@ -60,9 +59,12 @@ async def predict(job_id: str, request: Request, tenant: TenantDep) -> Any:
     event loop; the SQL session and the settings are taken there too (as dependencies they
     would cost two more thread hops: a third of a single row's CPU)."""
     raw = await request.body()
-    npy = request.headers.get("content-type", "").split(";")[0].strip().lower() == NPY
-    answer = await run_in_threadpool(_predict, raw, npy, job_id, tenant)
+    answer = await run_in_threadpool(_predict, raw, is_npy(request), job_id, tenant)
     return Response(answer.to_json(), media_type="application/json")
+
+
+def is_npy(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == NPY
 
 
 def _predict(raw: bytes, npy: bool, job_id: str, tenant: str) -> Predictions:

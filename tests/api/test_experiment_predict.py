@@ -100,6 +100,23 @@ def test_bagging_serves_the_soft_vote_the_result_reports(
     assert np.allclose(mean, [p["probabilities"] for p in body["predictions"][:5]], atol=2e-6)
 
 
+def test_a_npy_body_gets_the_answer_json_rows_get(
+        client: TestClient, bagged: dict[str, Any]) -> None:
+    import io
+
+    rows, _ = held_out(bagged["base"], "alice")
+    buffer = io.BytesIO()
+    np.save(buffer, rows.astype(np.float32))
+    path = f"/v1/experiments/{bagged['exp']['id']}/predict"
+    reply = client.post(path, content=buffer.getvalue(),
+                        headers={"Content-Type": "application/x-npy"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == predicted(client, bagged["exp"]["id"], rows.astype(np.float32))
+    wrong = client.post(path, content=buffer.getvalue()[:-4],
+                        headers={"Content-Type": "application/x-npy"})
+    assert wrong.status_code == 422 and "body" in wrong.text
+
+
 def test_samme_boosting_serves_the_weighted_vote_the_result_reports(
         client: TestClient) -> None:
     base = bird_base(client)
