@@ -131,18 +131,24 @@ def read_npy(raw: bytes) -> PredictBody:
         version = np.lib.format.read_magic(stream)
         shape, fortran, dtype = (np.lib.format.read_array_header_1_0(stream) if version == (1, 0)
                                  else np.lib.format.read_array_header_2_0(stream))
-    except (ValueError, SyntaxError, TypeError) as exc:
-        raise BadBody(f"not a .npy file ({str(exc)[:200]})") from None
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
+        # (a deeply nested header is a RecursionError in literal_eval)
+        raise BadBody(f"not a .npy file ({type(exc).__name__}: {str(exc)[:200]})") from None
     if dtype.kind != "f" or dtype.itemsize != 4:
         raise BadBody(f"dtype {dtype.str} is not float32; save rows.astype(np.float32)")
-    if len(shape) != 2:
-        raise BadBody(f"shape {shape} is not [rows, features]")
+    # numpy checks only that each dimension is an int: negatives and booleans pass it. At
+    # least one feature, so the length check below bounds the rows by the body's size.
+    if len(shape) != 2 or not all(type(d) is int and d >= 0 for d in shape) or shape[1] < 1:
+        raise BadBody(f"shape {shape} is not [rows, features] (counts, at least 1 feature)")
     expected = math.prod(shape) * 4
     if len(raw) - stream.tell() != expected:
         raise BadBody(f"shape {shape} needs {expected:,} bytes of data; the body has "
                       f"{len(raw) - stream.tell():,}")
-    x = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=stream.tell())
-    x = x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
+    try:
+        x = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+        x = x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
+    except ValueError as exc:  # (the checks above should leave nothing for here)
+        raise BadBody(f"shape {shape}: {str(exc)[:200]}") from None
     return PredictBody(rows=np.ascontiguousarray(x, dtype=np.float32))
 
 

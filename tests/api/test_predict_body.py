@@ -96,6 +96,33 @@ def test_a_npy_body_is_read_without_copying_or_pickles() -> None:
             read_npy(bad)
 
 
+def hand_made_npy(header: str, data: bytes) -> bytes:
+    """A version 1.0 .npy file with this header dict, whatever it says (np.save would not
+    write a lying one)."""
+    text = header + " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + data
+
+
+@pytest.mark.parametrize(("shape", "data"), [
+    ("(-2, -2)", 16), ("(-3, -1)", 12), ("(9223372036854775807, 0)", 0), ("(1, True)", 4),
+    ("(True, True)", 4), ("(2.0, 2)", 16), ("(0, 9223372036854775807)", 0)])
+def test_a_npy_header_with_impossible_dimensions_is_refused(shape: str, data: int) -> None:
+    """numpy's header check takes any int (negatives, booleans): these reached reshape and
+    answered 500 before."""
+    for fortran in ("False", "True"):
+        body = hand_made_npy(f"{{'descr': '<f4', 'fortran_order': {fortran}, "
+                             f"'shape': {shape}, }}", b"\0" * data)
+        with pytest.raises(BadBody):
+            read_npy(body)
+
+
+def test_a_deeply_nested_npy_header_is_refused() -> None:
+    body = hand_made_npy("{'descr': '<f4', 'fortran_order': False, 'shape': "
+                         + "-" * 3000 + "1, }", b"")
+    with pytest.raises(BadBody, match=re.escape("not a .npy file")):
+        read_npy(body)
+
+
 @pytest.fixture()
 def bird_job(client: TestClient) -> tuple[str, np.ndarray]:
     upload = client.post("/v1/datasets", files={"file": ("birds.csv", bird_csv())},
