@@ -13,6 +13,8 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from app.prediction_schemas import BadBody, PredictRequest, read_json, read_npy
@@ -114,6 +116,27 @@ def test_a_npy_header_with_impossible_dimensions_is_refused(shape: str, data: in
                              f"'shape': {shape}, }}", b"\0" * data)
         with pytest.raises(BadBody):
             read_npy(body)
+
+
+dimension = st.one_of(st.integers(-2**63, 2**63), st.booleans(),
+                      st.sampled_from([0, 1, 2, 3]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.lists(dimension, min_size=0, max_size=3), fortran=st.booleans(),
+       data=st.integers(0, 64))
+def test_any_npy_header_is_read_or_refused_never_an_error(shape: list[Any], fortran: bool,
+                                                          data: int) -> None:
+    """Whatever a header claims, the body is read as that many float32 rows or refused
+    with BadBody (a 422): no other exception can reach the route."""
+    dims = "(" + "".join(f"{d!r}, " for d in shape) + ")"
+    body = hand_made_npy(f"{{'descr': '<f4', 'fortran_order': {fortran}, 'shape': {dims}, }}",
+                         b"\0" * data)
+    try:
+        rows = read_npy(body).rows
+    except BadBody:
+        return
+    assert rows is not None and list(rows.shape) == shape and rows.dtype == np.float32
 
 
 def test_a_deeply_nested_npy_header_is_refused() -> None:
