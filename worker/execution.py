@@ -131,6 +131,7 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
                            resume=newest_good_checkpoint(sessions, job.id),
                            uploaded=dataset_loader(sessions, job.tenant_id), task=job.task,  # type: ignore[arg-type]
                            init_blob=init_blob)
+        keeper.flush()  # a deferred epoch write's error is the run's, whatever ended it
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
     except TrainingDiverged as exc:

@@ -96,6 +96,10 @@ class LeaseKeeper:
         self._drain()
         return self._write_now(work)
 
+    def flush(self) -> None:
+        """Wait for the deferred write; raises what it raised."""
+        self._drain()
+
     def _drain(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:

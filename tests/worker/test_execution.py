@@ -332,3 +332,24 @@ def test_a_task_starting_after_shutdown_began_is_preempted(
     finally:
         PREEMPT.clear()
         signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.parametrize("failing_epoch", [4, 5])
+def test_a_deferred_epoch_writes_error_fails_the_job_like_any_error_of_the_run(
+        sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        failing_epoch: int) -> None:
+    """An epoch's rows are stored on the keeper's writer thread; an error there (not an
+    outage, not a lost lease) ends the job failed: error, as it did when written inline,
+    never left running for the reaper to retry."""
+    record_epoch = repo.record_epoch
+
+    def broken(session: Session, **kwargs: object) -> None:
+        if kwargs["epoch"] == failing_epoch:
+            raise RuntimeError("a bug in the epoch's write")
+        record_epoch(session, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("worker.sinks.repo.record_epoch", broken)
+    job = add_job(sessions, settings)
+    assert execute(job.id, sessions, settings) == "failed:error"
+    done = reload(sessions, job.id)
+    assert done.status == "failed" and done.attempt == 1
