@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 2.0
+    # an epoch's metric rows are written at its end, or with the next epochs' when the last
+    # write was less than this ago (short epochs: one transaction per interval); 0: each epoch
+    metrics_flush_seconds: float = Field(default=0.25, ge=0, le=60)
     reaper_interval_seconds: float = 5.0
     requeue_after_seconds: float = 60.0
     job_time_limit_seconds: float = 6 * 3600.0

@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Select, and_, case, delete, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -124,10 +136,17 @@ class JobState(NamedTuple):
 _JOB_STATE = tuple(getattr(Job, name) for name in JobState._fields)
 
 
+# The polling routes' reads are built once (bound parameters, a cached compiled form) and run
+# on the connection, not through the ORM: building and ORM-executing them cost about half
+# of such a read's CPU (bench/README.md 3b).
+_JOB_STATE_BY_ID = select(*_JOB_STATE).where(Job.id == bindparam("job_id"),
+                                             Job.tenant_id == bindparam("tenant_id"))
+
+
 def job_state(session: Session, tenant_id: str, job_id: str) -> JobState | None:
     """The tenant's job's JobState, one indexed row read into a tuple (no ORM object)."""
-    stmt = select(*_JOB_STATE).where(Job.id == job_id, Job.tenant_id == tenant_id)
-    row = session.execute(stmt).first()
+    row = session.connection().execute(
+        _JOB_STATE_BY_ID, {"job_id": job_id, "tenant_id": tenant_id}).first()
     return JobState(*row) if row is not None else None
 
 
@@ -277,22 +296,36 @@ def heartbeat(session: Session, job_id: str, attempt: int, now: datetime, lease:
     return bool(flag)
 
 
+# One epoch's write, built once: compiled once per dialect and cached, and executed on the
+# connection (no ORM unit of work); a coalesced write runs it once per waiting epoch.
+_PROGRESS = (update(Job)
+             .where(Job.id == bindparam("fence_id"), Job.attempt == bindparam("fence_attempt"),
+                    Job.status == JobStatus.RUNNING)
+             .values(epoch=bindparam("new_epoch"), updated_at=bindparam("now"),
+                     lease_expires_at=bindparam("lease_until")))
+_UPSERT_METRICS: dict[str, Any] = {}
+
+
+def _upsert_metrics(dialect: str) -> Any:
+    if dialect not in _UPSERT_METRICS:
+        insert = postgresql.insert(Metric) if dialect == "postgresql" else sqlite.insert(Metric)
+        _UPSERT_METRICS[dialect] = insert.on_conflict_do_update(
+            index_elements=["job_id", "epoch", "split", "name"],
+            set_={"value": insert.excluded.value, "attempt": insert.excluded.attempt})
+    return _UPSERT_METRICS[dialect]
+
+
 def record_epoch(session: Session, *, job_id: str, attempt: int, epoch: int,
                  rows: list[dict[str, Any]], now: datetime, lease: float) -> None:
     """Progress, lease and the epoch's metric rows in the caller's transaction (fenced)."""
-    stmt = (update(Job).where(_fenced(job_id, attempt))
-            .values(epoch=epoch, updated_at=now,
-                    lease_expires_at=now + timedelta(seconds=lease)))
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+    connection = session.connection()
+    moved = connection.execute(_PROGRESS, {
+        "fence_id": job_id, "fence_attempt": attempt, "new_epoch": epoch, "now": now,
+        "lease_until": now + timedelta(seconds=lease)})
+    if moved.rowcount != 1:
         raise LeaseLost(job_id)
-    if rows:
-        # rows as executemany parameters, not baked into .values(rows): the statement is
-        # then the same every epoch and its compiled form is cached (~2.5 ms an epoch,
-        # bench/job_overhead.py)
-        insert = _insert(session, Metric)
-        session.execute(insert.on_conflict_do_update(
-            index_elements=["job_id", "epoch", "split", "name"],
-            set_={"value": insert.excluded.value, "attempt": insert.excluded.attempt}), rows)
+    if rows:  # executemany parameters: the same statement every epoch
+        connection.execute(_upsert_metrics(connection.dialect.name), rows)
 
 
 def finish(session: Session, *, job_id: str, attempt: int, status: JobStatus, now: datetime,
@@ -372,13 +405,24 @@ def metrics_page(session: Session, job_id: str, *, after: int, limit: int,
                  names: Sequence[str], splits: Sequence[str]) -> list[MetricRow]:
     """Rows newer than ``after`` in id order: the five columns as tuples, not ORM objects
     (which cost 2-3x the CPU: about 17 ms against 5-8 ms for 1,000 rows on SQLite)."""
+    stmt = _METRICS_PAGES[(bool(names), bool(splits))]
+    params = {"job_id": job_id, "after": after, "limit": limit, "names": list(names),
+              "splits": list(splits)}
+    return [MetricRow(*row) for row in session.connection().execute(stmt, params)]
+
+
+def _metrics_page_statement(by_name: bool, by_split: bool) -> Select[int, int, str, str, float]:
     stmt = select(Metric.id, Metric.epoch, Metric.split, Metric.name, Metric.value).where(
-        Metric.job_id == job_id, Metric.id > after)
-    if names:
-        stmt = stmt.where(Metric.name.in_(names))
-    if splits:
-        stmt = stmt.where(Metric.split.in_(splits))
-    return [MetricRow(*row) for row in session.execute(stmt.order_by(Metric.id).limit(limit))]
+        Metric.job_id == bindparam("job_id"), Metric.id > bindparam("after"))
+    if by_name:
+        stmt = stmt.where(Metric.name.in_(bindparam("names", expanding=True)))
+    if by_split:
+        stmt = stmt.where(Metric.split.in_(bindparam("splits", expanding=True)))
+    return stmt.order_by(Metric.id).limit(bindparam("limit"))
+
+
+_METRICS_PAGES = {(n, s): _metrics_page_statement(n, s) for n in (False, True)
+                  for s in (False, True)}
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -82,6 +82,7 @@ PHASES: list[tuple[str, Any, str, int]] = [
     ("sink: should_prune", SqlSink, "should_prune", 1),
     ("sink: epoch_end (SQL write)", SqlSink, "epoch_end", 1),
     ("checkpoint rows (SqlSink._store)", SqlSink, "_store", 2),
+    ("sink: flush (the waiting epochs)", SqlSink, "flush", 2),
     ("final evaluation + summary (finish)", loop.Trainer, "finish", 0),
     ("Evaluator.metrics (per-epoch val + final splits)", Evaluator, "metrics", 1),
     ("confusion matrix (Evaluator.labels)", Evaluator, "labels", 1),

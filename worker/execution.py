@@ -123,6 +123,7 @@ def _execute(job_id: str, sessions: sessionmaker[Session], settings: Settings) -
 def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Settings,
                       keeper: LeaseKeeper, owner: str) -> str:
     """LeaseLost and DatabaseUnavailable propagate; every other ending is written."""
+    sink: SqlSink | None = None
     try:
         sink = MeteredSink(keeper, settings, pruner=trial_pruner(sessions, job))
         with sessions() as session:
@@ -131,18 +132,18 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
                            resume=newest_good_checkpoint(sessions, job.id),
                            uploaded=dataset_loader(sessions, job.tenant_id), task=job.task,  # type: ignore[arg-type]
                            init_blob=init_blob)
-        keeper.flush()  # a deferred epoch write's error is the run's, whatever ended it
+        sink.flush()  # the epochs that wait; a write's error is the run's, whatever ended it
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
     except TrainingDiverged as exc:
-        return _fail(keeper, FailureReason.DIVERGED, str(exc))
+        return _fail(keeper, FailureReason.DIVERGED, str(exc), sink)
     except DataError as exc:  # the core's deliberate refusal; other ValueErrors are bugs
-        return _fail(keeper, FailureReason.DATA, str(exc))
+        return _fail(keeper, FailureReason.DATA, str(exc), sink)
     except Exception as exc:
         if is_transient(exc):  # a read outside with_retry (checkpoint, dataset)
             raise DatabaseUnavailable("the database is unreachable") from exc
         log.exception("job %s failed", job.id)
-        return _fail(keeper, FailureReason.ERROR, public_message(exc))
+        return _fail(keeper, FailureReason.ERROR, public_message(exc), sink)
     export = exported_on_success(job)
     ended = _record(keeper, settings, sink, outcome, owner, export=export)
     if ended == JobStatus.SUCCEEDED and export:
@@ -174,12 +175,27 @@ def _succeed(session: Session, job_id: str, attempt: int, summary: dict[str, Any
         exports.mark_pending(session, job_id, now)
 
 
-def _fail(keeper: LeaseKeeper, reason: FailureReason, message: str) -> str:
+def _fail(keeper: LeaseKeeper, reason: FailureReason, message: str,
+          sink: SqlSink | None = None) -> str:
+    if sink is not None:  # the curve up to the failure (a diverged loss, say) stays visible
+        _flush_after_failure(sink)
     keeper.write(lambda s: repo.finish(s, job_id=keeper.job_id, attempt=keeper.attempt,
                                        status=JobStatus.FAILED, now=utcnow(), reason=reason,
                                        message=message))
     log.info("job %s: failed (%s) %s", keeper.job_id, reason, message)
     return f"failed:{reason}"
+
+
+def _flush_after_failure(sink: SqlSink) -> None:
+    """Store the epochs that wait before a failed job's end; a write that fails again
+    (the bug that failed the run, say) loses them, never the failure itself."""
+    try:
+        sink.flush()
+    except (repo.LeaseLost, DatabaseUnavailable):
+        raise
+    except Exception as exc:
+        log.warning("job %s: the last epochs' rows were not stored (%s)", sink.job_id,
+                    type(exc).__name__)
 
 
 def _record(keeper: LeaseKeeper, settings: Settings, sink: SqlSink, outcome: Outcome,

@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,58 +53,17 @@ class LeaseKeeper:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        try:
-            self._drain()
-        except Exception as exc:  # nobody wrote after it: the claim is over either way
-            log.info("job %s: a deferred write was not stored (%s)", self.job_id,
-                     type(exc).__name__)
-        finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-            self._stop.set()
-            self._thread.join()
-
-    def write_later(self, work: Callable[[Session], object],
-                    then: Callable[[], None] = lambda: None) -> None:
-        """``write(work)`` on a writer thread, so the training thread goes on meanwhile.
-
-        At most one deferred write is in flight: this call first waits for the previous
-        one and raises what it raised, so an error surfaces at most one write late. Every
-        ``write`` drains it first, so writes land in the order they were asked for (an
-        epoch's rows before the job's end). ``then`` runs after the write is stored."""
-        self._drain()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"writer-{self.job_id}")
-
-        def deferred() -> None:
-            self._write_now(work)
-            then()
-
-        self._pending = self._writer.submit(deferred)
+        self._stop.set()
+        self._thread.join()
 
     def write(self, work: Callable[[Session], T]) -> T:
         """A fenced write of the training thread; LeaseLost once this copy lost the job."""
-        self._drain()
-        return self._write_now(work)
-
-    def flush(self) -> None:
-        """Wait for the deferred write; raises what it raised."""
-        self._drain()
-
-    def _drain(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def _write_now(self, work: Callable[[Session], T]) -> T:
         with self._write_lock:
             if self.lost.is_set():
                 raise repo.LeaseLost(self.job_id)

@@ -1,12 +1,21 @@
-"""The SQL-backed sink: one transaction per epoch (metric rows and progress always, a
-checkpoint when the trainer's cadence made one due; an epoch without a checkpoint is written
-on the keeper's writer thread while the next one trains), stop requests (read from the job's
-``LeaseKeeper``, so ``should_stop`` costs no SQL), and (for sweep trials) the
-early-termination rule. Every write goes through the keeper, fenced by the attempt."""
+"""The SQL-backed sink: epochs' metric rows and progress (and a checkpoint when the
+trainer's cadence made one due), stop requests (read from the job's ``LeaseKeeper``, so
+``should_stop`` costs no SQL), and (for sweep trials) the early-termination rule. Every write
+goes through the keeper, fenced by the attempt.
+
+An epoch is written at its end unless the last write was less than
+``metrics_flush_seconds`` ago; then it waits, and goes in the next write, which stores every
+waiting epoch in order (each its own progress update and metric rows, so the event stream
+is the same as one write per epoch). A checkpoint, a mid-epoch checkpoint and the run's end
+(``flush``) write whatever waits first. Short epochs thus cost one transaction per interval,
+not one each: on the training thread, since a writer thread costs the training thread more
+through the GIL than the write itself (docs/ARCHITECTURE.md, "Epoch writes")."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -30,6 +39,8 @@ class SqlSink:
         self.keeper, self.settings, self.pruner = keeper, settings, pruner
         self.job_id, self.attempt = keeper.job_id, keeper.attempt
         self.started = time.monotonic()
+        self._waiting: list[EpochReport] = []  # ended epochs not written yet, in order
+        self._written_at = float("-inf")
 
     def should_stop(self) -> str | None:
         """LeaseLost or DatabaseUnavailable when this copy must stop; else a reason or None."""
@@ -50,34 +61,51 @@ class SqlSink:
         return self.keeper.write(lambda s: pruner.decide(s, epoch, metrics))
 
     def epoch_end(self, report: EpochReport) -> None:
-        rows = [{"job_id": self.job_id, "epoch": report.epoch, "split": split, "name": name,
-                 "value": value, "attempt": self.attempt}
-                for split, values in report.metrics.items() for name, value in values.items()]
+        self._waiting.append(report)
+        interval = self.settings.metrics_flush_seconds
+        if report.checkpoint is not None or time.monotonic() - self._written_at >= interval:
+            self.flush()
 
-        def write(session: Session) -> None:
-            repo.record_epoch(session, job_id=self.job_id, attempt=self.attempt,
-                              epoch=report.epoch, rows=rows, now=utcnow(),
-                              lease=self.settings.lease_seconds)
-            if report.checkpoint is not None:
-                self._store(session, report.checkpoint, report.epoch, 0, report.is_best)
-
-        if report.checkpoint is None:  # metric rows only: the next epoch trains meanwhile
-            self.keeper.write_later(write, then=lambda: self.stored(report))
-        else:  # a checkpoint is stored before training goes on (what a resume restarts from)
-            self.keeper.write(write)
-            self.stored(report)
-
-    def stored(self, report: EpochReport) -> None:
-        """Called once an epoch's rows are stored (on the writer thread when deferred)."""
+    def flush(self) -> None:
+        """Write the epochs that wait (none: nothing); raises what the write raised, and
+        the epochs it held are not tried again."""
+        if self._waiting:
+            self._write_epochs(lambda _session: None)
 
     def save_checkpoint(self, blob: bytes, epoch: int, step: int) -> None:
-        """A mid-epoch checkpoint (preemption, timeout) outside the epoch transaction."""
-        def write(session: Session) -> None:
+        """A mid-epoch checkpoint (preemption, timeout), after the epochs that wait."""
+        def store(session: Session) -> None:
             repo.heartbeat(session, self.job_id, self.attempt, utcnow(),
                            self.settings.lease_seconds)  # fenced: LeaseLost if not ours
             self._store(session, blob, epoch, step, False)
 
+        self._write_epochs(store)
+
+    def stored(self, report: EpochReport) -> None:
+        """Called once an epoch's rows are stored."""
+
+    def _write_epochs(self, then: Callable[[Session], None]) -> None:
+        """One fenced transaction: every waiting epoch in order, then ``then``."""
+        reports, self._waiting = self._waiting, []
+
+        def write(session: Session) -> None:
+            for report in reports:
+                repo.record_epoch(session, job_id=self.job_id, attempt=self.attempt,
+                                  epoch=report.epoch, rows=self._rows(report), now=utcnow(),
+                                  lease=self.settings.lease_seconds)
+                if report.checkpoint is not None:
+                    self._store(session, report.checkpoint, report.epoch, 0, report.is_best)
+            then(session)
+
         self.keeper.write(write)
+        self._written_at = time.monotonic()
+        for report in reports:
+            self.stored(report)
+
+    def _rows(self, report: EpochReport) -> list[dict[str, Any]]:
+        return [{"job_id": self.job_id, "epoch": report.epoch, "split": split, "name": name,
+                 "value": value, "attempt": self.attempt}
+                for split, values in report.metrics.items() for name, value in values.items()]
 
     def _store(self, session: Session, blob: bytes, epoch: int, step: int, best: bool) -> None:
         repo.add_checkpoint(session, Checkpoint(

@@ -335,12 +335,12 @@ def test_a_task_starting_after_shutdown_began_is_preempted(
 
 
 @pytest.mark.parametrize("failing_epoch", [4, 5])
-def test_a_deferred_epoch_writes_error_fails_the_job_like_any_error_of_the_run(
+def test_an_epoch_writes_error_fails_the_job_like_any_error_of_the_run(
         sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch,
         failing_epoch: int) -> None:
-    """An epoch's rows are stored on the keeper's writer thread; an error there (not an
-    outage, not a lost lease) ends the job failed: error, as it did when written inline,
-    never left running for the reaper to retry."""
+    """An error in an epoch's write (not an outage, not a lost lease), whether the epoch
+    was written at its end or waited for a later write, ends the job failed: error, never
+    left running for the reaper to retry."""
     record_epoch = repo.record_epoch
 
     def broken(session: Session, **kwargs: object) -> None:

@@ -1,0 +1,160 @@
+"""Coalesced epoch writes (``metrics_flush_seconds``): epochs that end less than the interval
+after the last write wait and go in the next one, yet the job's event stream, its metric rows
+and its ending are what one write per epoch gives, whatever ends the run (success, cancel,
+divergence, a failing write). On migrated databases: the events come from 0006's triggers."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.clock import utcnow
+from app.config import Settings
+from app.models import Metric
+from app.services.jobs import new_job
+from app.spec import JobSpec
+from app.training import shapes
+from app.training.loop import Trainer, TrainingDiverged
+from tests.conftest import tiny_spec
+from tests.integration.test_events_writers import job_events, migrated
+from worker.execution import execute
+from worker.sinks import SqlSink
+
+TIMING = {"epoch_seconds", "samples_per_second"}  # re-measured: values differ run to run
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
+    made = migrated(f"sqlite+pysqlite:///{tmp_path_factory.mktemp('ew') / 'epochs.db'}")
+    yield made
+    made.kw["bind"].dispose()
+
+
+def settings(tmp_path: Path, flush_seconds: float) -> Settings:
+    return Settings(home=tmp_path, metrics_flush_seconds=flush_seconds)
+
+
+def add_job(sessions: sessionmaker[Session], settings: Settings) -> str:
+    spec = JobSpec.model_validate(tiny_spec(training={"epochs": EPOCHS, "batch_size": 32}))
+    job = new_job("t1", spec, shapes.synthetic_info(spec.data.source), settings)  # type: ignore[arg-type]
+    job.id = f"job_{secrets.token_hex(8)}"
+    with sessions() as s:
+        repo.ensure_tenant(s, "t1", utcnow())
+        s.add(job)
+        s.commit()
+    return job.id
+
+
+def comparable(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, {**data, "value": None} if data.get("name") in TIMING else data)
+            for kind, data in events]
+
+
+def metric_epochs(sessions: sessionmaker[Session], job_id: str) -> set[int]:
+    with sessions() as s:
+        return set(s.scalars(select(Metric.epoch).where(Metric.job_id == job_id)))
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of epochs each transaction of the sink stored."""
+    sizes: list[int] = []
+    write_epochs = SqlSink._write_epochs
+
+    def counted(self: SqlSink, then: Any) -> None:
+        sizes.append(len(self._waiting))
+        write_epochs(self, then)
+
+    monkeypatch.setattr(SqlSink, "_write_epochs", counted)
+    return sizes
+
+
+def test_waiting_epochs_give_the_event_stream_of_one_write_each(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = count_writes(monkeypatch)
+    each = settings(tmp_path, 0)
+    first = add_job(sessions, each)
+    assert execute(first, sessions, each) == "succeeded"
+    assert sizes == [1] * EPOCHS
+    sizes.clear()
+    waiting = settings(tmp_path, 60)
+    second = add_job(sessions, waiting)
+    assert execute(second, sessions, waiting) == "succeeded"
+    # the first epoch is written at once (live from the start); the rest wait for the
+    # last one, whose checkpoint is due
+    assert sizes == [1, EPOCHS - 1]
+    with sessions() as s:
+        one_each, coalesced = job_events(s, first), job_events(s, second)
+    kinds = [kind for kind, _ in coalesced]
+    assert kinds.count("progress") == EPOCHS and kinds.count("metric") > 2 * EPOCHS
+    assert comparable(coalesced) == comparable(one_each)
+
+
+def test_a_cancelled_run_stores_the_epochs_that_waited(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ended: list[int] = []
+    epoch_end = SqlSink.epoch_end
+
+    def counting(self: SqlSink, report: Any) -> None:
+        ended.append(report.epoch)
+        epoch_end(self, report)
+
+    monkeypatch.setattr(SqlSink, "epoch_end", counting)
+    # what the keeper's cancel flag makes should_stop answer, after three epochs
+    monkeypatch.setattr(SqlSink, "should_stop",
+                        lambda self: "cancelled" if len(ended) >= 3 else None)
+    config = settings(tmp_path, 60)
+    job_id = add_job(sessions, config)
+    assert execute(job_id, sessions, config) == "cancelled"
+    assert metric_epochs(sessions, job_id) == {1, 2, 3}
+    with sessions() as s:
+        progress = [data["epoch"] for kind, data in job_events(s, job_id) if kind == "progress"]
+    assert progress == [1, 2, 3]
+
+
+def test_a_diverged_run_keeps_the_curve_up_to_its_failure(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    train_epoch = Trainer.train_epoch
+
+    def diverging(self: Trainer) -> str | None:
+        if self.epoch == 4:
+            raise TrainingDiverged("the loss became NaN at epoch 5")
+        return train_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", diverging)
+    config = settings(tmp_path, 60)
+    job_id = add_job(sessions, config)
+    assert execute(job_id, sessions, config) == "failed:diverged"
+    assert metric_epochs(sessions, job_id) == {1, 2, 3, 4}
+    with sessions() as s:
+        job = repo.get_job_any_tenant(s, job_id)
+        assert job is not None and job.status == "failed" and job.epoch == 4
+
+
+def test_a_write_that_fails_fails_the_job_and_the_retry_does_not_hide_it(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failing write held waiting epochs; the failure path's own flush finds none (they
+    are not tried twice) and the job ends failed: error, never left running."""
+    record_epoch = repo.record_epoch
+
+    def broken(session: Session, **kwargs: Any) -> None:
+        if kwargs["epoch"] == 3:
+            raise RuntimeError("a bug in the epoch's write")
+        record_epoch(session, **kwargs)
+
+    monkeypatch.setattr("worker.sinks.repo.record_epoch", broken)
+    config = settings(tmp_path, 60)
+    job_id = add_job(sessions, config)
+    assert execute(job_id, sessions, config) == "failed:error"
+    assert metric_epochs(sessions, job_id) == {1}  # epochs 2..6 went in the failed write
