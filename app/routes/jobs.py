@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from app.clock import as_utc
-from app.deps import SessionDep, SettingsDep, TenantDep
+from app.deps import SessionDep, SettingsDep, TenantDep, in_one_hop
 from app.errors import Unprocessable
 from app.repository import JobFilter, JobState, state_of
 from app.routes import responses
@@ -99,10 +100,15 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
 @router.get("/{job_id}", response_model=JobOut,
             responses={304: {"description": "Unchanged since the ETag sent in If-None-Match "
                                             "(no body)."}, **NOT_FOUND})
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep,
-            if_none_match: IfNoneMatch = None) -> Any:
+async def get_job(job_id: str, tenant: TenantDep, if_none_match: IfNoneMatch = None) -> Any:
     """With ``If-None-Match: <the ETag of an earlier answer>``: 304 and no body while the
     job is unchanged, so a poller costs one indexed read of a few columns."""
+    return await in_one_hop(lambda session: _job_answer(session, tenant, job_id,
+                                                        if_none_match))
+
+
+def _job_answer(session: Session, tenant: str, job_id: str,
+                if_none_match: str | None) -> Response:
     if if_none_match is not None:
         tag = job_etag(service.state(session, tenant, job_id))
         if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
@@ -143,26 +149,43 @@ def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
             responses={304: {"description": "No point newer than the page sent with this "
                                             "ETag, and the same job status (no body)."},
                        **NOT_FOUND})
-def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
-                name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
-                split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
-                after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-                if_none_match: IfNoneMatch = None) -> Any:
+async def job_metrics(job_id: str, tenant: TenantDep,
+                      name: Annotated[list[str], Query(max_length=50)] = [],  # noqa: B006
+                      split: Annotated[list[str], Query(max_length=10)] = [],  # noqa: B006
+                      after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                      if_none_match: IfNoneMatch = None) -> Any:
     """Points newer than ``after`` (a cursor), optionally filtered by name and split. With
     ``If-None-Match``: 304 while no metric row of the job was written or changed and its
     status is the same (a poller past the last point costs one indexed read)."""
-    job = service.state(session, tenant, job_id)
+    query = MetricsQuery(job_id, tuple(name), tuple(split), after, limit)
+    return await in_one_hop(lambda session: _metrics_answer(session, tenant, query,
+                                                            if_none_match))
+
+
+class MetricsQuery(NamedTuple):
+    job_id: str
+    names: tuple[str, ...]
+    splits: tuple[str, ...]
+    after: int
+    limit: int
+
+
+def _metrics_answer(session: Session, tenant: str, query: MetricsQuery,
+                    if_none_match: str | None) -> Response:
+    job = service.state(session, tenant, query.job_id)
     # the page is a function of the query and of the job's event sequence, which every
     # metric row written or changed moves, and of its status; the tag read before the
     # points can only be older than them, so a later poll is answered 200, never a stale 304
-    tag = responses.etag(job.id, job.status, job.event_seq, after, limit, name, split)
+    tag = responses.etag(job.id, job.status, job.event_seq, query.after, query.limit,
+                         list(query.names), list(query.splits))
     if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
         return unchanged
-    points = service.metrics(session, job, after=after, limit=limit, names=name, splits=split)
+    points = service.metrics(session, job, after=query.after, limit=query.limit,
+                             names=list(query.names), splits=list(query.splits))
     return responses.rows_json({"job_status": job.status,
                                 "points": [point._asdict() for point in points],
-                                "next_after": points[-1].id if points else after}, tag)
+                                "next_after": points[-1].id if points else query.after}, tag)
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut], responses=NOT_FOUND)
