@@ -4,12 +4,13 @@
 Starts the deployment as real commands (see bench/submit_latency.py's Stack): migrate,
 a key, ``trainyard api`` (with ``--workers`` when given) and one worker; runs one small
 job to the end so there is a finished job with metric rows, then a bounded load
-generator against 127.0.0.1 only: C client processes (each one httpx.Client with
-keep-alive, so the generator is not one GIL) alternate GET /v1/jobs/{id} and
-GET /v1/jobs/{id}/metrics?after=<last id>, for a fixed duration and at most
-``--max-requests`` each. Reported per level: req/s (all clients), p50 and p99 latency,
-non-200/304 count. ``--etag`` makes each GET send If-None-Match with the ETag its URL
-last answered with (a poller that already has the job, or the empty page past its cursor).
+generator against 127.0.0.1 only: C client processes (each one keep-alive
+``http.client`` connection, so the generator is not one GIL; ``--httpx`` for httpx.Client)
+alternate GET /v1/jobs/{id} and GET /v1/jobs/{id}/metrics?after=<last id>, for a fixed
+duration and at most ``--max-requests`` each. Reported per level: req/s (all clients),
+p50 and p99 latency, non-200/304 count. ``--etag`` makes each GET send If-None-Match with
+the ETag its URL last answered with (a poller that already has the job, or the empty page
+past its cursor).
 
 Then, unless --no-training: one longer training job alone, and the same job with C
 pollers hammering it, reporting samples/s from the job's started_at..finished_at.
@@ -26,6 +27,7 @@ load average printed at the end.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing as mp
 import os
@@ -34,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from submit_latency import Stack, drop_database, free_port, fresh_database, ts, wait_for
 
 BENCH_DB = "trainyard_bench_poll"
+HTTPX_CLIENT = False  # --httpx: the load generator uses httpx.Client (set before the fork)
 SMALL = {"name": "poll-target",
          "data": {"source": {"synthetic": "moons", "n_samples": 400}},
          "model": {"kind": "mlp", "hidden": [16]},
@@ -56,33 +60,65 @@ TRAIN = {"name": "poll-training",
 
 def client_loop(url: str, key: str, job_id: str, seconds: float, max_requests: int,
                 etag: bool, out: Any, pause: float = 0.0) -> None:
-    """One polling client: alternate the job and its metrics page; latencies in ms."""
+    """One polling client: alternate the job and its metrics page; latencies in ms.
+
+    The client is the standard library's keep-alive ``http.client``: about a tenth of
+    httpx's CPU per request, which on a small host is CPU taken from the server under test
+    (``--httpx`` measures with httpx.Client, as earlier runs did)."""
     lat: list[float] = []
     bad = 0
     after, tags = 0, {}
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        deadline = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < deadline and i < max_requests:
-            t0 = time.perf_counter()
-            # the job, then its metrics page from the cursor; with --etag each GET sends
-            # the ETag its URL last answered with (a server without one ignores it)
-            path = f"/v1/jobs/{job_id}" if i % 2 == 0 else f"/v1/jobs/{job_id}/metrics"
-            params = {} if i % 2 == 0 else {"after": after}
-            key_ = f"{path}?{after if params else ''}"
-            extra = {"If-None-Match": tags[key_]} if etag and key_ in tags else {}
-            r = client.get(path, params=params, headers=extra)
-            if "etag" in r.headers:
-                tags[key_] = r.headers["etag"]
-            if params and r.status_code == 200 and r.json()["points"]:
-                # a poller keeps its cursor; a finished job's page then stays empty
-                after = r.json()["next_after"]
-            lat.append(1e3 * (time.perf_counter() - t0))
-            bad += r.status_code not in (200, 304)
-            i += 1
-            time.sleep(pause)
+    auth = f"Bearer {key}"
+    get = _httpx_getter(url, auth) if HTTPX_CLIENT else _stdlib_getter(url, auth)
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline and i < max_requests:
+        t0 = time.perf_counter()
+        # the job, then its metrics page from the cursor; with --etag each GET sends
+        # the ETag its URL last answered with (a server without one ignores it)
+        target = f"/v1/jobs/{job_id}" if i % 2 == 0 else f"/v1/jobs/{job_id}/metrics?after={after}"
+        status, tag, body = get(target, tags.get(target) if etag else None)
+        if tag is not None:
+            tags[target] = tag
+        if i % 2 == 1 and status == 200:
+            page = json.loads(body)
+            if page["points"]:  # a poller keeps its cursor; a finished job's page stays empty
+                after = page["next_after"]
+        lat.append(1e3 * (time.perf_counter() - t0))
+        bad += status not in (200, 304)
+        i += 1
+        time.sleep(pause)
     out.put((lat, bad))
+
+
+Getter = Callable[[str, str | None], tuple[int, str | None, bytes]]
+
+
+def _stdlib_getter(url: str, auth: str) -> Getter:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def get(target: str, if_none_match: str | None) -> tuple[int, str | None, bytes]:
+        headers = {"Authorization": auth}
+        if if_none_match is not None:
+            headers["If-None-Match"] = if_none_match
+        conn.request("GET", target, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, response.getheader("etag"), body
+
+    return get
+
+
+def _httpx_getter(url: str, auth: str) -> Getter:
+    client = httpx.Client(base_url=url, headers={"Authorization": auth}, timeout=30)
+
+    def get(target: str, if_none_match: str | None) -> tuple[int, str | None, bytes]:
+        extra = {"If-None-Match": if_none_match} if if_none_match is not None else {}
+        r = client.get(target, headers=extra)
+        return r.status_code, r.headers.get("etag"), r.content
+
+    return get
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -183,12 +219,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds each poller waits between requests during the training "
                         "run (0: flat out, the worst case)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the api")
+    p.add_argument("--httpx", action="store_true",
+                   help="clients use httpx.Client (the earlier runs' generator; ~10x the "
+                        "client CPU per request of the default http.client)")
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global HTTPX_CLIENT
     args = parse(argv)
+    HTTPX_CLIENT = args.httpx
 
     def on_term(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -216,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                           headers={"Authorization": f"Bearer {key}"}) as client:
             job = run_to_end(client, SMALL, 180)
             print(f"poll load: {label}, api workers={args.workers or 'default'}, "
-                  f"etag={args.etag}, {args.seconds:g} s per level", flush=True)
+                  f"etag={args.etag}, client={'httpx' if args.httpx else 'http.client'}, "
+                  f"{args.seconds:g} s per level, load {os.getloadavg()[0]:.2f}", flush=True)
             for c in args.clients:
                 res = load(url, key, job["id"], c, args.seconds, args.max_requests, args.etag,
                            stack.procs["api"].pid)

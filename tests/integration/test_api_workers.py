@@ -48,7 +48,7 @@ def test_workers_flag_setting_and_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert api_workers(None) == 2
     monkeypatch.delenv("TRAINYARD_API_WORKERS")
     get_settings.cache_clear()
-    assert 1 <= api_workers(None) == max(1, min((os.cpu_count() or 1) // 2, 4))
+    assert 2 <= api_workers(None) == max(2, min((os.cpu_count() or 1) // 2, 4))
     get_settings.cache_clear()
 
 
