@@ -107,15 +107,23 @@ async def get_job(job_id: str, tenant: TenantDep, if_none_match: IfNoneMatch = N
                                                         if_none_match))
 
 
+# a job's JobOut by (tenant, job, ETag): about 3 KB each
+JOB_BODIES = responses.Bodies(capacity=2048)
+
+
 def _job_answer(session: Session, tenant: str, job_id: str,
                 if_none_match: str | None) -> Response:
-    if if_none_match is not None:
-        tag = job_etag(service.state(session, tenant, job_id))
-        if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
-            return unchanged
+    tag = job_etag(service.state(session, tenant, job_id))  # 404 here: never a cached body
+    if (unchanged := responses.not_modified(if_none_match, tag)) is not None:
+        return unchanged
+    if (body := JOB_BODIES.get((tenant, job_id, tag))) is not None:
+        return responses.tagged_json(body, tag)
     job = service.get(session, tenant, job_id)
     # the tag of the row this body is built from: one read after the check above may be newer
-    return responses.model_json(JobOut.of(job), job_etag(state_of(job)))
+    tag = job_etag(state_of(job))
+    body = JobOut.of(job).model_dump_json().encode()
+    JOB_BODIES.put((tenant, job_id, tag), body)
+    return responses.tagged_json(body, tag)
 
 
 def job_etag(state: JobState) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -17,13 +19,6 @@ def created(body: BaseModel, was_created: bool, location: str) -> JSONResponse:
     """201 for a new resource, 200 for an idempotent replay of it; Location either way."""
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if was_created else 200,
                         headers={"Location": location})
-
-
-def model_json(body: BaseModel, etag: str | None = None) -> Response:
-    """A model built by the route itself, serialized once by pydantic: returning it to FastAPI
-    would validate it again against the response model first."""
-    return Response(body.model_dump_json(), media_type=JSON,
-                    headers={"ETag": etag} if etag else None)
 
 
 def rows_json(content: Any, etag: str | None = None) -> Response:
@@ -46,3 +41,34 @@ def not_modified(if_none_match: str | None, tag: str) -> Response | None:
         return None
     sent = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
     return Response(status_code=304, headers={"ETag": tag}) if tag in sent or "*" in sent else None
+
+
+class Bodies:
+    """Encoded bodies by (resource, ETag), least recently used out past ``capacity``.
+
+    The ETag is a digest of everything the body is built from, so a hit is the body a fresh
+    read would build: a poller that sends no If-None-Match then costs one read of the tag's
+    columns, not the whole row and its encoding. Shared by the route's worker threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._bodies: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> bytes | None:
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is not None:
+                self._bodies.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[str, ...], body: bytes) -> None:
+        with self._lock:
+            self._bodies[key] = body
+            self._bodies.move_to_end(key)
+            while len(self._bodies) > self.capacity:
+                self._bodies.popitem(last=False)
+
+
+def tagged_json(body: bytes, etag: str) -> Response:
+    return Response(body, media_type=JSON, headers={"ETag": etag})

@@ -186,20 +186,30 @@ def test_a_metrics_etag_holds_only_for_its_own_query(client: TestClient) -> None
 
 def test_each_kind_of_write_to_a_job_changes_its_etag(client: TestClient) -> None:
     """Claim (status, worker), an epoch (progress), the end, PATCH (note), the model
-    export's end, and its retry's end with another reason seen only after both."""
+    export's end, and its retry's end with another reason seen only after both. Each
+    answer, with or without If-None-Match, is the body a fresh read of the row builds (the
+    API keeps bodies by ETag: a change the tag missed would serve a stale one)."""
     from app import export_repository as exports
     from app import repository as repo
     from app.clock import utcnow
     from app.db import session_scope
+    from app.schemas import JobOut
 
     job_id = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
     tags = [client.get(f"/v1/jobs/{job_id}").headers["etag"]]
+
+    def fresh() -> Any:
+        with session_scope() as s:
+            job = repo.get_job(s, "alice", job_id)
+            assert job is not None
+            return json.loads(JobOut.of(job).model_dump_json())
 
     def changed(write: Any) -> None:
         with session_scope() as s:
             write(s)
         answer = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": tags[-1]})
         assert answer.status_code == 200 and answer.headers["etag"] not in tags
+        assert answer.json() == fresh() == client.get(f"/v1/jobs/{job_id}").json()
         assert client.get(f"/v1/jobs/{job_id}", headers={
             "If-None-Match": answer.headers["etag"]}).status_code == 304
         tags.append(answer.headers["etag"])

@@ -1,0 +1,52 @@
+"""The Postgres pool pings only connections idle past PING_IF_IDLE_SECONDS: such a connection
+whose server side died is replaced unseen; one used within the second is handed out as is
+(its statement fails once, and the pool then drops it and every older connection)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from app import db
+from tests.conftest import _pg_admin
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def engine(postgres_url: str) -> Iterator[Engine]:
+    made = db.make_engine(postgres_url)
+    yield made
+    made.dispose()
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def kill(pid: int) -> None:
+    with _pg_admin() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_an_idle_connection_killed_by_the_server_is_replaced_unseen(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = backend_pid(engine)
+    kill(first)
+    monkeypatch.setattr(db, "PING_IF_IDLE_SECONDS", 0.0)  # everything counts as idle
+    assert backend_pid(engine) != first  # the ping failed; a new connection answered
+
+
+def test_a_connection_used_just_now_is_not_pinged(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = backend_pid(engine)
+    kill(first)
+    monkeypatch.setattr(db, "PING_IF_IDLE_SECONDS", 3600.0)
+    with pytest.raises(OperationalError) as failed:
+        backend_pid(engine)
+    assert failed.value.connection_invalidated
+    assert backend_pid(engine) != first  # the pool let the dead connection go
