@@ -5,6 +5,7 @@ more than a second before handing it out."""
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -79,6 +80,25 @@ def get_engine() -> Engine:
 @lru_cache(maxsize=1)
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = \
+    weakref.WeakKeyDictionary()
+
+
+def get_reader_sessionmaker() -> sessionmaker[Session]:
+    """Sessions for reads only: on Postgres every statement autocommits, so a read costs no
+    BEGIN and no ROLLBACK round trip (two of a polling request's four). Statements are not
+    in one snapshot; a route reading twice must be correct with the later one newer. SQLite
+    has no round trips to save, and switching its mode costs a PRAGMA each way."""
+    engine = get_engine()
+    made = _READERS.get(engine)
+    if made is None:
+        bind = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                if engine.dialect.name == "postgresql" else engine)
+        made = sessionmaker(bind=bind, expire_on_commit=False)
+        _READERS[engine] = made
+    return made
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
-from app.db import get_sessionmaker
+from app.db import get_reader_sessionmaker, get_sessionmaker
 from app.services import keys
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `trainyard keys create`.")
@@ -31,15 +31,16 @@ SessionDep = Annotated[Session, Depends(get_session)]
 T = TypeVar("T")
 
 
-async def in_one_hop(work: Callable[[Session], T]) -> T:
-    """``work`` with its own session, opened, used and closed in one worker thread.
+async def read_in_one_hop(read: Callable[[Session], T]) -> T:
+    """``read`` with its own reader session (autocommit: see ``get_reader_sessionmaker``),
+    opened, used and closed in one worker thread. It must not write.
 
     For the polling routes: a thread hop costs 0.1-0.3 ms of CPU, and ``SessionDep`` under a
     sync route takes two (the route, then the close that hands the connection back), about
     half of such a request's CPU (bench/README.md 3b)."""
     def run() -> T:
-        with get_sessionmaker()() as session:
-            return work(session)
+        with get_reader_sessionmaker()() as session:
+            return read(session)
 
     return await run_in_threadpool(run)
 SettingsDep = Annotated[Settings, Depends(get_settings)]

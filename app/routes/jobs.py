@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from app.clock import as_utc
-from app.deps import SessionDep, SettingsDep, TenantDep, in_one_hop
+from app.deps import SessionDep, SettingsDep, TenantDep, read_in_one_hop
 from app.errors import Unprocessable
 from app.repository import JobFilter, JobState, state_of
 from app.routes import responses
@@ -103,7 +103,7 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
 async def get_job(job_id: str, tenant: TenantDep, if_none_match: IfNoneMatch = None) -> Any:
     """With ``If-None-Match: <the ETag of an earlier answer>``: 304 and no body while the
     job is unchanged, so a poller costs one indexed read of a few columns."""
-    return await in_one_hop(lambda session: _job_answer(session, tenant, job_id,
+    return await read_in_one_hop(lambda session: _job_answer(session, tenant, job_id,
                                                         if_none_match))
 
 
@@ -167,7 +167,7 @@ async def job_metrics(job_id: str, tenant: TenantDep,
     ``If-None-Match``: 304 while no metric row of the job was written or changed and its
     status is the same (a poller past the last point costs one indexed read)."""
     query = MetricsQuery(job_id, tuple(name), tuple(split), after, limit)
-    return await in_one_hop(lambda session: _metrics_answer(session, tenant, query,
+    return await read_in_one_hop(lambda session: _metrics_answer(session, tenant, query,
                                                             if_none_match))
 
 

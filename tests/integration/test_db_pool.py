@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from app import db
 from tests.conftest import _pg_admin
@@ -50,3 +51,21 @@ def test_a_connection_used_just_now_is_not_pinged(
         backend_pid(engine)
     assert failed.value.connection_invalidated
     assert backend_pid(engine) != first  # the pool let the dead connection go
+
+
+def test_a_reader_session_leaves_no_transaction_open_on_postgres(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polling routes' reads autocommit: no BEGIN before them, no ROLLBACK after."""
+    from psycopg.pq import TransactionStatus
+
+    monkeypatch.setattr(db, "get_engine", lambda: engine)
+    with db.get_reader_sessionmaker()() as session:
+        connection = session.connection()
+        assert connection.execute(text("SELECT 1")).scalar_one() == 1
+        raw = connection.connection.dbapi_connection
+        assert raw is not None and raw.info.transaction_status == TransactionStatus.IDLE
+    with Session(engine) as session:  # other sessions still run in a transaction
+        connection = session.connection()
+        connection.execute(text("SELECT 1"))
+        raw = connection.connection.dbapi_connection
+        assert raw is not None and raw.info.transaction_status == TransactionStatus.INTRANS
