@@ -89,10 +89,10 @@ class SqlSink:
         reports, self._waiting = self._waiting, []
 
         def write(session: Session) -> None:
-            for report in reports:
-                repo.record_epoch(session, job_id=self.job_id, attempt=self.attempt,
-                                  epoch=report.epoch, rows=self._rows(report), now=utcnow(),
-                                  lease=self.settings.lease_seconds)
+            repo.record_epochs(session, job_id=self.job_id, attempt=self.attempt,
+                               epochs=[repo.EpochRows(r.epoch, self._rows(r)) for r in reports],
+                               now=utcnow(), lease=self.settings.lease_seconds)
+            for report in reports:  # at most the last: only a checkpoint ends the waiting
                 if report.checkpoint is not None:
                     self._store(session, report.checkpoint, report.epoch, 0, report.is_best)
             then(session)

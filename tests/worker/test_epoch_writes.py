@@ -22,7 +22,7 @@ from app.services.jobs import new_job
 from app.spec import JobSpec
 from app.training import shapes
 from app.training.loop import Trainer, TrainingDiverged
-from tests.conftest import tiny_spec
+from tests.conftest import PG_ADMIN, _pg_admin, need, tiny_spec
 from tests.integration.test_events_writers import job_events, migrated
 from worker.execution import execute
 from worker.sinks import SqlSink
@@ -31,11 +31,29 @@ TIMING = {"epoch_seconds", "samples_per_second"}  # re-measured: values differ r
 EPOCHS = 6
 
 
-@pytest.fixture(scope="module")
-def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    made = migrated(f"sqlite+pysqlite:///{tmp_path_factory.mktemp('ew') / 'epochs.db'}")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def sessions(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
+    """A migrated database per dialect (Postgres writes an epoch in one pipelined
+    statement, SQLite in two: the streams must be the same)."""
+    if request.param == "sqlite":
+        made = migrated(f"sqlite+pysqlite:///{tmp_path_factory.mktemp('ew') / 'epochs.db'}")
+        yield made
+        made.kw["bind"].dispose()
+        return
+    try:
+        admin = _pg_admin()
+    except Exception as exc:
+        need("PostgreSQL", False, str(exc).splitlines()[0])
+    name = f"trainyard_epochs_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    made = migrated(f"{base}/{name}")
     yield made
     made.kw["bind"].dispose()
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def settings(tmp_path: Path, flush_seconds: float) -> Settings:
@@ -146,15 +164,35 @@ def test_a_write_that_fails_fails_the_job_and_the_retry_does_not_hide_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The failing write held waiting epochs; the failure path's own flush finds none (they
     are not tried twice) and the job ends failed: error, never left running."""
-    record_epoch = repo.record_epoch
+    record_epochs = repo.record_epochs
 
     def broken(session: Session, **kwargs: Any) -> None:
-        if kwargs["epoch"] == 3:
+        if any(epoch.epoch == 3 for epoch in kwargs["epochs"]):
             raise RuntimeError("a bug in the epoch's write")
-        record_epoch(session, **kwargs)
+        record_epochs(session, **kwargs)
 
-    monkeypatch.setattr("worker.sinks.repo.record_epoch", broken)
+    monkeypatch.setattr("worker.sinks.repo.record_epochs", broken)
     config = settings(tmp_path, 60)
     job_id = add_job(sessions, config)
     assert execute(job_id, sessions, config) == "failed:error"
     assert metric_epochs(sessions, job_id) == {1}  # epochs 2..6 went in the failed write
+
+
+def test_a_fenced_out_write_of_several_epochs_stores_nothing(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """Another attempt holds the job: the whole write is refused (LeaseLost) and rolled
+    back, whichever way the dialect writes it."""
+    job_id = add_job(sessions, settings(tmp_path, 0))
+    with sessions() as s:
+        assert repo.claim(s, job_id, "w", utcnow(), 60) is not None
+        s.commit()
+    epochs = [repo.EpochRows(e, [{"job_id": job_id, "epoch": e, "split": "train",
+                                  "name": "loss", "value": 1.0 / e, "attempt": 2}])
+              for e in (1, 2, 3)]
+    with sessions() as s, pytest.raises(repo.LeaseLost):
+        repo.record_epochs(s, job_id=job_id, attempt=2, epochs=epochs, now=utcnow(), lease=60)
+    assert metric_epochs(sessions, job_id) == set()
+    with sessions() as s:  # the holder's own write goes through
+        repo.record_epochs(s, job_id=job_id, attempt=1, epochs=epochs, now=utcnow(), lease=60)
+        s.commit()
+    assert metric_epochs(sessions, job_id) == {1, 2, 3}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -341,14 +342,14 @@ def test_an_epoch_writes_error_fails_the_job_like_any_error_of_the_run(
     """An error in an epoch's write (not an outage, not a lost lease), whether the epoch
     was written at its end or waited for a later write, ends the job failed: error, never
     left running for the reaper to retry."""
-    record_epoch = repo.record_epoch
+    record_epochs = repo.record_epochs
 
-    def broken(session: Session, **kwargs: object) -> None:
-        if kwargs["epoch"] == failing_epoch:
+    def broken(session: Session, **kwargs: Any) -> None:
+        if any(epoch.epoch == failing_epoch for epoch in kwargs["epochs"]):
             raise RuntimeError("a bug in the epoch's write")
-        record_epoch(session, **kwargs)  # type: ignore[arg-type]
+        record_epochs(session, **kwargs)
 
-    monkeypatch.setattr("worker.sinks.repo.record_epoch", broken)
+    monkeypatch.setattr("worker.sinks.repo.record_epochs", broken)
     job = add_job(sessions, settings)
     assert execute(job.id, sessions, settings) == "failed:error"
     done = reload(sessions, job.id)
