@@ -107,8 +107,8 @@ async def get_job(job_id: str, tenant: TenantDep, if_none_match: IfNoneMatch = N
                                                         if_none_match))
 
 
-# a job's JobOut by (tenant, job, ETag): about 3 KB each
-JOB_BODIES = responses.Bodies(capacity=2048)
+# a job's JobOut by (tenant, job, ETag): a few KB each, more with a summary's predictions
+JOB_BODIES = responses.Bodies(max_bytes=16 * 1024**2)
 
 
 def _job_answer(session: Session, tenant: str, job_id: str,

@@ -44,14 +44,15 @@ def not_modified(if_none_match: str | None, tag: str) -> Response | None:
 
 
 class Bodies:
-    """Encoded bodies by (resource, ETag), least recently used out past ``capacity``.
+    """Encoded bodies by (resource, ETag), least recently used out past ``max_bytes``.
 
     The ETag is a digest of everything the body is built from, so a hit is the body a fresh
     read would build: a poller that sends no If-None-Match then costs one read of the tag's
-    columns, not the whole row and its encoding. Shared by the route's worker threads."""
+    columns, not the whole row and its encoding. A body over a sixteenth of the budget (a
+    summary with many predictions) is not kept. Shared by the route's worker threads."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.size = max_bytes, 0
         self._bodies: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -63,11 +64,16 @@ class Bodies:
             return body
 
     def put(self, key: tuple[str, ...], body: bytes) -> None:
+        if len(body) > self.max_bytes // 16:
+            return
         with self._lock:
+            if (old := self._bodies.pop(key, None)) is not None:
+                self.size -= len(old)
             self._bodies[key] = body
-            self._bodies.move_to_end(key)
-            while len(self._bodies) > self.capacity:
-                self._bodies.popitem(last=False)
+            self.size += len(body)
+            while self.size > self.max_bytes:
+                _, dropped = self._bodies.popitem(last=False)
+                self.size -= len(dropped)
 
 
 def tagged_json(body: bytes, etag: str) -> Response:

@@ -89,6 +89,14 @@ class EpochProgress:
         return cls(torch.randperm(rows, generator=gen, device=device),
                    torch.zeros(steps, device=device), torch.zeros(steps, device=device))
 
+    def keep(self, first: int, losses: list[torch.Tensor],
+             corrects: list[torch.Tensor]) -> None:
+        """Store the steps from ``first`` on: their losses and (classification) counts."""
+        if losses:
+            self.loss[first:first + len(losses)] = torch.stack(losses)
+        if corrects:
+            self.correct[first:first + len(corrects)] = torch.stack(corrects)
+
     def to(self, device: torch.device) -> EpochProgress:
         return EpochProgress(self.perm.to(device), self.loss.to(device),
                              self.correct.to(device), self.step)

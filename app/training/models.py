@@ -84,7 +84,10 @@ class MLP(nn.Module):
         self.head = nn.Linear(widths[-1], n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x.flatten(1)))
+        h = x.flatten(1)
+        for block in self.blocks:  # not the Sequential's own call: one module call less
+            h = block(h)
+        return self.head(h)
 
 
 def conv_norm(kind: s.Norm, channels: int, groups: int, dims: int) -> nn.Module:

@@ -174,6 +174,13 @@ class BatchRegularizer:
     gen: torch.Generator
     np_rng: np.random.Generator
 
+    def is_identity(self) -> bool:
+        """No transform of the batch and no mixing: ``inputs`` returns it as is and ``loss``
+        is the loss function's."""
+        reg = self.spec
+        return (reg.augment is None and reg.input_noise == 0 and reg.input_mask == 0
+                and reg.mixup is None and reg.cutmix is None)
+
     def inputs(self, xb: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """The transformed batch, with the mixing ratio and partner rows when mixing."""
         reg = self.spec
