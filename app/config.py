@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # an API process trusts a key it accepted for this long: a revoked key is refused
     # within this bound (0: look every key up in SQL on every request)
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
-    api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: cores/2, 1-4
+    api_workers: int = Field(default=0, ge=0, le=64)  # `trainyard api` processes; 0: cores/2, 2-4
     # GET /metrics (Prometheus) is served only when this is set, to `Authorization: Bearer
     # <token>`; unset, the route does not exist (404), like any path the API does not serve
     metrics_token: SecretStr | None = Field(default=None, min_length=16)

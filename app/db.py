@@ -5,7 +5,6 @@ more than a second before handing it out."""
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -64,6 +63,9 @@ def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("SELECT 1")
         cursor.close()
+        # the ping opened a transaction: end it, or a reader session could not switch the
+        # connection to autocommit (psycopg refuses while INTRANS)
+        dbapi_conn.rollback()
     except Exception as error:  # the pool reconnects (up to three times) on this error
         raise exc.DisconnectionError() from error
 
@@ -82,23 +84,19 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
-_READERS: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = \
-    weakref.WeakKeyDictionary()
-
-
 def get_reader_sessionmaker() -> sessionmaker[Session]:
     """Sessions for reads only: on Postgres every statement autocommits, so a read costs no
     BEGIN and no ROLLBACK round trip (two of a polling request's four). Statements are not
     in one snapshot; a route reading twice must be correct with the later one newer. SQLite
     has no round trips to save, and switching its mode costs a PRAGMA each way."""
-    engine = get_engine()
-    made = _READERS.get(engine)
-    if made is None:
-        bind = (engine.execution_options(isolation_level="AUTOCOMMIT")
-                if engine.dialect.name == "postgresql" else engine)
-        made = sessionmaker(bind=bind, expire_on_commit=False)
-        _READERS[engine] = made
-    return made
+    return _readers(get_engine())
+
+
+@lru_cache(maxsize=4)  # per engine (tests make several); an engine has one
+def _readers(engine: Engine) -> sessionmaker[Session]:
+    bind = (engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql" else engine)
+    return sessionmaker(bind=bind, expire_on_commit=False)
 
 
 @contextmanager

@@ -332,6 +332,8 @@ def record_epochs(session: Session, *, job_id: str, attempt: int, epochs: Sequen
                   now: datetime, lease: float) -> None:
     """``record_epoch`` for each epoch in order, in the caller's transaction (fenced): each
     its own progress update then its rows, so the events are the same either way."""
+    if not epochs:
+        return
     connection = session.connection()
     lease_until = now + timedelta(seconds=lease)
     if connection.dialect.name == "postgresql" and all(e.rows for e in epochs):
@@ -370,7 +372,9 @@ def _record_epochs_pipelined(connection: Any, job_id: str, attempt: int,
                              lease_until: datetime) -> None:
     params = [{"job_id": job_id, "attempt": attempt, "epoch": e.epoch, "now": now,
                "lease_until": lease_until, "splits": [r["split"] for r in e.rows],
-               "names": [r["name"] for r in e.rows], "values": [r["value"] for r in e.rows]}
+               "names": [r["name"] for r in e.rows],
+               # one array of float8: psycopg refuses a list mixing int and float
+               "values": [float(r["value"]) for r in e.rows]}
               for e in epochs]
     written = connection.execute(_EPOCH_PIPELINED, params).rowcount
     if written != sum(len(e.rows) for e in epochs):

@@ -99,6 +99,12 @@ class TimedSink:
         self.inner.epoch_end(report)
         self.epoch_end_s += time.perf_counter() - t0
 
+    def flush(self) -> None:
+        """The run's end, as the worker calls it: epochs still waiting are written."""
+        t0 = time.perf_counter()
+        getattr(self.inner, "flush", lambda: None)()
+        self.epoch_end_s += time.perf_counter() - t0
+
     def should_stop(self) -> str | None:
         t0 = time.perf_counter()
         reason = self.inner.should_stop()
@@ -127,6 +133,9 @@ class DropCheckpoints:
 
     def epoch_end(self, report: EpochReport) -> None:
         self.inner.epoch_end(EpochReport(report.epoch, report.metrics, None, report.is_best))
+
+    def flush(self) -> None:
+        self.inner.flush()
 
     def should_stop(self) -> str | None:
         return self.inner.should_stop()
@@ -236,6 +245,7 @@ def run_once(spec_dict: dict[str, Any], data: Any, sink: Any) -> dict[str, float
     trainer = TimedTrainer(spec, data, timed, torch.device("cpu"))
     t0 = time.perf_counter()
     outcome = trainer.run()
+    timed.flush()
     wall = time.perf_counter() - t0
     assert outcome.status == "completed", outcome
     e = timed.epochs

@@ -63,7 +63,9 @@ class SqlSink:
     def epoch_end(self, report: EpochReport) -> None:
         self._waiting.append(report)
         interval = self.settings.metrics_flush_seconds
-        if report.checkpoint is not None or time.monotonic() - self._written_at >= interval:
+        # a sweep trial's rule reads its own curve from SQL at the next epoch: nothing waits
+        if (report.checkpoint is not None or self.pruner is not None
+                or time.monotonic() - self._written_at >= interval):
             self.flush()
 
     def flush(self) -> None:
@@ -104,7 +106,7 @@ class SqlSink:
 
     def _rows(self, report: EpochReport) -> list[dict[str, Any]]:
         return [{"job_id": self.job_id, "epoch": report.epoch, "split": split, "name": name,
-                 "value": value, "attempt": self.attempt}
+                 "value": float(value), "attempt": self.attempt}
                 for split, values in report.metrics.items() for name, value in values.items()]
 
     def _store(self, session: Session, blob: bytes, epoch: int, step: int, best: bool) -> None:

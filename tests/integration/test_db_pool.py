@@ -69,3 +69,20 @@ def test_a_reader_session_leaves_no_transaction_open_on_postgres(
         connection.execute(text("SELECT 1"))
         raw = connection.connection.dbapi_connection
         assert raw is not None and raw.info.transaction_status == TransactionStatus.INTRANS
+
+
+def test_a_pinged_connection_serves_reader_and_ordinary_sessions(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ping's own transaction is ended: a reader session can then switch the connection
+    to autocommit (psycopg refuses while a transaction is open), and nothing stays open."""
+    from psycopg.pq import TransactionStatus
+
+    monkeypatch.setattr(db, "get_engine", lambda: engine)
+    monkeypatch.setattr(db, "PING_IF_IDLE_SECONDS", 0.0)  # every checkout pings
+    for _ in range(3):
+        backend_pid(engine)  # a connection in the pool, returned, pinged at the next use
+        with db.get_reader_sessionmaker()() as session:
+            connection = session.connection()
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+            raw = connection.connection.dbapi_connection
+            assert raw is not None and raw.info.transaction_status == TransactionStatus.IDLE

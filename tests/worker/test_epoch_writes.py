@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import repository as repo
 from app.clock import utcnow
 from app.config import Settings
-from app.models import Metric
+from app.models import Checkpoint, Metric
 from app.services.jobs import new_job
 from app.spec import JobSpec
 from app.training import shapes
@@ -196,3 +196,53 @@ def test_a_fenced_out_write_of_several_epochs_stores_nothing(
         repo.record_epochs(s, job_id=job_id, attempt=1, epochs=epochs, now=utcnow(), lease=60)
         s.commit()
     assert metric_epochs(sessions, job_id) == {1, 2, 3}
+
+
+@pytest.mark.parametrize(("reason", "ended"), [("preempted", "preempted"),
+                                               ("timeout", "failed:timeout")])
+def test_a_stop_mid_epoch_stores_its_checkpoint_after_the_waiting_epochs(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reason: str, ended: str) -> None:
+    """SIGTERM or the time limit mid-epoch: the epochs that waited, then the mid-epoch
+    checkpoint (nothing waits by then on one path, two on another: both must store)."""
+    epochs_ended: list[int] = []
+    asked_in_four: list[int] = []
+    epoch_end = SqlSink.epoch_end
+
+    def counting(self: SqlSink, report: Any) -> None:
+        epochs_ended.append(report.epoch)
+        epoch_end(self, report)
+
+    def stop_at_epoch_four_step_two(self: SqlSink) -> str | None:
+        if len(epochs_ended) == 3:
+            asked_in_four.append(1)
+        return reason if len(asked_in_four) == 2 else None
+
+    monkeypatch.setattr(SqlSink, "epoch_end", counting)
+    monkeypatch.setattr(SqlSink, "should_stop", stop_at_epoch_four_step_two)
+    config = settings(tmp_path, 60)
+    job_id = add_job(sessions, config)
+    assert execute(job_id, sessions, config) == ended
+    assert metric_epochs(sessions, job_id) == {1, 2, 3}
+    with sessions() as s:
+        steps = s.execute(select(Checkpoint.epoch, Checkpoint.step)
+                          .where(Checkpoint.job_id == job_id)).all()
+    assert [tuple(row) for row in steps] == [(3, 1)]
+
+
+def test_a_sweep_trial_writes_every_epoch_before_its_rule_reads_the_curve(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """The early-termination rule reads the trial's own curve from SQL: no epoch waits."""
+    from app.training.sink import EpochReport
+    from worker.lease import LeaseKeeper
+
+    config = settings(tmp_path, 60)
+    job_id = add_job(sessions, config)
+    with sessions() as s:
+        assert repo.claim(s, job_id, "w", utcnow(), 60) is not None
+        s.commit()
+    keeper = LeaseKeeper(sessions, config, job_id=job_id, attempt=1)
+    sink = SqlSink(keeper, config, pruner=object())  # type: ignore[arg-type]
+    for epoch in (1, 2, 3):
+        sink.epoch_end(EpochReport(epoch, {"train": {"loss": 1.0 / epoch}}, None, False))
+        assert metric_epochs(sessions, job_id) == set(range(1, epoch + 1))
