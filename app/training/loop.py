@@ -40,6 +40,9 @@ from app.training.shapes import batch_plan, eval_chunk_rows, output_dim
 from app.training.sink import EpochReport, Metrics, Sink
 from app.training.until import reached
 
+# per-step losses and counts wait in lists this many steps at most before they are stored
+KEEP_EVERY_STEPS = 256
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN, infinite or exploded (``divergence.py``); the message says where
@@ -161,6 +164,9 @@ class Trainer:
             losses.append(loss)
             if classify:
                 corrects.append((predicted_labels(out, self.binary_logit) == yb).sum())
+            if len(losses) == KEEP_EVERY_STEPS:  # bounded: one small tensor each meanwhile
+                p.keep(first, losses, corrects)
+                first, losses, corrects = step + 1, [], []
         p.keep(first, losses, corrects)
         p.seconds = time.perf_counter() - p.started
         return None

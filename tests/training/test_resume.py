@@ -192,3 +192,16 @@ def test_a_checkpoint_written_before_train_state_resumes_to_the_same_end() -> No
         for name, value in weights(t.model).items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-6)
         assert outcome.summary.to_json().keys() == run["summary"].keys()
+
+
+@pytest.mark.parametrize("keep_every", [1, 2, 3])
+def test_per_step_figures_stored_in_pieces_resume_exactly(
+        unbroken: dict[str, Any], keep_every: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-step losses and counts are stored every KEEP_EVERY_STEPS steps and at a
+    stop; pieces of any size give the unbroken run's train loss and accuracy, stopped
+    mid-epoch (step 5 of 7) or not."""
+    monkeypatch.setattr("app.training.loop.KEEP_EVERY_STEPS", keep_every)
+    test_resume_mid_run_matches_the_unbroken_run(unbroken, 1, 5)
+    sink = MemorySink()
+    trainer(unbroken["spec"], sink).run()
+    assert metrics_without_timing(sink.reports) == unbroken["reports"]
