@@ -131,7 +131,7 @@ def _train_and_record(job: Job, sessions: sessionmaker[Session], settings: Setti
         outcome = run_spec(JobSpec.model_validate(job.spec), sink,
                            resume=newest_good_checkpoint(sessions, job.id),
                            uploaded=dataset_loader(sessions, job.tenant_id), task=job.task,  # type: ignore[arg-type]
-                           init_blob=init_blob)
+                           init_blob=init_blob, cpu_threads=settings.torch_threads or None)
         sink.flush()  # the epochs that wait; a write's error is the run's, whatever ended it
     except (repo.LeaseLost, DatabaseUnavailable):
         raise
