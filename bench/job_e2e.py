@@ -32,7 +32,6 @@ each pair's times and ratio, and the median ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -47,7 +46,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_latency import Stack, drop_database, free_port, fresh_database, ts, wait_for
+from submit_latency import Stack, free_port, fresh_database, tear_down, ts, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "trainyard_bench_e2e"
@@ -189,12 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  pair {i + 1}: job {job_s:.3f} s ({epochs} epochs), hand "
                       f"{hand_s:.3f} s, ratio {ratios[-1]:.2f}", flush=True)
     finally:
-        stack.stop_all()
-        drop_database(admin, BENCH_DB)
-        if redis_client is not None:
-            with contextlib.suppress(Exception):
-                redis_client.flushdb()
-        tmp.cleanup()
+        tear_down(stack, tmp, admin, BENCH_DB, redis_client)
     print(f"median ratio job / hand: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
           f"max {max(ratios):.2f}); load at the end {os.getloadavg()[0]:.2f}")
     return 0

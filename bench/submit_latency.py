@@ -189,6 +189,18 @@ def fresh_database(server_url: str, name: str) -> tuple[Any, str]:
     return admin, make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
+def tear_down(stack: Stack, tmp: Any, admin: Any, database: str,
+              redis_client: Any = None) -> None:
+    """Stop the stack's processes, drop the bench database (if one was made), flush the
+    Redis db (if one was used) and remove the temporary home; never raises."""
+    stack.stop_all()
+    drop_database(admin, database)
+    if redis_client is not None:
+        with contextlib.suppress(Exception):
+            redis_client.flushdb()
+    tmp.cleanup()
+
+
 def drop_database(admin: Any, name: str) -> None:
     """Undo ``fresh_database`` (nothing to do without one); never raises during cleanup."""
     if admin is None:
@@ -277,12 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['queued_ms']:7.1f} ms  first metric {res['first_ms']:7.1f} ms  "
                       f"done {res['done_ms']:7.1f} ms", flush=True)
     finally:
-        stack.stop_all()
-        drop_database(admin, BENCH_DB)
-        if redis_client is not None:
-            with contextlib.suppress(Exception):
-                redis_client.flushdb()
-        tmp.cleanup()
+        tear_down(stack, tmp, admin, BENCH_DB, redis_client)
 
     rest = results[1:]
     summary = {"first_job": results[0],

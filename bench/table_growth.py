@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poll_load import SMALL, _ready, run_to_end
-from submit_latency import Stack, drop_database, free_port, fresh_database, pg_admin, wait_for
+from submit_latency import Stack, free_port, fresh_database, pg_admin, tear_down, wait_for
 
 BENCH_DB = "trainyard_bench_growth"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             (a50, a99), (b50, b99) = small[name], big[name]
             print(f"{name:34} {a50:12.2f} {a99:13.2f} {b50:15.2f} {b99:14.2f}")
     finally:
-        stack.stop_all()
-        drop_database(admin, BENCH_DB)
-        tmp.cleanup()
+        tear_down(stack, tmp, admin, BENCH_DB)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cpus)")
     return 0

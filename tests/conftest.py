@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_SERVICES = os.environ.get("TRAINYARD_REQUIRE_SERVICES") == "1"
@@ -61,20 +62,53 @@ def _pg_admin() -> Any:
     return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database for this test session, dropped at the end."""
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new empty database on the test server (its SQLAlchemy URL), dropped afterwards."""
     try:
         admin = _pg_admin()
     except Exception as exc:
         need("PostgreSQL", False, str(exc).splitlines()[0])
-    name = f"trainyard_test_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    with _pg_admin() as admin:  # a fresh connection: a test may have restarted the server
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _pg_admin() as admin:  # a fresh connection: a test may have restarted the server
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    with fresh_pg_database("trainyard_test") as url:
+        yield url
+
+
+def migrated(url: str) -> sessionmaker[Session]:
+    """Sessions on the database at ``url`` after ``alembic upgrade head`` (the triggers and
+    storage settings included, which ``create_all`` would not make)."""
+    from app.db import make_engine
+
+    env = {**os.environ, "TRAINYARD_DATABASE_URL": url}
+    out = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return sessionmaker(bind=make_engine(url), expire_on_commit=False)
+
+
+def migrated_sessions(dialect: str, tmp_path_factory: pytest.TempPathFactory,
+                      prefix: str) -> Iterator[sessionmaker[Session]]:
+    """For a module fixture parametrized by dialect: a migrated SQLite file or Postgres
+    database, its engine disposed (and the database dropped) at the end."""
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite+pysqlite:///{tmp_path_factory.mktemp(prefix) / 'db.sqlite'}"
+               if dialect == "sqlite" else stack.enter_context(fresh_pg_database(prefix)))
+        made = migrated(url)
+        stack.callback(made.kw["bind"].dispose)
+        yield made
 
 
 @pytest.fixture(scope="session")

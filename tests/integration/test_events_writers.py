@@ -8,7 +8,6 @@ the same value (a resumed epoch) adds nothing."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,41 +24,16 @@ from app.clock import utcnow
 from app.db import make_engine
 from app.models import Experiment, ExperimentEvent, Job, JobEvent
 from app.statuses import ExperimentStatus, FailureReason, JobStatus
-from tests.conftest import PG_ADMIN, ROOT, _pg_admin, need
+from tests.conftest import ROOT, migrated_sessions
 
 pytestmark = pytest.mark.integration
-
-
-def migrated(url: str) -> sessionmaker[Session]:
-    env = {**os.environ, "TRAINYARD_DATABASE_URL": url}
-    out = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return sessionmaker(bind=make_engine(url), expire_on_commit=False)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def sessions(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
     """One migrated database per dialect for the module (the tests use distinct ids)."""
-    if request.param == "sqlite":
-        made = migrated(f"sqlite+pysqlite:///{tmp_path_factory.mktemp('ev') / 'events.db'}")
-        yield made
-        made.kw["bind"].dispose()
-        return
-    try:
-        admin = _pg_admin()
-    except Exception as exc:
-        need("PostgreSQL", False, str(exc).splitlines()[0])
-    name = f"trainyard_events_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    made = migrated(f"{base}/{name}")
-    yield made
-    made.kw["bind"].dispose()
-    with _pg_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from migrated_sessions(request.param, tmp_path_factory, "trainyard_events")
 
 
 def new_job(job_id: str, experiment_id: str | None = None) -> Job:

@@ -22,8 +22,8 @@ from app.services.jobs import new_job
 from app.spec import JobSpec
 from app.training import shapes
 from app.training.loop import Trainer, TrainingDiverged
-from tests.conftest import PG_ADMIN, _pg_admin, need, tiny_spec
-from tests.integration.test_events_writers import job_events, migrated
+from tests.conftest import migrated_sessions, tiny_spec
+from tests.integration.test_events_writers import job_events
 from worker.execution import execute
 from worker.sinks import SqlSink
 
@@ -36,24 +36,7 @@ def sessions(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
     """A migrated database per dialect (Postgres writes an epoch in one pipelined
     statement, SQLite in two: the streams must be the same)."""
-    if request.param == "sqlite":
-        made = migrated(f"sqlite+pysqlite:///{tmp_path_factory.mktemp('ew') / 'epochs.db'}")
-        yield made
-        made.kw["bind"].dispose()
-        return
-    try:
-        admin = _pg_admin()
-    except Exception as exc:
-        need("PostgreSQL", False, str(exc).splitlines()[0])
-    name = f"trainyard_epochs_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    made = migrated(f"{base}/{name}")
-    yield made
-    made.kw["bind"].dispose()
-    with _pg_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from migrated_sessions(request.param, tmp_path_factory, "trainyard_epochs")
 
 
 def settings(tmp_path: Path, flush_seconds: float) -> Settings:
