@@ -157,7 +157,11 @@ class Stack:
         return proc
 
     def start_api(self) -> None:
-        self.start("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+        # one process: what a test observes of one API process's state (its caches, its
+        # event poller's connections) is then the whole API's; several processes are
+        # tested apart (tests/integration/test_api_workers.py)
+        self.start("api", "api", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", "1")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
