@@ -28,6 +28,8 @@ async def get_session() -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
 T = TypeVar("T")
 
 
@@ -43,7 +45,6 @@ async def read_in_one_hop(read: Callable[[Session], T]) -> T:
             return read(session)
 
     return await run_in_threadpool(run)
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def _lookup(authorization: str | None) -> str:
