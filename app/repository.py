@@ -51,8 +51,11 @@ class LeaseLost(RuntimeError):
 
 def _insert(session: Session, model: type[Any]) -> Any:
     """A dialect-specific INSERT that supports ON CONFLICT."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model))
+    return _dialect_insert(session.get_bind().dialect.name, model)
+
+
+def _dialect_insert(dialect: str, model: type[Any]) -> Any:
+    return postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
 
 
 def ping(session: Session) -> None:
@@ -309,7 +312,7 @@ _UPSERT_METRICS: dict[str, Any] = {}
 
 def _upsert_metrics(dialect: str) -> Any:
     if dialect not in _UPSERT_METRICS:
-        insert = postgresql.insert(Metric) if dialect == "postgresql" else sqlite.insert(Metric)
+        insert = _dialect_insert(dialect, Metric)
         _UPSERT_METRICS[dialect] = insert.on_conflict_do_update(
             index_elements=["job_id", "epoch", "split", "name"],
             set_={"value": insert.excluded.value, "attempt": insert.excluded.attempt})

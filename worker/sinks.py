@@ -89,11 +89,11 @@ class SqlSink:
     def _write_epochs(self, then: Callable[[Session], None]) -> None:
         """One fenced transaction: every waiting epoch in order, then ``then``."""
         reports, self._waiting = self._waiting, []
+        epochs = [repo.EpochRows(r.epoch, self._rows(r)) for r in reports]  # once, not per try
 
         def write(session: Session) -> None:
             repo.record_epochs(session, job_id=self.job_id, attempt=self.attempt,
-                               epochs=[repo.EpochRows(r.epoch, self._rows(r)) for r in reports],
-                               now=utcnow(), lease=self.settings.lease_seconds)
+                               epochs=epochs, now=utcnow(), lease=self.settings.lease_seconds)
             for report in reports:  # at most the last: only a checkpoint ends the waiting
                 if report.checkpoint is not None:
                     self._store(session, report.checkpoint, report.epoch, 0, report.is_best)
@@ -106,7 +106,7 @@ class SqlSink:
 
     def _rows(self, report: EpochReport) -> list[dict[str, Any]]:
         return [{"job_id": self.job_id, "epoch": report.epoch, "split": split, "name": name,
-                 "value": float(value), "attempt": self.attempt}
+                 "value": value, "attempt": self.attempt}
                 for split, values in report.metrics.items() for name, value in values.items()]
 
     def _store(self, session: Session, blob: bytes, epoch: int, step: int, best: bool) -> None:
